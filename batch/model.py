@@ -1,0 +1,112 @@
+"""The plain values that flow between the modules (reader → mapper → planner → engine → report)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+__all__ = [
+    "JSON",
+    "Invalid",
+    "Outcome",
+    "Problem",
+    "RawRow",
+    "RowResult",
+    "Skipped",
+    "Update",
+]
+
+JSON: TypeAlias = str | int | float | bool | list["JSON"] | dict[str, "JSON"] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RawRow:
+    """One data row as text cells keyed by the file's own header; `number` as Excel shows it."""
+
+    number: int
+    cells: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a row is invalid: the column (as in the file), the offending value, why."""
+
+    column: str
+    value: str
+    reason: str
+
+    def __str__(self) -> str:
+        if self.column and self.value:
+            return f"{self.column}: {self.reason} (got {self.value!r})"
+        if self.column:
+            return f"{self.column}: {self.reason}"
+        return self.reason
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """A valid row: the event to patch and the wire body (only the given properties)."""
+
+    number: int
+    event_id: str
+    body: dict[str, JSON]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A row that cannot be sent, with every problem found in it (not only the first)."""
+
+    number: int
+    event_id: str
+    problems: tuple[Problem, ...]
+
+    @property
+    def message(self) -> str:
+        """All problems as one line, for reports."""
+        return "; ".join(str(p) for p in self.problems)
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A row with nothing to change (only its id)."""
+
+    number: int
+    event_id: str
+    reason: str = "nothing to change"
+
+
+class Outcome(enum.StrEnum):
+    """What happened to one input row (CONTRACT.md, "The run folder")."""
+
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    SKIPPED = "skipped"
+    INVALID = "invalid"
+    FAILED = "failed"
+    PLANNED = "planned"
+    NOT_ATTEMPTED = "not_attempted"
+    CONFLICT = "conflict"
+
+    @property
+    def ok(self) -> bool:
+        """Whether this outcome lets the run exit 0."""
+        return self in (Outcome.UPDATED, Outcome.UNCHANGED, Outcome.SKIPPED, Outcome.PLANNED)
+
+
+@dataclass(slots=True)
+class RowResult:
+    """Exactly one per input row: the only thing the reporter and the ledger consume."""
+
+    number: int
+    event_id: str
+    outcome: Outcome
+    status: int | None = None
+    error_code: str = ""
+    error_message: str = ""
+    changed_fields: tuple[str, ...] = ()
+    attempts: int = 0
+    request_id: str = ""
+    client_request_id: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
