@@ -11,6 +11,7 @@ __all__ = [
     "Invalid",
     "Outcome",
     "Problem",
+    "Rate",
     "RawRow",
     "RowResult",
     "Skipped",
@@ -110,3 +111,31 @@ class RowResult:
     request_id: str = ""
     client_request_id: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A budget such as `100/20`: at most `count` requests in any `seconds`-long window."""
+
+    count: int
+    seconds: float
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """Parse `N/SECONDS` (e.g. `100/20`, `100/2.5`); raises ValueError with a clear message."""
+        count_text, sep, seconds_text = text.strip().partition("/")
+        try:
+            count, seconds = int(count_text), float(seconds_text)
+        except ValueError:
+            count, seconds = 0, 0.0
+        if not sep or count < 1 or not seconds > 0:
+            raise ValueError(f"{text!r} is not a rate like 100/20 (N requests per SECONDS)")
+        return cls(count, seconds)
+
+    @property
+    def per_second(self) -> float:
+        """The sustained rate this budget allows."""
+        return self.count / self.seconds
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.seconds:g}"
