@@ -1,0 +1,430 @@
+"""The Microsoft Graph client: PATCH, GET, list pages and `$batch` for Autopilot events.
+
+It knows nothing of rows, budgets or retries. Each call sends one HTTP request (two after a
+401: one token refresh and a resend) and returns a `GraphResponse`, or raises `GraphError`
+carrying Graph's status, code, message, `request-id` and our `client-request-id` — status 0
+when no answer came (connection trouble, timeout), so callers can treat it as transient.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
+from urllib.parse import quote
+
+import httpx
+
+from batch import __version__
+from batch.auth import TokenProvider
+from batch.errors import AuthError, GraphError, RunAborted
+from batch.model import JSON
+
+__all__ = [
+    "BatchItemResponse",
+    "BatchRequest",
+    "GraphClient",
+    "GraphResponse",
+    "event_path",
+    "parse_retry_after",
+]
+
+EVENTS_PATH = "/deviceManagement/autopilotEvents"
+MAX_BATCH = 20  # Graph's documented limit of requests in one `$batch`
+USER_AGENT = f"autopilot-batch/{__version__}"
+_MESSAGE_LIMIT = 300  # characters of a non-JSON error body kept as the message
+_CONNECT_TIMEOUT = 10.0
+_REDACT_MIN = 8
+_TAG = re.compile(r"<[^>]*>")
+
+
+@dataclass(frozen=True, slots=True)
+class GraphResponse:
+    """A successful answer: status, parsed body (None when empty), lower-case headers, ids."""
+
+    status: int
+    body: JSON
+    headers: Mapping[str, str]
+    request_id: str
+    client_request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRequest:
+    """One request inside a `$batch`; `url` is relative to the version (see `event_path`)."""
+
+    id: str
+    method: str
+    url: str
+    body: Mapping[str, JSON] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItemResponse:
+    """One item's answer inside a `$batch` response; status 0 when Graph left it out."""
+
+    id: str
+    status: int
+    headers: Mapping[str, str]
+    body: JSON
+
+    def error(self) -> GraphError | None:
+        """None for a 2xx; otherwise the item's error, with its ids and Retry-After."""
+        if 200 <= self.status < 300:
+            return None
+        if self.status == 0:
+            return GraphError(
+                0,
+                "MissingResponse",
+                "the $batch response had no answer for this request",
+                retry_after=self.retry_after,
+            )
+        return _error_from(self.status, self.body, _lower(self.headers), "")
+
+    @property
+    def retry_after(self) -> float | None:
+        """The item's own Retry-After in seconds, if it carries a usable one."""
+        return parse_retry_after(_lower(self.headers).get("retry-after"))
+
+
+def event_path(event_id: str) -> str:
+    """The version-relative path of one event, its id percent-encoded (`/` included)."""
+    return f"{EVENTS_PATH}/{quote(event_id, safe='')}"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After value: `2`, `2.128` or an HTTP-date; else None."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC without claiming a zone
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+class GraphClient:
+    """Async Graph client for the Autopilot events endpoints, on one pooled `httpx.AsyncClient`.
+
+    Use as `async with GraphClient(root, tokens) as client: ...`. A client passed as `http` is
+    borrowed and left open; one created here (HTTP/2, pooled, honouring proxy and CA settings
+    from the environment, never without TLS verification) is closed by `aclose()`.
+    """
+
+    def __init__(
+        self,
+        graph_root: str,
+        tokens: TokenProvider,
+        *,
+        version: str = "beta",
+        timeout: float = 60.0,
+        http: httpx.AsyncClient | None = None,
+        max_connections: int = 32,
+    ) -> None:
+        self._base = f"{graph_root.rstrip('/')}/{version.strip('/')}"
+        self._tokens = tokens
+        self._owns_http = http is None
+        self._http = http if http is not None else _new_http(timeout, max_connections)
+
+    @property
+    def base_url(self) -> str:
+        """`{graph_root}/{version}`, the prefix of every request."""
+        return self._base
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def patch_event(self, event_id: str, body: Mapping[str, JSON]) -> GraphResponse:
+        """PATCH one event with a partial body; 200 and 204 are both success."""
+        return await self._send("PATCH", self._base + event_path(event_id), body=body)
+
+    async def get_event(
+        self, event_id: str, *, select: Sequence[str] | None = None
+    ) -> GraphResponse:
+        """GET one event (optionally only the `select`ed properties)."""
+        params = {"$select": ",".join(select)} if select else None
+        return await self._send("GET", self._base + event_path(event_id), params=params)
+
+    async def list_page(
+        self,
+        url: str | None = None,
+        *,
+        top: int = 999,
+        select: Sequence[str] | None = None,
+    ) -> tuple[list[dict[str, JSON]], str | None]:
+        """One page of the event list: (items, next link or None).
+
+        `url=None` asks for the first page (`$top`, `$select` apply); otherwise `url` is the
+        previous page's `@odata.nextLink`, followed as given. The caller paces the pages.
+        """
+        if url is None:
+            first = {"$top": str(top)}
+            if select:
+                first["$select"] = ",".join(select)
+            params: dict[str, str] | None = first
+            target = self._base + EVENTS_PATH
+        else:
+            params = None
+            target = self._checked_next_link(url)
+        response = await self._send("GET", target, params=params)
+        body = response.body
+        values = body.get("value") if isinstance(body, dict) else None
+        if not isinstance(values, list):
+            raise GraphError(
+                response.status,
+                "InvalidResponse",
+                "the event list answer has no 'value' array",
+                request_id=response.request_id,
+                client_request_id=response.client_request_id,
+            )
+        items = [item for item in values if isinstance(item, dict)]
+        next_link = body.get("@odata.nextLink") if isinstance(body, dict) else None
+        return items, next_link if isinstance(next_link, str) and next_link else None
+
+    async def batch(
+        self, requests: Sequence[BatchRequest]
+    ) -> tuple[GraphResponse, dict[str, BatchItemResponse]]:
+        """POST one `$batch` of 1 to 20 requests; answers keyed by request id.
+
+        Graph answers items in any order, so they are matched by id. A request with no answer
+        gets a synthetic status-0 item (so the caller re-sends it). The envelope's own non-2xx
+        answer raises `GraphError` like any request.
+        """
+        if not 1 <= len(requests) <= MAX_BATCH:
+            raise ValueError(f"a $batch holds 1 to {MAX_BATCH} requests, got {len(requests)}")
+        folded = {r.id.casefold() for r in requests}
+        if len(folded) != len(requests):
+            raise ValueError("request ids in a $batch must be unique (case-insensitively)")
+        payload: list[JSON] = []
+        for r in requests:
+            item: dict[str, JSON] = {"id": r.id, "method": r.method.upper(), "url": r.url}
+            if r.body is not None:
+                item["headers"] = {"Content-Type": "application/json"}
+                item["body"] = dict(r.body)
+            payload.append(item)
+        envelope = await self._send("POST", self._base + "/$batch", body={"requests": payload})
+        answers = _batch_items(envelope.body)
+        results: dict[str, BatchItemResponse] = {}
+        for r in requests:
+            found = answers.get(r.id) or answers.get(r.id.casefold())
+            results[r.id] = found or BatchItemResponse(id=r.id, status=0, headers={}, body=None)
+        return envelope, results
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Mapping[str, JSON] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> GraphResponse:
+        content = None
+        if body is not None:
+            content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        for refreshed in (False, True):
+            token = await self._tokens.token(force_refresh=refreshed)
+            client_request_id = str(uuid.uuid4())
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "client-request-id": client_request_id,
+                "return-client-request-id": "true",
+                "Accept": "application/json",
+                "User-Agent": USER_AGENT,
+            }
+            if content is not None:
+                headers["Content-Type"] = "application/json"
+            try:
+                answer = await self._http.request(
+                    method, url, content=content, params=params, headers=headers
+                )
+            except httpx.TimeoutException as exc:
+                raise GraphError(
+                    0, "Timeout", _describe(exc, token), client_request_id=client_request_id
+                ) from exc
+            except httpx.RequestError as exc:
+                raise GraphError(
+                    0, "ConnectionError", _describe(exc, token), client_request_id=client_request_id
+                ) from exc
+            response = _response(answer, client_request_id)
+            if 200 <= response.status < 300:
+                return response
+            error = _error_from(
+                response.status, response.body, response.headers, client_request_id, token=token
+            )
+            if response.status != 401:
+                raise error
+            if refreshed:
+                raise AuthError(
+                    f"Graph rejected a freshly obtained access token ({error.code}: "
+                    f"{error.message}; request-id {error.request_id or 'none'})"
+                )
+        raise AssertionError("unreachable: the second 401 raises AuthError")
+
+    def _checked_next_link(self, url: str) -> str:
+        """A nextLink must stay on our Graph host: the bearer token goes with it."""
+        base = httpx.URL(self._base)
+        link = base.join(url)
+        if (link.scheme, link.host, link.port) != (base.scheme, base.host, base.port):
+            raise RunAborted(
+                f"Graph returned a next-page link to another host ({link.scheme}://{link.host});"
+                " refusing to send the access token there"
+            )
+        return str(link)
+
+
+def _new_http(timeout: float, max_connections: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        http2=True,
+        timeout=httpx.Timeout(timeout, connect=_CONNECT_TIMEOUT),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        # trust_env (proxies, SSL_CERT_FILE) and verify=True are httpx defaults; kept on purpose.
+        follow_redirects=False,
+    )
+
+
+def _response(answer: httpx.Response, client_request_id: str) -> GraphResponse:
+    headers = {name.lower(): value for name, value in answer.headers.items()}
+    return GraphResponse(
+        status=answer.status_code,
+        body=_parse_body(answer.content),
+        headers=headers,
+        request_id=headers.get("request-id", ""),
+        client_request_id=headers.get("client-request-id", client_request_id),
+    )
+
+
+def _parse_body(content: bytes) -> JSON:
+    """JSON when it parses; otherwise the text (e.g. an HTML error page); None when empty."""
+    if not content.strip():
+        return None
+    text = content.decode("utf-8", errors="replace")
+    try:
+        parsed: JSON = json.loads(text)
+    except ValueError:
+        return text
+    return parsed
+
+
+def _batch_items(body: JSON) -> dict[str, BatchItemResponse]:
+    """Items of a `$batch` answer keyed by id (and by case-folded id); malformed items skipped."""
+    found: dict[str, BatchItemResponse] = {}
+    responses = body.get("responses") if isinstance(body, dict) else None
+    if not isinstance(responses, list):
+        return found
+    for raw in responses:
+        if not isinstance(raw, dict) or raw.get("id") is None:
+            continue
+        status = raw.get("status")
+        raw_headers = raw.get("headers")
+        headers = (
+            {str(k).lower(): str(v) for k, v in raw_headers.items()}
+            if isinstance(raw_headers, dict)
+            else {}
+        )
+        item = BatchItemResponse(
+            id=str(raw["id"]),
+            status=status if isinstance(status, int) and not isinstance(status, bool) else 0,
+            headers=headers,
+            body=raw.get("body"),
+        )
+        found.setdefault(item.id, item)
+        found.setdefault(item.id.casefold(), item)
+    return found
+
+
+def _error_from(
+    status: int,
+    body: JSON,
+    headers: Mapping[str, str],
+    client_request_id: str,
+    *,
+    token: str = "",
+) -> GraphError:
+    """A `GraphError` from an error answer; tolerant of missing fields and non-JSON bodies."""
+    code = f"HTTP{status}"
+    message = ""
+    inner: dict[str, JSON] = {}
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        if isinstance(error.get("code"), str) and error["code"]:
+            code = str(error["code"])
+        if error.get("message") is not None:
+            message = str(error["message"])
+        for key, value in error.items():
+            if key.casefold() == "innererror" and isinstance(value, dict):
+                inner = {_fold(k): v for k, v in value.items()}
+    elif isinstance(body, str):
+        # Proxies and gateways answer with HTML pages: keep the words, drop the markup.
+        message = " ".join(_TAG.sub(" ", body).split())[:_MESSAGE_LIMIT]
+    if not message:
+        message = httpx.codes.get_reason_phrase(status) or "no error message"
+    return GraphError(
+        status,
+        code,
+        _redact(message, token),
+        request_id=headers.get("request-id") or _text(inner.get("requestid")),
+        client_request_id=headers.get("client-request-id")
+        or _text(inner.get("clientrequestid"))
+        or client_request_id,
+        retry_after=parse_retry_after(headers.get("retry-after")),
+    )
+
+
+def _fold(key: str) -> str:
+    """`request-id`, `requestId`, `Request_ID` → `requestid`."""
+    return re.sub(r"[-_]", "", key).casefold()
+
+
+def _text(value: JSON) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
+
+
+def _describe(exc: httpx.RequestError, token: str) -> str:
+    detail = str(exc).strip()
+    text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return _redact(text, token)
+
+
+def _redact(text: str, token: str) -> str:
+    """Never let the bearer token reach a message, a log or a report."""
+    # Real tokens are long; a very short test token would blank out ordinary words.
+    return text.replace(token, "***") if len(token) >= _REDACT_MIN else text

@@ -1,0 +1,379 @@
+"""The request budgets: sliding-window write and read logs, the 429 pause gate, an adaptive rate.
+
+Graph throttles Intune writes per app per tenant (100 per 20 s) and all requests at 1000 per 20 s,
+counting every item of a `$batch` individually (GRAPH.md, "Throttling"). The limiter turns those
+budgets into waits *before* sending, so a well-behaved run never sees a 429:
+
+- **Sliding log.** Each budget keeps the send times of its recent items (one timestamp per item).
+  An item may go at time `t` only while fewer than `N` items were sent in `(t - W, t]`, with
+  `W = seconds * (1 + margin)`. Hence any `N + 1` consecutive sends span at least `W`, and no
+  `seconds`-long window ever holds more than `N` sends; the margin absorbs clock and network
+  jitter. The log counts *send times* (the moment a slot is granted), not answers: a request that
+  takes long to answer still used its slot when it left.
+- **Pause gate.** A 429 means Graph's budget for this app is spent, whatever our own log says, so
+  `throttled()` closes one gate for every caller until the `Retry-After` has passed (or an
+  exponential backoff with jitter when Graph gives none). Nothing is granted through a closed gate.
+- **Adaptive rate.** When 429s keep coming (another app shares the tenant's budget), the effective
+  write limit drops multiplicatively and climbs back additively over quiet windows (AIMD).
+
+All time goes through an injected `Clock`, so `FakeClock` tests run without real sleeping.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+import anyio.lowlevel
+
+from batch.model import Rate
+
+__all__ = ["Clock", "FakeClock", "Limiter", "SystemClock"]
+
+#: The any-request budget Graph documents for Intune (per app per tenant).
+DEFAULT_READ_RATE = Rate(1000, 20.0)
+
+# Sleeping at least this long guarantees progress when float rounding leaves a wake-up a hair
+# before the moment a slot frees.
+_MIN_SLEEP = 1e-6
+
+# Backoff for a 429 without Retry-After: base * 2**k seconds (k = consecutive 429 episodes),
+# capped, scaled down for short test windows.
+_BACKOFF_BASE = 1.0
+_BACKOFF_CAP = 60.0
+# AIMD constants: cut the effective write limit to 70 % when 429s keep coming; restore 10 % of
+# the configured limit per quiet window.
+_DECREASE_FACTOR = 0.7
+_INCREASE_SHARE = 0.1
+
+
+class Clock(Protocol):
+    """Where the limiter and the retries read the time and wait."""
+
+    def now(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` (any value ≤ 0 only yields to other tasks)."""
+        ...
+
+
+class SystemClock:
+    """The real clock: `time.monotonic()` and `anyio.sleep`."""
+
+    def now(self) -> float:
+        """Monotonic seconds (usable outside the event loop too)."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep for real; non-positive values still yield once."""
+        await anyio.sleep(max(seconds, 0.0))
+
+
+@dataclass(order=True)
+class _Sleeper:
+    deadline: float
+    seq: int
+    done: bool = field(default=False, compare=False)
+
+
+class FakeClock:
+    """Virtual time for tests: sleeping advances the clock instead of waiting.
+
+    Concurrent sleepers wake in deadline order, each at its own deadline (not the sum of all
+    sleeps): a sleeper advances the clock only once it holds the earliest deadline and has seen
+    that for several scheduler rounds in a row, which gives tasks just woken the chance to
+    register their next sleep first. Every sleep yields to the event loop, so tasks interleave
+    deterministically. `advance()` moves time by hand (e.g. to let a window go quiet).
+    """
+
+    # Scheduler rounds the earliest sleeper waits before jumping the clock; enough for a woken
+    # task to pass a lock hand-over and a few checkpoints before it sleeps again.
+    _SETTLE_ROUNDS = 8
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._sleepers: list[_Sleeper] = []
+        self._seq = itertools.count()
+
+    def now(self) -> float:
+        """The virtual time."""
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move virtual time forward by hand; sleepers whose deadline passed wake up."""
+        if seconds < 0:
+            raise ValueError("a clock cannot go backwards")
+        self._now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until virtual time reaches now + `seconds`, yielding to other tasks meanwhile."""
+        if not seconds > 0:  # also catches NaN
+            await anyio.lowlevel.checkpoint()
+            return
+        me = _Sleeper(self._now + seconds, next(self._seq))
+        heapq.heappush(self._sleepers, me)
+        rounds = 0
+        try:
+            while self._now < me.deadline:
+                await anyio.lowlevel.checkpoint()
+                self._drop_done()
+                if self._sleepers[0] is me:
+                    rounds += 1
+                    if rounds >= self._SETTLE_ROUNDS:
+                        self._now = max(self._now, me.deadline)
+                else:
+                    rounds = 0
+        finally:
+            me.done = True
+            self._drop_done()
+
+    def _drop_done(self) -> None:
+        while self._sleepers and self._sleepers[0].done:
+            heapq.heappop(self._sleepers)
+
+
+class Limiter:
+    """The shared write and read budgets, the 429 pause gate and the adaptive write rate.
+
+    One instance serves every sender of a run. `acquire_writes`/`acquire_reads` are FIFO-fair:
+    callers queue on a lock and the head of the queue does the waiting.
+    """
+
+    def __init__(
+        self,
+        *,
+        write: Rate,
+        read: Rate | None = None,
+        margin: float = 0.05,
+        clock: Clock | None = None,
+        adaptive: bool = True,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not margin >= 0:
+            raise ValueError(f"margin must be ≥ 0, got {margin!r}")
+        self._write = write
+        self._read = read if read is not None else DEFAULT_READ_RATE
+        self._write_window = write.seconds * (1.0 + margin)
+        self._read_window = self._read.seconds * (1.0 + margin)
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._adaptive = adaptive
+        self._rng = rng if rng is not None else random.Random()
+        # Send times, oldest first; a write is logged in both (it is also "any request").
+        self._write_log: deque[float] = deque()
+        self._any_log: deque[float] = deque()
+        self._write_lock = anyio.Lock()
+        self._read_lock = anyio.Lock()
+        # Pause gate and adaptive state.
+        self._paused_until = -math.inf
+        self._limit = write.count
+        self._streak = 0  # consecutive 429 episodes without a success in between
+        self._last_episode_end: float | None = None
+        # Every episode closes the gate at least this long (0.21 s for a 20 s window), so the
+        # other answers of one burst land inside it even when Graph says Retry-After: 0.
+        self._min_pause = self._write_window / 100.0
+        self._quiet_since: float | None = None  # start of the current quiet period while < N
+        # Counters for `stats`.
+        self._throttled = 0
+        self._pauses = 0
+        self._paused_seconds = 0.0
+        self._decreases = 0
+        self._writes = 0
+        self._reads = 0
+        self._successes = 0
+
+    # -- budgets ---------------------------------------------------------------------------
+
+    async def acquire_writes(self, want: int, *, at_least: int = 1) -> int:
+        """Take up to `want` write slots (at least `at_least`) and return how many were taken.
+
+        Waits while the pause gate is closed, then until `at_least` slots are free in the write
+        window (and in the any-request window, which writes also count against), then takes as
+        many as are free right now, up to `want`: a partial batch beats an idle budget.
+        `at_least` larger than the current effective limit is lowered to it (waiting for more
+        slots than the window can ever hold would wait forever).
+        """
+        want, at_least = _check_counts(want, at_least)
+        async with self._write_lock:
+            while True:
+                await self._wait_gate()
+                now = self._clock.now()
+                self._recover(now)
+                _prune(self._write_log, self._write_window, now)
+                _prune(self._any_log, self._read_window, now)
+                limit = self._limit
+                need = min(at_least, limit, self._read.count)
+                free = min(
+                    limit - len(self._write_log),
+                    self._read.count - len(self._any_log),
+                )
+                if free >= need:
+                    take = min(want, free)
+                    self._write_log.extend(itertools.repeat(now, take))
+                    self._any_log.extend(itertools.repeat(now, take))
+                    self._writes += take
+                    return take
+                delay = max(
+                    _delay(self._write_log, limit, self._write_window, need, now),
+                    _delay(self._any_log, self._read.count, self._read_window, need, now),
+                )
+                # Loop back through the gate: a 429 may have closed it while we waited.
+                await self._clock.sleep(max(delay, _MIN_SLEEP))
+
+    async def acquire_reads(self, want: int, *, at_least: int = 1) -> int:
+        """Take up to `want` slots of the any-request budget (at least `at_least`); see writes.
+
+        A read never consumes write slots.
+        """
+        want, at_least = _check_counts(want, at_least)
+        async with self._read_lock:
+            while True:
+                await self._wait_gate()
+                now = self._clock.now()
+                _prune(self._any_log, self._read_window, now)
+                need = min(at_least, self._read.count)
+                free = self._read.count - len(self._any_log)
+                if free >= need:
+                    take = min(want, free)
+                    self._any_log.extend(itertools.repeat(now, take))
+                    self._reads += take
+                    return take
+                delay = _delay(self._any_log, self._read.count, self._read_window, need, now)
+                await self._clock.sleep(max(delay, _MIN_SLEEP))
+
+    async def _wait_gate(self) -> None:
+        while (remaining := self._paused_until - self._clock.now()) > 0:
+            await self._clock.sleep(remaining)
+
+    # -- throttling ------------------------------------------------------------------------
+
+    def throttled(self, retry_after: float | None) -> float:
+        """Record a 429: close the gate for every caller; return the pause from now, in seconds.
+
+        With `retry_after` the gate stays closed until now + `retry_after` (an already longer
+        pause is never shortened). Without it, the pause is an exponential backoff with jitter
+        over the consecutive 429 episodes. A 429 that arrives while the gate is already closed
+        belongs to the same episode: its request left before the gate closed, so it only extends
+        the pause. Every episode closes the gate for at least a hundredth of the window, so the
+        answers of one burst are one episode even with `Retry-After: 0`. A new episode less than
+        one window after the previous one ended means 429s keep coming: the effective write
+        limit is cut (adaptive mode).
+        """
+        now = self._clock.now()
+        self._throttled += 1
+        new_episode = now >= self._paused_until
+        if new_episode:
+            self._pauses += 1
+            if (
+                self._adaptive
+                and self._last_episode_end is not None
+                and now - self._last_episode_end < self._write_window
+            ):
+                self._decrease()
+        # A negative or NaN Retry-After is no instruction at all.
+        wait = retry_after if retry_after is not None and retry_after >= 0 else None
+        if new_episode:
+            pause = max(wait if wait is not None else self._backoff(), self._min_pause)
+            self._streak += 1
+        else:
+            # Same episode: the pause already running covers this answer unless Graph now
+            # asks for a longer one.
+            pause = wait if wait is not None else 0.0
+        until = now + pause
+        if until > self._paused_until:
+            self._paused_seconds += until - max(self._paused_until, now)
+            self._paused_until = until
+        self._last_episode_end = self._paused_until
+        if self._limit < self._write.count:
+            # A quiet window only starts counting once the pause is over.
+            self._quiet_since = self._paused_until
+        return max(self._paused_until - now, 0.0)
+
+    def note_success(self, n: int = 1) -> None:
+        """Record `n` successful answers; once the gate is open they end the 429 streak."""
+        self._successes += n
+        if self._clock.now() >= self._paused_until:
+            self._streak = 0
+
+    def _backoff(self) -> float:
+        # Scale for short windows so scaled-down test budgets stay fast (20 s is Graph's window).
+        scale = min(1.0, self._write.seconds / 20.0)
+        ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0 ** min(self._streak, 32)) * scale
+        # "Equal jitter": a random point in the upper half. Full jitter could draw a pause near
+        # zero and send straight back into a throttle that is still on.
+        return ceiling * self._rng.uniform(0.5, 1.0)
+
+    def _decrease(self) -> None:
+        lowered = max(1, int(self._limit * _DECREASE_FACTOR))
+        if lowered < self._limit:
+            self._limit = lowered
+            self._decreases += 1
+
+    def _recover(self, now: float) -> None:
+        """Additive increase: each full quiet window since the last 429 restores 10 % of N."""
+        if self._limit >= self._write.count or self._quiet_since is None:
+            return
+        windows = int((now - self._quiet_since) // self._write_window)
+        if windows <= 0:
+            return
+        step = max(1, round(self._write.count * _INCREASE_SHARE))
+        self._limit = min(self._write.count, self._limit + windows * step)
+        self._quiet_since += windows * self._write_window
+
+    # -- introspection ---------------------------------------------------------------------
+
+    @property
+    def effective_write_limit(self) -> int:
+        """The write limit in force now (the configured N unless 429s lowered it)."""
+        self._recover(self._clock.now())
+        return self._limit
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds until the pause gate opens (0 when it is open)."""
+        return max(self._paused_until - self._clock.now(), 0.0)
+
+    @property
+    def stats(self) -> dict[str, int | float]:
+        """Counters for the summary and the progress bar."""
+        return {
+            "throttled": self._throttled,
+            "pauses": self._pauses,
+            "paused_seconds": round(self._paused_seconds, 3),
+            "decreases": self._decreases,
+            "write_limit": self.effective_write_limit,
+            "configured_write_limit": self._write.count,
+            "writes": self._writes,
+            "reads": self._reads,
+            "successes": self._successes,
+        }
+
+
+def _check_counts(want: int, at_least: int) -> tuple[int, int]:
+    if want < 1:
+        raise ValueError(f"want must be ≥ 1, got {want}")
+    if at_least < 1:
+        raise ValueError(f"at_least must be ≥ 1, got {at_least}")
+    return want, min(at_least, want)
+
+
+def _prune(log: deque[float], window: float, now: float) -> None:
+    """Forget sends that left the window (`t + window <= now`, the same test as `_delay`)."""
+    while log and log[0] + window <= now:
+        log.popleft()
+
+
+def _delay(log: deque[float], limit: int, window: float, need: int, now: float) -> float:
+    """Seconds until `need` slots are free in a pruned log holding at most `limit` in `window`."""
+    expire = len(log) - limit + need  # how many of the oldest sends must leave the window
+    if expire <= 0:
+        return 0.0
+    return log[expire - 1] + window - now

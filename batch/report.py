@@ -1,0 +1,155 @@
+"""The run folder's report files: results.csv, failures.csv, summary.json, requests.jsonl.
+
+Writers are incremental and flushed after every write so that a crash leaves usable files. CSVs are
+UTF-8 with a BOM (Excel) and RFC 4180 quoting. Text that came from Graph and looks like a formula is
+neutralised, so opening results.csv in Excel never runs it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Final
+
+from batch.model import JSON, RawRow, RowResult
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "FailuresWriter",
+    "RequestsWriter",
+    "ResultsWriter",
+    "neutralise",
+    "write_json_atomic",
+]
+
+RESULT_COLUMNS: Final = (
+    "row",
+    "id",
+    "outcome",
+    "status",
+    "error_code",
+    "error_message",
+    "changed_fields",
+    "attempts",
+    "request_id",
+    "client_request_id",
+)
+
+_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(text: str) -> str:
+    """Prefix a formula-looking cell with `'` so spreadsheet programs show it as text (OWASP)."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def _open_csv(path: Path) -> IO[str]:
+    # newline="" is what the csv module needs to write RFC 4180 line endings itself.
+    return path.open("w", encoding="utf-8-sig", newline="")
+
+
+class ResultsWriter:
+    """results.csv: one line per input row, written in input order as rows complete."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = _open_csv(path)
+        self._csv = csv.writer(self._file)
+        self._csv.writerow(RESULT_COLUMNS)
+        self._file.flush()
+
+    def write(self, result: RowResult) -> None:
+        """Append one row's result."""
+        self._csv.writerow(
+            (
+                result.number,
+                result.event_id,
+                result.outcome.value,
+                "" if result.status is None else result.status,
+                neutralise(result.error_code),
+                neutralise(result.error_message),
+                ";".join(result.changed_fields),
+                result.attempts,
+                result.request_id,
+                result.client_request_id,
+            )
+        )
+
+    def flush(self) -> None:
+        """Push buffered lines to the file."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close."""
+        self._file.close()
+
+
+class FailuresWriter:
+    """failures.csv: failed and invalid rows in their own columns, plus `_row,_outcome,_error`.
+
+    The file is valid input for a re-run as it is: `_`-prefixed columns are ignored by the reader.
+    """
+
+    def __init__(self, path: Path, headers: Sequence[str]) -> None:
+        self._headers = [h for h in headers if h not in ("_row", "_outcome", "_error")]
+        self._file = _open_csv(path)
+        self._csv = csv.writer(self._file)
+        self._csv.writerow([*self._headers, "_row", "_outcome", "_error"])
+        self._file.flush()
+        self.count = 0
+
+    def write(self, raw: RawRow, result: RowResult) -> None:
+        """Append one failed or invalid row with its own cells."""
+        message = result.error_message
+        if result.error_code:
+            message = f"{result.error_code}: {message}" if message else result.error_code
+        self._csv.writerow(
+            [
+                *(raw.cells.get(h, "") for h in self._headers),
+                raw.number,
+                result.outcome.value,
+                neutralise(message),
+            ]
+        )
+        self.count += 1
+
+    def flush(self) -> None:
+        """Push buffered lines to the file."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close."""
+        self._file.close()
+
+
+class RequestsWriter:
+    """requests.jsonl (dry-run): one planned request per line `{"row","method","url","body"}`."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("w", encoding="utf-8")
+
+    def write(self, row: int, method: str, url: str, body: Mapping[str, JSON]) -> None:
+        """Append one planned request."""
+        line = {"row": row, "method": method, "url": url, "body": dict(body)}
+        self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def flush(self) -> None:
+        """Push buffered lines to the file."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close."""
+        self._file.close()
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,431 @@
+"""The limiter on a fake clock: sliding-window budgets, the 429 gate, backoff, adaptive rate."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import anyio
+import pytest
+
+from batch.limiter import FakeClock, Limiter, SystemClock
+from batch.model import Rate
+
+pytestmark = pytest.mark.anyio
+
+WRITE = Rate(100, 20.0)
+WINDOW = 20.0 * 1.05  # the window the limiter uses with the default 5 % margin
+
+
+def max_in_any_window(grants: Sequence[tuple[float, int]], seconds: float) -> int:
+    """The most items granted in any closed `seconds`-long window (worst case for us)."""
+    times = sorted(grants)
+    best = 0
+    for i, (start, _) in enumerate(times):
+        total = 0
+        for t, n in times[i:]:
+            if t > start + seconds:
+                break
+            total += n
+        best = max(best, total)
+    return best
+
+
+# -- FakeClock ---------------------------------------------------------------------------------
+
+
+async def test_fake_clock_wakes_concurrent_sleepers_at_their_own_deadlines() -> None:
+    clock = FakeClock()
+    woke: dict[str, float] = {}
+
+    async def nap(name: str, seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke[name] = clock.now()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(nap, "long", 3.0)
+        tg.start_soon(nap, "short", 1.0)
+        tg.start_soon(nap, "mid", 2.0)
+    assert woke == {"short": 1.0, "mid": 2.0, "long": 3.0}
+    assert clock.now() == 3.0  # concurrent sleeps overlap; they do not add up
+
+
+async def test_fake_clock_chained_sleeps_and_manual_advance() -> None:
+    clock = FakeClock(start=10.0)
+    await clock.sleep(1.5)
+    await clock.sleep(0)  # only yields
+    await clock.sleep(-1)
+    assert clock.now() == 11.5
+    clock.advance(2)
+    assert clock.now() == 13.5
+    with pytest.raises(ValueError):
+        clock.advance(-1)
+
+
+async def test_fake_clock_cancelled_sleeper_leaves_the_queue() -> None:
+    clock = FakeClock()
+    scopes: list[anyio.CancelScope] = []
+    woke: list[float] = []
+
+    async def doomed() -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await clock.sleep(1.0)
+
+    async def later() -> None:
+        await clock.sleep(2.0)
+        woke.append(clock.now())
+
+    with anyio.fail_after(5):  # real-time guard: a stuck queue would spin forever
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(doomed)
+            tg.start_soon(later)
+            await anyio.lowlevel.checkpoint()
+            scopes[0].cancel()
+    assert woke == [2.0]
+
+
+async def test_system_clock_is_monotonic_and_sleeps() -> None:
+    clock = SystemClock()
+    before = clock.now()
+    await clock.sleep(0)
+    await clock.sleep(-5)
+    await clock.sleep(0.001)
+    assert clock.now() >= before
+
+
+# -- sliding window ----------------------------------------------------------------------------
+
+
+async def test_no_window_ever_holds_more_than_n_under_heavy_concurrent_demand() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    grants: list[tuple[float, int]] = []
+    rng = random.Random(7)
+    wants = [rng.randint(1, 20) for _ in range(40)]
+
+    async def sender(want: int) -> None:
+        got = 0
+        while got < 60:
+            n = await limiter.acquire_writes(want)
+            grants.append((clock.now(), n))
+            got += n
+
+    async with anyio.create_task_group() as tg:
+        for want in wants:
+            tg.start_soon(sender, want)
+
+    assert sum(n for _, n in grants) >= 40 * 60
+    assert max_in_any_window(grants, WRITE.seconds) <= WRITE.count
+    # Not merely safe but busy: the budget is spent in full each window.
+    assert max_in_any_window(grants, WINDOW - 1e-9) == WRITE.count
+
+
+async def test_batch_takes_what_is_free_now() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    assert await limiter.acquire_writes(93) == 93
+    assert await limiter.acquire_writes(20) == 7  # partial batch, no waiting
+    assert clock.now() == 0.0
+
+
+async def test_at_least_waits_until_the_oldest_sends_leave_the_window() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(10, 20.0), clock=clock)
+    assert await limiter.acquire_writes(6) == 6  # t=0
+    clock.advance(5)
+    assert await limiter.acquire_writes(3) == 3  # t=5, 1 left
+    # Needs 4: the 6 sends of t=0 must leave; that happens at 0 + 21.
+    assert await limiter.acquire_writes(20, at_least=4) == 7
+    assert clock.now() == pytest.approx(21.0)
+
+
+async def test_at_least_above_the_limit_is_lowered_to_it() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(5, 10.0), clock=clock)
+    assert await limiter.acquire_writes(20, at_least=20) == 5
+    assert clock.now() == 0.0
+
+
+async def test_steady_state_throughput_is_n_per_window() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    times: list[float] = []
+
+    async def sender() -> None:
+        while len(times) < 1000:
+            await limiter.acquire_writes(1)
+            times.append(clock.now())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(16):
+            tg.start_soon(sender)
+    first_thousand = sorted(times)[:1000]
+    # 1000 items at 100 per 21 s: ten windows, the last one starting at 9 * 21 s.
+    assert first_thousand[-1] == pytest.approx(9 * WINDOW)
+    assert first_thousand[99] == 0.0 and first_thousand[100] == pytest.approx(WINDOW)
+
+
+async def test_waiters_are_served_first_come_first_served() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(4, 10.0), clock=clock)
+    await limiter.acquire_writes(4)
+    order: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await limiter.acquire_writes(4, at_least=4)
+        order.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(5):
+            tg.start_soon(waiter, i)
+            await anyio.lowlevel.checkpoint()  # let each one queue before the next starts
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_cancelled_waiter_takes_no_slots() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(2, 10.0), clock=clock)
+    await limiter.acquire_writes(2)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await limiter.acquire_writes(1)
+    assert limiter.stats["writes"] == 2
+
+
+async def test_bad_counts_are_rejected() -> None:
+    limiter = Limiter(write=WRITE, clock=FakeClock())
+    with pytest.raises(ValueError):
+        await limiter.acquire_writes(0)
+    with pytest.raises(ValueError):
+        await limiter.acquire_reads(1, at_least=0)
+    with pytest.raises(ValueError):
+        Limiter(write=WRITE, margin=-0.1)
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+async def test_reads_never_use_write_slots() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(5, 20.0), read=Rate(50, 20.0), clock=clock)
+    assert await limiter.acquire_reads(40) == 40
+    assert await limiter.acquire_writes(5) == 5
+    assert clock.now() == 0.0
+
+
+async def test_writes_count_against_the_any_request_budget() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(5, 20.0), read=Rate(8, 20.0), clock=clock)
+    assert await limiter.acquire_writes(5) == 5
+    assert await limiter.acquire_reads(10) == 3  # 8 requests in all
+    assert await limiter.acquire_reads(1) == 1  # waits for the window
+    assert clock.now() == pytest.approx(21.0)
+
+
+async def test_a_full_read_budget_holds_writes_back() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(5, 20.0), read=Rate(8, 10.0), clock=clock)
+    await limiter.acquire_reads(8)
+    assert await limiter.acquire_writes(5) == 5
+    assert clock.now() == pytest.approx(10.5)
+
+
+async def test_read_grants_respect_their_window() -> None:
+    clock = FakeClock()
+    read = Rate(30, 2.0)
+    limiter = Limiter(write=Rate(5, 2.0), read=read, clock=clock)
+    grants: list[tuple[float, int]] = []
+
+    async def reader() -> None:
+        for _ in range(20):
+            n = await limiter.acquire_reads(7)
+            grants.append((clock.now(), n))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(6):
+            tg.start_soon(reader)
+    assert max_in_any_window(grants, read.seconds) <= read.count
+
+
+# -- the 429 gate ------------------------------------------------------------------------------
+
+
+async def test_retry_after_pauses_every_sender() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    assert limiter.throttled(2.5) == 2.5
+    starts: list[float] = []
+
+    async def sender() -> None:
+        await limiter.acquire_writes(1)
+        starts.append(clock.now())
+
+    async def reader() -> None:
+        await limiter.acquire_reads(1)
+        starts.append(clock.now())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(sender)
+        tg.start_soon(reader)
+    assert len(starts) == 11
+    assert min(starts) >= 2.5
+
+
+async def test_a_429_during_a_window_wait_is_honoured() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(10, 20.0), clock=clock)
+    await limiter.acquire_writes(10)
+    granted: list[float] = []
+
+    async def waiter() -> None:
+        await limiter.acquire_writes(1)  # the window frees at 21 s
+        granted.append(clock.now())
+
+    async def throttle_later() -> None:
+        await clock.sleep(20.0)
+        limiter.throttled(30.0)  # arrives while the waiter sleeps on the window
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        tg.start_soon(throttle_later)
+    assert granted == [pytest.approx(50.0)]
+
+
+async def test_a_pause_is_never_shortened() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    limiter.throttled(10.0)
+    clock.advance(0.1)
+    assert limiter.throttled(1.0) == pytest.approx(9.9)
+    assert limiter.throttled(12.0) == pytest.approx(12.0)
+    assert limiter.paused_for == pytest.approx(12.0)
+    assert limiter.stats["pauses"] == 1 and limiter.stats["throttled"] == 3
+
+
+async def test_backoff_without_retry_after_grows_with_jitter() -> None:
+    pauses: list[list[float]] = []
+    for seed in range(5):
+        clock = FakeClock()
+        limiter = Limiter(write=WRITE, clock=clock, rng=random.Random(seed))
+        run: list[float] = []
+        for _ in range(7):
+            pause = limiter.throttled(None)
+            run.append(pause)
+            clock.advance(pause)  # the next 429 comes right after the gate opens
+        pauses.append(run)
+    for run in pauses:
+        for k, pause in enumerate(run):
+            ceiling = min(60.0, 2.0**k)
+            assert ceiling / 2 <= pause <= ceiling
+    assert len({run[3] for run in pauses}) == len(pauses)  # jittered, not one fixed schedule
+
+
+async def test_backoff_restarts_after_a_success() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock, rng=random.Random(1))
+    for _ in range(4):
+        clock.advance(limiter.throttled(None))
+    limiter.note_success()
+    assert limiter.throttled(None) <= 1.0
+
+
+async def test_backoff_scales_down_with_short_windows() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(100, 2.0), clock=clock, rng=random.Random(3))
+    assert 0.05 <= limiter.throttled(None) <= 0.1
+
+
+async def test_success_during_the_pause_keeps_the_streak() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock, rng=random.Random(2))
+    clock.advance(limiter.throttled(None))
+    clock.advance(limiter.throttled(None))
+    limiter.throttled(None)
+    limiter.note_success(3)  # an answer to a request sent before the 429s
+    clock.advance(limiter.paused_for)
+    assert limiter.throttled(None) >= 4.0
+
+
+async def test_answers_of_one_burst_are_one_episode() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    for _ in range(20):  # a $batch whose items were all throttled
+        limiter.throttled(0.0)
+    assert limiter.stats["pauses"] == 1
+    assert limiter.effective_write_limit == 100
+
+
+# -- adaptive rate -----------------------------------------------------------------------------
+
+
+async def test_repeated_429s_step_the_rate_down_and_quiet_windows_restore_it() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    clock.advance(limiter.throttled(2.0))
+    assert limiter.effective_write_limit == 100  # one 429 alone may be bad luck
+    clock.advance(3.0)
+    clock.advance(limiter.throttled(2.0))  # 429s keep coming
+    assert limiter.effective_write_limit == 70
+    clock.advance(1.0)
+    limiter.throttled(2.0)
+    assert limiter.effective_write_limit == 49
+    assert limiter.stats["decreases"] == 2
+    clock.advance(2.0)  # pause over; quiet windows count from here
+    clock.advance(WINDOW - 0.01)
+    assert limiter.effective_write_limit == 49
+    clock.advance(0.02)
+    assert limiter.effective_write_limit == 59  # +10 % of N per quiet window
+    clock.advance(3 * WINDOW)
+    assert limiter.effective_write_limit == 89
+    clock.advance(10 * WINDOW)
+    assert limiter.effective_write_limit == 100  # never above the configured N
+
+
+async def test_the_lowered_rate_is_enforced() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(10, 20.0), clock=clock)
+    clock.advance(limiter.throttled(1.0))
+    clock.advance(1.5)
+    clock.advance(limiter.throttled(1.0))
+    assert limiter.effective_write_limit == 7
+    assert await limiter.acquire_writes(20) == 7
+
+
+async def test_the_rate_never_drops_below_one() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(3, 20.0), clock=clock)
+    for _ in range(10):
+        clock.advance(limiter.throttled(1.0) + 1.5)
+    assert limiter.effective_write_limit == 1
+    assert await limiter.acquire_writes(5, at_least=5) == 1
+
+
+async def test_adaptive_off_keeps_the_configured_rate() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock, adaptive=False)
+    for _ in range(5):
+        clock.advance(limiter.throttled(1.0) + 1.5)
+    assert limiter.effective_write_limit == 100
+    assert limiter.stats["decreases"] == 0
+
+
+async def test_stats_report_the_counters() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    await limiter.acquire_writes(3)
+    await limiter.acquire_reads(2)
+    limiter.note_success(3)
+    limiter.throttled(4.0)
+    assert limiter.stats == {
+        "throttled": 1,
+        "pauses": 1,
+        "paused_seconds": 4.0,
+        "decreases": 0,
+        "write_limit": 100,
+        "configured_write_limit": 100,
+        "writes": 3,
+        "reads": 2,
+        "successes": 3,
+    }
