@@ -6,14 +6,25 @@ into one-line messages and the exit codes of CONTRACT.md. Nothing else lives her
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import sys
-from typing import Annotated, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 
+import anyio
 import typer
 
 from batch import __version__
-from batch.errors import BatchError
+from batch.errors import BatchError, UsageError
+from batch.logs import setup_console
+from batch.model import Rate
+
+if TYPE_CHECKING:
+    from batch.engine import RunSummary
+
+# Commands import the heavy modules (pandas, httpx, msal) when they run, so `--help` stays quick.
 
 __all__ = ["app", "main"]
 
@@ -26,6 +37,38 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+# Options shared by several commands (one definition, one help text).
+EncodingOpt = Annotated[
+    str | None, typer.Option(help="CSV text encoding (default UTF-8, with or without BOM).")
+]
+SheetOpt = Annotated[str | None, typer.Option(help="Excel sheet name (default: the first).")]
+MapOpt = Annotated[
+    Path | None,
+    typer.Option("--map", help='TOML column map: [columns] "Serial" = "deviceSerialNumber".'),
+]
+NullTokenOpt = Annotated[str, typer.Option(help="Cell text that sends JSON null.")]
+AssumeTzOpt = Annotated[
+    str | None,
+    typer.Option(help="Time zone for date-times without offset, e.g. Europe/Berlin or UTC."),
+]
+IgnoreUnknownOpt = Annotated[
+    bool, typer.Option(help="Skip columns that are not properties instead of failing.")
+]
+CloudOpt = Annotated[str, typer.Option(help="global, usgov, usgovdod or china.")]
+GraphUrlOpt = Annotated[
+    str | None, typer.Option(help="Graph root override, e.g. http://127.0.0.1:8765.")
+]
+AuthorityHostOpt = Annotated[str | None, typer.Option(help="Sign-in authority host override.")]
+DeviceCodeOpt = Annotated[
+    bool, typer.Option(help="Delegated sign-in with a device code (an admin at a terminal).")
+]
+TokenCacheOpt = Annotated[
+    bool, typer.Option(help="Keep the sign-in cache in the user's config directory (0600).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 
 
 def _version(value: bool) -> None:
@@ -66,3 +109,683 @@ def main() -> None:
             err=True,
         )
         sys.exit(1)
+
+
+# --- run and demo ---------------------------------------------------------------------------
+
+_RUN_EXAMPLE = """
+\b
+Examples:
+  GRAPH_ACCESS_TOKEN=... autopilot-batch run events.csv --dry-run
+  autopilot-batch run events.xlsx --sheet Updates --mode single --write-limit 100/20
+  autopilot-batch run events.csv --out runs/migration --resume
+"""
+
+
+def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
+    data = summary.data
+    if as_json:
+        typer.echo(json.dumps(data, ensure_ascii=False))
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in data["counts"].items() if v) or "no rows"
+    typer.echo(f"{data['rows']} rows: {counts}")
+    typer.echo(
+        f"elapsed {data['elapsed_seconds']:.1f} s ({data['rows_per_second']:.1f} rows/s), "
+        f"requests {data['requests_sent']}, writes {data['writes_sent']}, "
+        f"429s {data['throttled_429']}, retries {data['retries']}"
+    )
+    if data.get("stopped_because"):
+        typer.echo(f"stopped: {data['stopped_because']}")
+    typer.echo(f"run folder: {summary.out_dir}")
+
+
+def _parse_rate(text: str, option: str) -> Rate:
+    try:
+        return Rate.parse(text)
+    except ValueError as error:
+        raise UsageError(f"{option}: {error}") from None
+
+
+@app.command(epilog=_RUN_EXAMPLE)
+def run(
+    input: Annotated[Path, typer.Argument(help="The CSV or Excel file of updates.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder (default runs/<UTC timestamp>-<input stem>/)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the interrupted run in --out; sent rows are not resent.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="Validate and plan; write requests.jsonl; send nothing.")
+    ] = False,
+    mode: Annotated[
+        str, typer.Option(help="single (one PATCH per row) or batch ($batch).")
+    ] = "batch",
+    batch_size: Annotated[int, typer.Option(help="Requests per $batch, 1-20.")] = 20,
+    write_limit: Annotated[
+        str, typer.Option(help="Write budget N/SECONDS, never exceeded (Graph: 100/20 per app).")
+    ] = "100/20",
+    read_limit: Annotated[
+        str | None, typer.Option(help="Read budget N/SECONDS (default: 10x the write budget).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 4,
+    max_retries: Annotated[
+        int, typer.Option(help="Retries per row for 429/503/504/connection errors.")
+    ] = 8,
+    encoding: EncodingOpt = None,
+    sheet: SheetOpt = None,
+    map_file: MapOpt = None,
+    null_token: NullTokenOpt = "<null>",
+    assume_tz: AssumeTzOpt = None,
+    ignore_unknown_columns: IgnoreUnknownOpt = False,
+    cloud: CloudOpt = "global",
+    graph_url: GraphUrlOpt = None,
+    authority_host: AuthorityHostOpt = None,
+    device_code: DeviceCodeOpt = False,
+    token_cache: TokenCacheOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Send the updates in INPUT to Graph and write the run folder."""
+    from batch.auth import build_token_provider
+    from batch.clouds import resolve_endpoints
+    from batch.engine import RunOptions, execute
+    from batch.mapper import InputOptions
+    from batch.progress import make_progress
+
+    setup_console(quiet=quiet or as_json)
+    try:
+        endpoints = resolve_endpoints(cloud, graph_url=graph_url, authority_host=authority_host)
+        options = RunOptions(
+            input=input,
+            out=out,
+            resume=resume,
+            dry_run=dry_run,
+            mode=_mode(mode),
+            batch_size=batch_size,
+            write_limit=_parse_rate(write_limit, "--write-limit"),
+            read_limit=_parse_rate(read_limit, "--read-limit") if read_limit else None,
+            concurrency=concurrency,
+            max_retries=max_retries,
+            input_options=InputOptions(
+                encoding=encoding,
+                sheet=sheet,
+                map_file=map_file,
+                null_token=null_token,
+                assume_tz=assume_tz,
+                ignore_unknown_columns=ignore_unknown_columns,
+            ),
+            graph_root=endpoints.graph_root,
+            cloud=endpoints.cloud,
+        )
+        options.check()
+        tokens = (
+            None
+            if dry_run
+            else build_token_provider(endpoints, device_code=device_code, token_cache=token_cache)
+        )
+        summary = anyio.run(
+            lambda: execute(options, tokens=tokens, progress=make_progress(quiet=quiet or as_json))
+        )
+    except BatchError as error:
+        fail(error)
+    _print_summary(summary, as_json=as_json)
+    raise typer.Exit(summary.exit_code)
+
+
+def _mode(text: str) -> Literal["single", "batch"]:
+    if text == "single":
+        return "single"
+    if text == "batch":
+        return "batch"
+    raise UsageError(f"--mode must be single or batch, not {text!r}")
+
+
+_DEMO_TOKEN = "demo-token"
+
+
+@app.command(
+    epilog="\b\nExample:\n  autopilot-batch demo\n  autopilot-batch demo --mode single --quiet"
+)
+def demo(
+    input: Annotated[
+        Path | None, typer.Option(help="Updates to run (default: the bundled sample).")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="single or batch.")] = "batch",
+    write_limit: Annotated[
+        str, typer.Option(help="The emulator's (and the tool's) write limit, scaled down.")
+    ] = "100/5",
+    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Start the Graph emulator in-process and run the bundled sample through it."""
+    from batch.auth import StaticTokenProvider
+    from batch.emulator import EmulatorConfig, EmulatorServer, generate_event
+    from batch.engine import RunOptions, execute
+    from batch.mapper import Prepared
+    from batch.progress import make_progress
+
+    setup_console(quiet=quiet or as_json)
+    try:
+        sample = input or _bundled_sample()
+        limit = _parse_rate(write_limit, "--write-limit")
+        options = RunOptions(
+            input=sample,
+            out=out,
+            mode=_mode(mode),
+            write_limit=limit,
+            concurrency=4,
+        )
+        options.check()
+        config = EmulatorConfig(
+            write_limit=limit,
+            tenant_write_limit=Rate(limit.count * 2, limit.seconds),
+            token=_DEMO_TOKEN,
+            seed=2026,
+        )
+        with EmulatorServer(config) as server:
+            # The emulator's tenant holds an event for every id in the sample, with other values.
+            rng = random.Random(2026)
+
+            def preload(prepared: Prepared) -> None:
+                for _raw, mapped in prepared.rows():
+                    if mapped.event_id and server.store.get(mapped.event_id) is None:
+                        server.store.add(generate_event(rng, event_id=mapped.event_id))
+
+            options.graph_root = server.url
+            typer.echo(f"Graph emulator listening on {server.url} (write limit {limit})", err=True)
+            summary = anyio.run(
+                lambda: execute(
+                    options,
+                    tokens=StaticTokenProvider(_DEMO_TOKEN),
+                    progress=make_progress(quiet=quiet or as_json),
+                    on_prepared=preload,
+                )
+            )
+            stats = server.stats()
+    except BatchError as error:
+        fail(error)
+    _print_summary(summary, as_json=as_json)
+    if not as_json:
+        typer.echo(
+            f"emulator: {stats['writes']} writes accepted, {stats['throttled']} answered 429, "
+            f"{stats['during_retry_after']} sent during a Retry-After"
+        )
+    raise typer.Exit(summary.exit_code)
+
+
+def _bundled_sample() -> Path:
+    sample = Path(__file__).resolve().parent.parent / "sample_data" / "events.csv"
+    if not sample.exists():
+        raise UsageError(
+            f"the bundled sample {sample} is missing (installed without the source tree); "
+            "pass --input FILE"
+        )
+    return sample
+
+
+# --- whoami -----------------------------------------------------------------------------------
+
+_WHOAMI_EXAMPLE = """
+\b
+Examples:
+  AZURE_TENANT_ID=... AZURE_CLIENT_ID=... AZURE_CLIENT_SECRET=... autopilot-batch whoami
+  autopilot-batch whoami --cloud usgov --json
+  AZURE_CLIENT_ID=... autopilot-batch whoami --device-code --token-cache
+\b
+Exit codes: 0 signed in with the permission, 2 credential settings wrong or missing,
+3 no token, or the token lacks DeviceManagementManagedDevices.ReadWrite.All.
+"""
+
+
+@app.command(epilog=_WHOAMI_EXAMPLE)
+def whoami(
+    cloud: CloudOpt = "global",
+    graph_url: GraphUrlOpt = None,
+    authority_host: AuthorityHostOpt = None,
+    device_code: DeviceCodeOpt = False,
+    token_cache: TokenCacheOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Get a token and show tenant, app, cloud, expiry and permission: a pre-flight check."""
+    import datetime as dt
+
+    from batch.auth import (
+        REQUIRED_PERMISSION,
+        build_token_provider,
+        credential_name,
+        describe_token,
+    )
+    from batch.clouds import resolve_endpoints
+    from batch.errors import AuthError
+
+    setup_console(quiet=as_json)
+    try:
+        endpoints = resolve_endpoints(cloud, graph_url=graph_url, authority_host=authority_host)
+        tokens = build_token_provider(endpoints, device_code=device_code, token_cache=token_cache)
+        info = describe_token(anyio.run(lambda: tokens.token()))
+    except BatchError as error:
+        if as_json:
+            typer.echo(json.dumps({"ok": False, "error": str(error), "exit_code": error.exit_code}))
+        fail(error)
+    now = dt.datetime.now(dt.UTC)
+    granted = info.grants()
+    expired = info.expires_at is not None and info.expires_at <= now
+    # A cron pre-flight must fail when a run would fail: an expired token, a missing permission.
+    problem: AuthError | None = None
+    if expired:
+        problem = AuthError(f"the token expired at {info.expires_at:%Y-%m-%d %H:%M:%S} UTC")
+    elif granted is False:
+        grant = "a delegated" if info.delegated else "an application"
+        problem = AuthError(
+            f"the token lacks {REQUIRED_PERMISSION}: grant it to the app as {grant} "
+            "permission and give admin consent"
+        )
+    if as_json:
+        data = {
+            "ok": problem is None,
+            **info.to_json(),
+            "cloud": endpoints.cloud,
+            "graph_root": endpoints.graph_root,
+            "authority_host": endpoints.authority_host,
+            "credential": credential_name(tokens),
+            "expires_in_seconds": (
+                int((info.expires_at - now).total_seconds()) if info.expires_at else None
+            ),
+            "permission": REQUIRED_PERMISSION,
+            "permission_granted": granted,
+        }
+        typer.echo(json.dumps(data, ensure_ascii=False))
+    else:
+        expiry = "unknown"
+        if info.expires_at is not None:
+            minutes = int((info.expires_at - now).total_seconds() // 60)
+            expiry = f"{info.expires_at:%Y-%m-%d %H:%M:%S} UTC (in {minutes} min)"
+        kind = "delegated scope" if info.delegated else "application role"
+        verdict = {True: f"granted ({kind})", False: "MISSING", None: "unknown (opaque token)"}
+        lines = [
+            ("tenant", info.tenant),
+            ("app id", info.app_id),
+            *([("user", info.user)] if info.user else []),
+            ("cloud", f"{endpoints.cloud} ({endpoints.graph_root})"),
+            ("credential", credential_name(tokens)),
+            ("expires", expiry),
+            ("permission", f"{REQUIRED_PERMISSION}: {verdict[granted]}"),
+        ]
+        for label, value in lines:
+            typer.echo(f"{label:<11} {value}")
+    if problem is not None:
+        fail(problem)
+
+
+# --- validate, schema, template ---------------------------------------------------------------
+
+_VALIDATE_EXAMPLE = """
+\b
+Examples:
+  autopilot-batch validate events.csv
+  autopilot-batch validate events.xlsx --sheet Updates --assume-tz Europe/Berlin
+  autopilot-batch validate export.csv --map columns.toml --json > report.json
+\b
+Bad rows go to stderr, one line per problem: "row 7: enrollmentState: must be one of ...
+(got 'x')"; the summary goes to stdout.
+Exit codes: 0 every row valid (or skipped), 1 some rows invalid, 2 the file cannot be used.
+"""
+
+
+def _json_line(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+@app.command(epilog=_VALIDATE_EXAMPLE)
+def validate(
+    input: Annotated[Path, typer.Argument(help="The CSV or Excel file of updates.")],
+    encoding: EncodingOpt = None,
+    sheet: SheetOpt = None,
+    map_file: MapOpt = None,
+    null_token: NullTokenOpt = "<null>",
+    assume_tz: AssumeTzOpt = None,
+    ignore_unknown_columns: IgnoreUnknownOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Read and check every row of INPUT without touching Graph; list every problem."""
+    from batch.mapper import InputOptions, prepare
+    from batch.model import Invalid, Skipped, Update
+
+    options = InputOptions(
+        encoding=encoding,
+        sheet=sheet,
+        map_file=map_file,
+        null_token=null_token,
+        assume_tz=assume_tz,
+        ignore_unknown_columns=ignore_unknown_columns,
+    )
+    out, err = sys.stdout, sys.stderr
+    counts = {"valid": 0, "invalid": 0, "skipped": 0}
+    try:
+        prepared = prepare(input, options)
+        if not quiet and not as_json:
+            for warning in prepared.warnings:
+                typer.echo(f"warning: {warning}", err=True)
+        if as_json:
+            # Streamed, so a million bad rows never sit in memory: counts come last.
+            head = {
+                "file": str(input),
+                "sha256": prepared.sha256,
+                "columns": prepared.columns,
+                "warnings": prepared.warnings,
+            }
+            # The head object without its closing brace; the tail closes the list and the object.
+            out.write(_json_line(head)[:-1] + ', "invalid_rows": [')
+        first = True
+        for _raw, mapped in prepared.rows():
+            if isinstance(mapped, Update):
+                counts["valid"] += 1
+            elif isinstance(mapped, Skipped):
+                counts["skipped"] += 1
+            elif isinstance(mapped, Invalid):
+                counts["invalid"] += 1
+                if as_json:
+                    item = {
+                        "row": mapped.number,
+                        "id": mapped.event_id,
+                        "problems": [
+                            {"column": p.column, "value": p.value, "reason": p.reason}
+                            for p in mapped.problems
+                        ],
+                    }
+                    out.write(("" if first else ", ") + _json_line(item))
+                    first = False
+                else:
+                    # Plain writes: a file of a million bad rows prints a million lines.
+                    for problem in mapped.problems:
+                        err.write(f"row {mapped.number}: {problem}\n")
+    except BatchError as error:
+        fail(error)
+    exit_code = 1 if counts["invalid"] else 0
+    rows = sum(counts.values())
+    if as_json:
+        tail = {"rows": rows, **counts, "exit_code": exit_code}
+        out.write("], " + _json_line(tail)[1:] + "\n")
+        out.flush()
+    else:
+        err.flush()
+        warned = len(prepared.warnings)
+        warnings = f", {warned} warning{'s' if warned != 1 else ''}" if warned else ""
+        typer.echo(
+            f"{input.name}: {rows} row{'s' if rows != 1 else ''}: {counts['valid']} valid, "
+            f"{counts['invalid']} invalid, {counts['skipped']} skipped{warnings}"
+        )
+    raise typer.Exit(exit_code)
+
+
+_SCHEMA_EXAMPLE = """
+\b
+Examples:
+  autopilot-batch schema
+  autopilot-batch schema --json | jq '.[] | select(.nullable) | .name'
+"""
+
+
+@app.command(epilog=_SCHEMA_EXAMPLE)
+def schema(as_json: JsonOpt = False) -> None:
+    """Show the columns an input file may have: property, type, nullable, allowed values."""
+    from batch.schema import PROPERTIES
+
+    rows = [
+        {
+            "name": p.name,
+            "type": p.type_name,
+            "edm": p.edm,
+            "nullable": p.nullable,
+            "legacy": p.legacy,
+            "key": p.key,
+            "allowed": list(p.members),
+            "description": p.description,
+        }
+        for p in PROPERTIES.values()
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+
+    def note(row: dict[str, object]) -> str:
+        if row["key"]:
+            return "key: in the URL, required"
+        return "legacy: no longer in the beta schema" if row["legacy"] else ""
+
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        from batch.schema import ENUMS
+
+        table = Table(title="deviceManagementAutopilotEvent (Graph beta)", title_justify="left")
+        table.add_column("property", no_wrap=True)  # up to 57 characters: never break a name
+        table.add_column("type", overflow="fold")
+        table.add_column("nullable", no_wrap=True)
+        table.add_column("note", min_width=14)
+        for row in rows:
+            table.add_row(
+                str(row["name"]),
+                str(row["type"]),
+                "yes" if row["nullable"] else "no",
+                note(row),
+            )
+        console = Console()
+        console.print(table)
+        # The enum members are long (up to 51 characters) and shared: list them once per type.
+        console.print("Allowed values (any case in the file; sent in this spelling):")
+        for enum_type, members in ENUMS.items():
+            console.print(Text.assemble((enum_type, "bold"), ": ", ", ".join(members)))
+        return
+    width = max(len(str(row["name"])) for row in rows)
+    type_width = max(len(str(row["type"])) for row in rows)
+    typer.echo(f"{'property':<{width}}  {'type':<{type_width}}  nullable  note / allowed values")
+    for row in rows:
+        allowed = row["allowed"]
+        assert isinstance(allowed, list)
+        extra = "; ".join(part for part in (note(row), ", ".join(allowed)) if part)
+        nullable = "yes" if row["nullable"] else "no"
+        typer.echo(
+            f"{row['name']!s:<{width}}  {row['type']!s:<{type_width}}  {nullable:<8}  {extra}"
+        )
+
+
+_TEMPLATE_EXAMPLE = """
+\b
+Examples:
+  autopilot-batch template updates.xlsx
+  autopilot-batch template updates.csv --include-legacy --force
+"""
+
+
+@app.command(epilog=_TEMPLATE_EXAMPLE)
+def template(
+    out: Annotated[Path, typer.Argument(help="The file to write: .csv or .xlsx.")],
+    include_legacy: Annotated[
+        bool, typer.Option(help="Add the legacy columns the current beta schema dropped.")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite OUT if it exists.")] = False,
+) -> None:
+    """Write an empty input file: the header row only, id first (CSV is UTF-8 with BOM)."""
+    from batch.mapper import template_columns
+
+    try:
+        headers = template_columns(include_legacy=include_legacy)
+        _write_template(out, headers, force=force)
+    except BatchError as error:
+        fail(error)
+    typer.echo(f"wrote {out} ({len(headers)} columns)")
+
+
+def _write_template(out: Path, headers: list[str], *, force: bool) -> None:
+    import csv
+
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".xlsx"):
+        raise UsageError(f"{out}: the template must be a .csv or .xlsx file")
+    if out.is_dir():
+        raise UsageError(f"{out} is a directory")
+    if out.exists() and not force:
+        raise UsageError(f"{out} already exists (pass --force to overwrite it)")
+    if not out.parent.is_dir():
+        raise UsageError(f"{out}: the folder {out.parent} does not exist")
+    try:
+        if suffix == ".csv":
+            # utf-8-sig writes the BOM that makes Excel read the file as UTF-8.
+            with out.open("w", encoding="utf-8-sig", newline="") as handle:
+                csv.writer(handle).writerow(headers)
+            return
+        import pandas as pd
+
+        from batch.reader import column_letter
+
+        with pd.ExcelWriter(out, engine="openpyxl") as writer:
+            pd.DataFrame(columns=headers).to_excel(writer, index=False, sheet_name="Events")
+            sheet = writer.sheets["Events"]
+            sheet.freeze_panes = "A2"
+            for index, header in enumerate(headers):
+                column = sheet.column_dimensions[column_letter(index)]
+                # Text format, so Excel keeps leading zeros and never turns ids into numbers.
+                column.number_format = "@"
+                column.width = max(12, min(len(header) + 2, 40))
+    except OSError as error:
+        raise UsageError(f"{out}: cannot write: {error.strerror or error}") from None
+
+
+# --- emulator ---------------------------------------------------------------------------------
+
+_EMULATOR_EXAMPLE = """
+\b
+Examples:
+  autopilot-batch emulator --seed-events 500 --seed 1 --token local-token
+  GRAPH_ACCESS_TOKEN=local-token autopilot-batch run events.csv --graph-url http://127.0.0.1:8765
+  autopilot-batch emulator --events export.csv --write-limit 100/2 --fault-rate 0.05
+  autopilot-batch emulator --tls --ca-file emulator-ca.pem --app my-client-id=made-up-secret
+"""
+
+
+# The typed values of the emulator's choice options (typed for EmulatorConfig's Literals).
+_PATCH_STATUSES: dict[int, Literal[200, 204]] = {200: 200, 204: 204}
+_RETRY_AFTER_FORMATS: dict[str, Literal["int", "decimal", "none"]] = {
+    "int": "int",
+    "decimal": "decimal",
+    "none": "none",
+}
+_SCHEMAS: dict[str, Literal["legacy", "current"]] = {"legacy": "legacy", "current": "current"}
+
+
+@app.command(epilog=_EMULATOR_EXAMPLE)
+def emulator(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8765,
+    events: Annotated[
+        Path | None, typer.Option(help="Load the tenant's events from a CSV, JSONL or JSON file.")
+    ] = None,
+    seed_events: Annotated[
+        int | None,
+        typer.Option(min=0, help="Generate N plausible events (default 100 without --events)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for generated events, faults and batch order.")
+    ] = None,
+    write_limit: Annotated[
+        str, typer.Option(help="Writes per app N/SECONDS (Graph: 100/20; 100/2 for fast tests).")
+    ] = "100/20",
+    tenant_write_limit: Annotated[str, typer.Option(help="Writes per tenant N/SECONDS.")] = (
+        "200/20"
+    ),
+    read_limit: Annotated[
+        str, typer.Option(help="Requests of any kind per app N/SECONDS.")
+    ] = "1000/20",
+    tenant_read_limit: Annotated[
+        str, typer.Option(help="Requests of any kind per tenant N/SECONDS.")
+    ] = "2000/20",
+    latency_ms: Annotated[int, typer.Option(min=0, help="Delay added to every Graph request.")] = 0,
+    fault_rate: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of Graph requests answered 503/504/dropped."),
+    ] = 0.0,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Accept only this bearer token (default: any token, or OAuth apps)."),
+    ] = None,
+    tls: Annotated[
+        bool, typer.Option(help="Serve https with a throwaway CA (needed for MSAL sign-in).")
+    ] = False,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="With --tls: where to write the CA certificate.")
+    ] = None,
+    token_ttl: Annotated[float, typer.Option(help="Lifetime of issued tokens, seconds.")] = 3600.0,
+    patch_status: Annotated[int, typer.Option(help="Success status of PATCH: 200 or 204.")] = 200,
+    retry_after_format: Annotated[
+        str, typer.Option(help="Retry-After on 429: int, decimal (2.128) or none.")
+    ] = "int",
+    schema: Annotated[
+        str,
+        typer.Option(
+            "--schema", help="legacy (accepts the 3 legacy properties) or current (rejects them)."
+        ),
+    ] = "legacy",
+    app_credentials: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--app",
+            metavar="CLIENT_ID=SECRET",
+            help="Register an OAuth app CLIENT_ID=SECRET (repeatable; a made-up secret for "
+            "local rehearsal, never a real one).",
+        ),
+    ] = None,
+) -> None:
+    """Serve a local Microsoft Graph emulator to rehearse runs against (Ctrl-C stops it)."""
+    from batch.emulator import EmulatorConfig, EventStore, serve
+
+    try:
+        if events is not None and seed_events is not None:
+            raise UsageError("--events and --seed-events exclude each other")
+        if patch_status not in _PATCH_STATUSES:
+            raise UsageError(f"--patch-status must be 200 or 204, not {patch_status}")
+        if retry_after_format not in _RETRY_AFTER_FORMATS:
+            raise UsageError(
+                f"--retry-after-format must be int, decimal or none, not {retry_after_format!r}"
+            )
+        if schema not in _SCHEMAS:
+            raise UsageError(f"--schema must be legacy or current, not {schema!r}")
+        apps: list[tuple[str, str]] = []
+        for text in app_credentials or []:
+            client_id, sep, secret = text.partition("=")
+            if not sep or not client_id.strip() or not secret:
+                raise UsageError(f"--app {text!r} is not CLIENT_ID=SECRET")
+            apps.append((client_id.strip(), secret))
+        config = EmulatorConfig(
+            host=host,
+            port=port,
+            write_limit=_parse_rate(write_limit, "--write-limit"),
+            tenant_write_limit=_parse_rate(tenant_write_limit, "--tenant-write-limit"),
+            read_limit=_parse_rate(read_limit, "--read-limit"),
+            tenant_read_limit=_parse_rate(tenant_read_limit, "--tenant-read-limit"),
+            latency_ms=latency_ms,
+            fault_rate=fault_rate,
+            seed=seed,
+            token=token,
+            tls=tls,
+            ca_file=ca_file,
+            token_ttl=token_ttl,
+            patch_status=_PATCH_STATUSES[patch_status],
+            retry_after_format=_RETRY_AFTER_FORMATS[retry_after_format],
+            schema=_SCHEMAS[schema],
+            apps=tuple(apps),
+        )
+        store = EventStore()
+        if events is not None:
+            store.load(events)
+        else:
+            store.seed(100 if seed_events is None else seed_events, seed=seed)
+        serve(config, store=store, echo=typer.echo)
+    except BatchError as error:
+        fail(error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ipaddress import ip_address
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -35,7 +36,7 @@ CLOUDS: Final[dict[str, Cloud]] = {
     )
 }
 
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+_VERSIONS: Final = ("v1.0", "beta")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +48,43 @@ class Endpoints:
     authority_host: str
     scope: str
 
+    def authority(self, tenant: str) -> str:
+        """The sign-in authority URL for a tenant (id, domain, or `organizations`)."""
+        return f"{self.authority_host}/{tenant}"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def _shown(url: str) -> str:
+    # A URL with user:password@ must not repeat the password in an error message.
+    scheme, at, rest = url.partition("://")
+    return f"{scheme}://{rest.rsplit('@', 1)[-1]}" if at and "@" in rest else url
+
 
 def _check_url(url: str, what: str, *, allow_loopback_http: bool) -> str:
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return url.rstrip("/")
-    if parts.scheme == "http" and allow_loopback_http and parts.hostname in _LOOPBACK:
-        return url.rstrip("/")
-    allowed = "https (plain http only for 127.0.0.1/localhost)" if allow_loopback_http else "https"
-    raise ConfigError(f"{what} {url!r} must be an {allowed} URL")
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{what} {_shown(url)!r} is not a valid URL") from None
+    secure = parts.scheme == "https" and bool(host)
+    loopback_http = (
+        allow_loopback_http and parts.scheme == "http" and host is not None and _is_loopback(host)
+    )
+    if not (secure or loopback_http):
+        allowed = (
+            "https (plain http only for loopback addresses)" if allow_loopback_http else "https"
+        )
+        raise ConfigError(f"{what} {_shown(url)!r} must be an {allowed} URL")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"{what} {_shown(url)!r} must not carry a query, fragment or user name")
+    return url.strip().rstrip("/")
 
 
 def resolve_endpoints(
@@ -67,13 +96,22 @@ def resolve_endpoints(
     except KeyError:
         raise ConfigError(f"unknown cloud {cloud!r}; choose one of {', '.join(CLOUDS)}") from None
     root = _check_url(graph_url, "--graph-url", allow_loopback_http=True) if graph_url else None
+    if root and root.rsplit("/", 1)[-1].lower() in _VERSIONS:
+        raise ConfigError(
+            f"--graph-url {graph_url!r} must be the Graph root, without /v1.0 or /beta"
+        )
     host = (
         _check_url(authority_host, "--authority-host", allow_loopback_http=False)
         if authority_host
         else None
     )
+    if host and urlsplit(host).path:
+        # The tenant is appended to the host; a path here would end up in every authority URL.
+        raise ConfigError(
+            f"--authority-host {authority_host!r} must be only scheme and host, e.g. "
+            f"{base.authority_host} (the tenant comes from AZURE_TENANT_ID)"
+        )
     graph_root = root or base.graph_root
-    # A custom Graph URL still asks for the cloud's scope unless it is a different host entirely:
-    # tokens are issued for the resource, so the scope follows the Graph root that is called.
+    # Tokens are issued for the resource that is called: the scope follows the Graph root.
     scope = f"{graph_root}/.default" if root else base.scope
     return Endpoints(base.name, graph_root, host or base.authority_host, scope)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Final
 from zoneinfo import ZoneInfo
 
@@ -207,7 +207,6 @@ WRITABLE: Final[tuple[str, ...]] = tuple(n for n, p in PROPERTIES.items() if not
 # Other header spellings that mean the id column (CONTRACT.md, "Input files").
 ALIASES: Final[dict[str, str]] = {
     "eventid": "id",
-    "devicemanagementautopilotevent id": "id",
     "devicemanagementautopiloteventid": "id",
 }
 
@@ -273,9 +272,10 @@ def _coerce_datetime(text: str, assume_tz: str | None) -> str:
     frac = m["frac"] or ""
     if len(frac) > 12:
         raise ValueProblem("more than 12 fractional second digits")
-    sec = m["sec"] or "00"
+    # The matched text, not strftime: it is faster, and %Y drops the zeros of year 0001 on Linux.
+    stamp = f"{m['date']}T{m['hm']}:{m['sec'] or '00'}"
     try:
-        naive = dt.datetime.fromisoformat(f"{m['date']}T{m['hm']}:{sec}")
+        naive = dt.datetime.fromisoformat(stamp)
     except ValueError:
         raise ValueProblem("not a real calendar date and time") from None
     if m["tz"]:
@@ -293,7 +293,10 @@ def _coerce_datetime(text: str, assume_tz: str | None) -> str:
             "has no UTC offset (add Z or +hh:mm, or pass --assume-tz ZONE to say which zone it is)"
         )
     fraction = f".{frac}" if frac else ""
-    return f"{naive:%Y-%m-%dT%H:%M:%S}{fraction}{offset}"
+    value = f"{stamp}{fraction}{offset}"
+    if naive.year in (1, 9999):
+        _datetime_instant(value)  # the offset may push the UTC instant out of years 1..9999
+    return value
 
 
 def _datetime_instant(value: str) -> tuple[dt.datetime, str]:
@@ -313,7 +316,11 @@ def _datetime_instant(value: str) -> tuple[dt.datetime, str]:
     )
     base = dt.datetime.fromisoformat(f"{m['date']}T{m['hm']}:{m['sec'] or '00'}")
     aware = base.replace(microsecond=int(frac[:6]), tzinfo=tz)
-    return aware.astimezone(dt.UTC), frac[6:].rstrip("0")
+    try:
+        # .NET's DateTimeOffset, like Python, needs the UTC instant within years 1..9999.
+        return aware.astimezone(dt.UTC), frac[6:].rstrip("0")
+    except OverflowError:
+        raise ValueProblem("outside the DateTimeOffset range (years 1 to 9999 in UTC)") from None
 
 
 # --- Duration -----------------------------------------------------------------------------------
@@ -330,65 +337,76 @@ _TIMESPAN = re.compile(
 )
 
 
-def _duration_seconds(text: str) -> Decimal:
+def _duration_parts(text: str) -> tuple[bool, int, str]:
+    """(negative, whole seconds, fraction digits without trailing zeros) of user or wire text.
+
+    Integer arithmetic on the digits, not Decimal: this runs for every duration cell of a
+    million-row file, and it keeps every digit exactly (7 for .NET ticks, or more).
+    """
     s = text.strip()
-    m = _DURATION_ISO.match(s.upper())
-    if m and s.upper() not in ("P", "-P") and not s.upper().endswith("T"):
-        parts = (m["d"], m["h"], m["m"], m["s"])
-        if any(parts):
+    upper = s.upper()
+    m = _DURATION_ISO.match(upper)
+    if m and upper not in ("P", "-P") and not upper.endswith("T"):
+        days, hours, minutes, seconds = m["d"], m["h"], m["m"], m["s"]
+        if days or hours or minutes or seconds:
+            whole, _, frac = (seconds or "0").partition(".")
             total = (
-                Decimal(m["d"] or 0) * 86400
-                + Decimal(m["h"] or 0) * 3600
-                + Decimal(m["m"] or 0) * 60
-                + Decimal(m["s"] or 0)
+                int(days or 0) * 86400
+                + int(hours or 0) * 3600
+                + int(minutes or 0) * 60
+                + int(whole)
             )
-            return -total if m["sign"] else total
+            return bool(m["sign"]), total, frac.rstrip("0")
     m = _TIMESPAN.match(s)
     if m:
-        hours, minutes, seconds = int(m["h"]), int(m["m"]), Decimal(m["s"])
-        if hours > 23 or minutes > 59 or seconds >= 60:
+        whole, _, frac = m["s"].partition(".")
+        hours, minutes, seconds = int(m["h"]), int(m["m"]), int(whole)
+        if hours > 23 or minutes > 59 or seconds > 59:
             raise ValueProblem("TimeSpan hours must be 0-23, minutes and seconds 0-59")
-        total = Decimal(m["d"] or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
-        return -total if m["sign"] else total
+        total = int(m["d"] or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
+        return bool(m["sign"]), total, frac.rstrip("0")
     raise ValueProblem(
         "not a duration: use ISO 8601 (PT3M21.5S) or TimeSpan text ([-][d.]hh:mm:ss[.fffffff])"
     )
 
 
-def _format_duration(total: Decimal) -> str:
+def _duration_seconds(text: str) -> Decimal:
+    """The signed length in seconds, exactly (for comparing durations written differently)."""
+    negative, whole, frac = _duration_parts(text)
+    total = Decimal(f"{whole}.{frac}") if frac else Decimal(whole)
+    return -total if negative and total else total
+
+
+def _format_duration(negative: bool, whole: int, frac: str) -> str:
     """The canonical wire form, as .NET's XmlConvert writes a TimeSpan (days, h, m, s)."""
-    sign = "-" if total < 0 else ""
-    total = abs(total)
-    whole = int(total)
-    frac = total - whole
+    if not whole and not frac:
+        return "PT0S"  # also for "-PT0S": there is no negative zero on the wire
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, seconds = divmod(rest, 60)
-    out = [sign, "P"]
+    out = ["-P" if negative else "P"]
     if days:
         out.append(f"{days}D")
-    time = []
-    if hours:
-        time.append(f"{hours}H")
-    if minutes:
-        time.append(f"{minutes}M")
-    if seconds or frac:
-        sec_text = format(seconds + frac, "f")
-        if "." in sec_text:
-            sec_text = sec_text.rstrip("0").rstrip(".")
-        time.append(f"{sec_text}S")
-    if time:
-        out.append("T" + "".join(time))
-    elif not days:
-        return "PT0S"
+    if hours or minutes or seconds or frac:
+        out.append("T")
+        if hours:
+            out.append(f"{hours}H")
+        if minutes:
+            out.append(f"{minutes}M")
+        if seconds or frac:
+            out.append(f"{seconds}.{frac}S" if frac else f"{seconds}S")
     return "".join(out)
 
 
+# .NET TimeSpan.MaxValue (Graph's Duration is a TimeSpan): 10675199.02:48:05.4775807.
+_TIMESPAN_MAX_SECONDS = Decimal("922337203685.4775807")
+
+
 def _coerce_duration(text: str) -> str:
-    try:
-        return _format_duration(_duration_seconds(text))
-    except InvalidOperation:
-        raise ValueProblem("not a duration") from None
+    negative, whole, frac = _duration_parts(text)
+    if whole >= int(_TIMESPAN_MAX_SECONDS) and abs(_duration_seconds(text)) > _TIMESPAN_MAX_SECONDS:
+        raise ValueProblem("longer than a .NET TimeSpan can hold (about 29,000 years)")
+    return _format_duration(negative, whole, frac)
 
 
 # --- enums ------------------------------------------------------------------------------------
@@ -399,7 +417,7 @@ def _coerce_enum(prop: Property, text: str) -> str:
     for member in prop.members:
         if member.casefold() == s.casefold():
             return member
-    raise ValueProblem(f"not a {prop.type_name} member; allowed: {', '.join(prop.members)}")
+    raise ValueProblem(f"must be one of {', '.join(prop.members)}")
 
 
 # --- public -----------------------------------------------------------------------------------
@@ -450,7 +468,13 @@ def check_wire(prop: Property, value: object) -> str | None:
             return f"Cannot convert the literal '{value}' to the expected type 'Edm.DateTimeOffset'"
         return None
     if prop.edm == EdmType.DURATION:
-        if not _DURATION_WIRE.match(value) or value.rstrip("-").upper() in ("P", "PT"):
+        # "P", "-PT", "P1DT": the pattern alone accepts designators with no number after them.
+        if (
+            not _DURATION_WIRE.match(value)
+            or value.lstrip("-") in ("P", "PT")
+            or value.endswith("T")
+            or abs(_duration_seconds(value)) > _TIMESPAN_MAX_SECONDS
+        ):
             return f"Cannot convert the literal '{value}' to the expected type 'Edm.Duration'"
         return None
     if value not in prop.members:

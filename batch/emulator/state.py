@@ -1,0 +1,114 @@
+"""Everything one emulator remembers: the store, the throttle, identities, faults, counters."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from batch.emulator.config import EmulatorConfig
+from batch.emulator.faults import Fault, FaultPlan
+from batch.emulator.oauth import IdentityProvider
+from batch.emulator.store import EventStore
+from batch.emulator.throttle import Throttle
+from batch.model import JSON
+
+__all__ = ["EmulatorState", "Stats"]
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters served at `GET /_emulator/stats`.
+
+    `requests` counts HTTP requests to Graph routes (a `$batch` envelope once); `reads` and
+    `writes` count operations the throttle admitted (single requests and batch items, whatever
+    their answer); `throttled` counts 429 answers (items included); `during_retry_after` counts
+    requests that arrived while their app's Retry-After was running (after the in-flight grace);
+    `patches` counts successful PATCHes per event id.
+    """
+
+    requests: int = 0
+    reads: int = 0
+    writes: int = 0
+    throttled: int = 0
+    during_retry_after: int = 0
+    batches: int = 0
+    batch_items: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    patches: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, JSON]:
+        """A JSON-ready copy."""
+        return {
+            "requests": self.requests,
+            "reads": self.reads,
+            "writes": self.writes,
+            "throttled": self.throttled,
+            "during_retry_after": self.during_retry_after,
+            "batches": self.batches,
+            "batch_items": self.batch_items,
+            "faults": {kind.value: self.faults[kind.value] for kind in Fault},
+            "patches": dict(self.patches),
+            "statuses": {str(status): n for status, n in sorted(self.statuses.items())},
+        }
+
+
+class EmulatorState:
+    """The mutable heart of one emulator; only the server's event loop touches it."""
+
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        store: EventStore,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.throttle = Throttle(
+            write_limit=config.write_limit,
+            tenant_write_limit=config.tenant_write_limit,
+            read_limit=config.read_limit,
+            tenant_read_limit=config.tenant_read_limit,
+            retry_after_format=config.retry_after_format,
+            retry_after_grace=config.retry_after_grace,
+            clock=clock,
+        )
+        self.identity = IdentityProvider(token_ttl=config.token_ttl, static_token=config.token)
+        for client_id, secret in config.apps:
+            self.identity.register_app(client_id, secret=secret)
+        self.faults = FaultPlan(config.fault_rate, config.seed)
+        self.shuffle = self._shuffle_rng()
+        self.stats = Stats()
+        self._initial = store.snapshot()
+
+    def _shuffle_rng(self) -> random.Random:
+        seed = self.config.seed
+        return random.Random(None if seed is None else f"shuffle:{seed}")
+
+    def mark_initial(self) -> None:
+        """Remember the store as it is now, as the state `reset(store=True)` returns to."""
+        self._initial = self.store.snapshot()
+
+    def reset(self, *, store: bool = False) -> None:
+        """Clear counters and throttle state and restart the seeded sequences (faults, shuffle).
+
+        With `store`, the events return to what they were when the server started; app
+        registrations and disabled apps are kept.
+        """
+        self.stats = Stats()
+        self.throttle.reset()
+        self.faults.reset()
+        self.shuffle = self._shuffle_rng()
+        if store:
+            self.store.restore(self._initial)
+
+    def stats_dict(self) -> dict[str, JSON]:
+        """The counters plus the store's size and digest."""
+        out = self.stats.as_dict()
+        out["events"] = len(self.store)
+        out["digest"] = self.store.digest()
+        return out

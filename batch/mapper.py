@@ -1,0 +1,504 @@
+"""Headers → properties and rows → `Update` / `Invalid` / `Skipped` (CONTRACT.md, "Input files").
+
+`prepare()` does all the file-level work up front, so a bad file is refused before anything is
+sent: it opens the input, maps every header to a property (`--map FILE.toml`, the `id` aliases,
+case/space/`_`/`-`-insensitive matching, `_`-prefixed columns ignored, unknown columns refused
+with a suggestion), then reads the file once to count the rows and find ids that occur on more
+than one row. `Prepared.rows()` then streams the file again and maps each row on its own:
+
+* an empty (or all-blank) cell leaves the property out of the body;
+* the null token (`<null>`) sends JSON null, only for nullable properties;
+* every problem of a row is collected, not only the first;
+* a row whose id is also on another row is invalid, and so is that other row;
+* a row with nothing but its id is skipped.
+
+Duplicate detection keeps 16 bytes per row (a BLAKE2b digest of the folded id) plus the row
+number, and sorts them with numpy once: about 24 MB for a million rows, instead of a set of a
+million strings. A digest collision between different ids is astronomically unlikely (2^-128).
+
+The id may later come from a resolver (issue 8: `--key deviceSerialNumber`): `prepare(...,
+resolve=...)` takes a callback that turns the key cell's text into an event id or a `Problem`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import tomllib
+from array import array
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+
+from batch.errors import ConfigError, InputFileError, UsageError
+from batch.model import JSON, Invalid, Problem, RawRow, Skipped, Update
+from batch.reader import RowSource, file_sha256, open_input
+from batch.schema import (
+    ALIASES,
+    PROPERTIES,
+    EdmType,
+    Property,
+    ValueProblem,
+    coerce_text,
+    normalize_header,
+)
+
+__all__ = [
+    "InputOptions",
+    "Prepared",
+    "Resolver",
+    "legacy_warning",
+    "load_column_map",
+    "prepare",
+    "resolve_header",
+    "suggest_property",
+    "template_columns",
+]
+
+Resolver = Callable[[str], str | Problem]
+"""Turns the key cell's (trimmed) text into an event id, or a `Problem` when it cannot."""
+
+ID: Final = "id"
+# How many other rows a duplicate-id message names before it says "and N more".
+_SHOWN_DUPLICATES: Final = 3
+# Characters that would change the meaning of the PATCH URL if they were in an id.
+_ID_FORBIDDEN: Final = re.compile(r"[\s/\\?#%\x00-\x1f\x7f-\x9f]")
+
+_BY_NORMALIZED: Final[dict[str, str]] = {
+    normalize_header(name): name for name in PROPERTIES
+} | ALIASES
+# A few words admins use for a property; only ever offered as a suggestion, never applied.
+_HINTS: Final[dict[str, str]] = {
+    "serial": "deviceSerialNumber",
+    "serialnumber": "deviceSerialNumber",
+    "upn": "userPrincipalName",
+    "devicename": "managedDeviceName",
+    "computername": "managedDeviceName",
+    "hostname": "managedDeviceName",
+    "profile": "windowsAutopilotDeploymentProfileDisplayName",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputOptions:
+    """How to read and interpret an input file (the input options shared by every command)."""
+
+    encoding: str | None = None
+    sheet: str | None = None
+    map_file: Path | None = None
+    null_token: str = "<null>"
+    assume_tz: str | None = None
+    ignore_unknown_columns: bool = False
+
+
+def suggest_property(header: str) -> str | None:
+    """The property a misspelt or unknown header most likely meant, or None."""
+    folded = normalize_header(header)
+    if not folded:
+        return None
+    if folded in _HINTS:
+        return _HINTS[folded]
+    close = difflib.get_close_matches(folded, list(_BY_NORMALIZED), n=1, cutoff=0.75)
+    if close:
+        return _BY_NORMALIZED[close[0]]
+    # "Serial" inside "deviceSerialNumber": a fragment of exactly one property name.
+    containing = {
+        name for key, name in _BY_NORMALIZED.items() if len(folded) >= 4 and folded in key
+    }
+    if len(containing) == 1:
+        return containing.pop()
+    close = difflib.get_close_matches(folded, list(_BY_NORMALIZED), n=1, cutoff=0.6)
+    return _BY_NORMALIZED[close[0]] if close else None
+
+
+def resolve_header(header: str) -> str | None:
+    """The property a header names (case, spaces, `_`, `-` ignored; id aliases), or None."""
+    return _BY_NORMALIZED.get(normalize_header(header))
+
+
+def template_columns(*, include_legacy: bool = False) -> list[str]:
+    """The header row of an empty input file: id first, then every writable property."""
+    return [name for name, prop in PROPERTIES.items() if include_legacy or not prop.legacy]
+
+
+def legacy_warning(column: str, prop: Property) -> str:
+    """The warning for a column holding a property the current beta schema no longer lists."""
+    where = f"column {column!r} ({prop.name})" if column != prop.name else f"column {column!r}"
+    return (
+        f"{where} is a legacy property: the current Graph beta schema no longer lists it, "
+        "so Graph may reject it"
+    )
+
+
+def load_column_map(path: Path) -> dict[str, str]:
+    """Read a `--map` TOML file: `[columns]` header → property name; raises `ConfigError`."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: map file not found") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the map file: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8 text") from None
+    columns = data.get("columns")
+    if not isinstance(columns, dict):
+        raise ConfigError(
+            f'{path}: needs a [columns] table, e.g. [columns] "Serial" = "deviceSerialNumber"'
+        )
+    unknown_keys = sorted(set(data) - {"columns"})
+    if unknown_keys:
+        raise ConfigError(f"{path}: unknown table or key {unknown_keys[0]!r} (only [columns])")
+    mapping: dict[str, str] = {}
+    for header, target in columns.items():
+        if not isinstance(target, str):
+            raise ConfigError(
+                f"{path}: [columns] {header!r} must map to a property name (a string)"
+            )
+        prop = resolve_header(target)
+        if prop is None:
+            hint = suggest_property(target)
+            did_you_mean = f" (did you mean {hint}?)" if hint else ""
+            raise ConfigError(
+                f"{path}: [columns] {header!r} maps to {target!r}, "
+                f"which is not a property{did_you_mean}; `autopilot-batch schema` lists them"
+            )
+        mapping[header] = prop
+    return mapping
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    header: str
+    prop: Property
+
+
+Converter = Callable[[str], JSON]
+
+
+@dataclass(frozen=True, slots=True)
+class _Bad:
+    """A remembered rejection (the reason) in a converter's memo."""
+
+    reason: str
+
+
+_MISSING: Final = _Bad("")
+# Distinct cell texts remembered per column. Enum columns repeat a handful of values a million
+# times; a column of unique timestamps fills the memo once and then simply stops adding.
+_MEMO_LIMIT: Final = 4096
+
+
+def _converter(prop: Property, null_token: str, assume_tz: str | None) -> Converter:
+    """A cell-text → wire-value function for one column; raises `ValueProblem`."""
+
+    def coerce(text: str) -> JSON:
+        if null_token in text and text.strip() == null_token:
+            text = null_token
+        return coerce_text(prop, text, null_token=null_token, assume_tz=assume_tz)
+
+    if prop.edm == EdmType.STRING:
+        # Strings go verbatim: no call at all unless the cell might be the null token.
+        return lambda text: coerce(text) if null_token in text else text
+    memo: dict[str, JSON | _Bad] = {}
+
+    def memoized(text: str) -> JSON:
+        found = memo.get(text, _MISSING)
+        if found is _MISSING:
+            try:
+                found = coerce(text)
+            except ValueProblem as problem:
+                found = _Bad(str(problem))
+            if len(memo) < _MEMO_LIMIT:
+                memo[text] = found
+        if isinstance(found, _Bad):
+            # A fresh exception each time: re-raising one instance would grow its traceback.
+            raise ValueProblem(found.reason)
+        return found
+
+    return memoized
+
+
+class _RowMapper:
+    """Maps one row at a time; built once per file from the header plan (pure, no I/O)."""
+
+    def __init__(
+        self,
+        id_header: str,
+        columns: list[_Column],
+        options: InputOptions,
+        resolve: Resolver | None,
+    ) -> None:
+        self.id_header = id_header
+        self.columns = columns
+        self.null_token = options.null_token
+        self.resolve = resolve
+        self._plan = [
+            (
+                c.header,
+                c.prop.name,
+                _converter(c.prop, options.null_token, options.assume_tz),
+                legacy_warning(c.header, c.prop) if c.prop.legacy else None,
+            )
+            for c in columns
+        ]
+
+    def key_problem(self, text: str) -> str | None:
+        """Why the (trimmed) key cell cannot be an event id, or None if it can."""
+        if not text:
+            return "missing id (every row needs the event id)"
+        if text == self.null_token:
+            return f"the id cannot be {self.null_token}"
+        if _ID_FORBIDDEN.search(text):
+            return "not a valid event id (it contains spaces, control characters or / \\ ? # %)"
+        return None
+
+    def map(self, row: RawRow, duplicates: tuple[int, ...] = ()) -> Update | Invalid | Skipped:
+        """Map one row: the wire body, or every problem in it, or "nothing to change"."""
+        cells = row.cells
+        problems: list[Problem] = []
+        raw_key = cells.get(self.id_header, "")
+        key = raw_key.strip()
+        event_id = key
+        reason = self.key_problem(key)
+        if reason:
+            problems.append(Problem(self.id_header, raw_key if key else "", reason))
+        elif self.resolve is not None:
+            resolved = self.resolve(key)
+            if isinstance(resolved, Problem):
+                problems.append(resolved)
+            else:
+                event_id = resolved
+        if duplicates:
+            problems.append(Problem(self.id_header, key, _duplicate_reason(duplicates)))
+        body: dict[str, JSON] = {}
+        warnings: list[str] = []
+        get = cells.get
+        for header, name, convert, legacy in self._plan:
+            text = get(header, "")
+            if not text or text.isspace():
+                continue
+            try:
+                body[name] = convert(text)
+            except ValueProblem as problem:
+                problems.append(Problem(header, text, str(problem)))
+                continue
+            if legacy is not None:
+                warnings.append(legacy)
+        if problems:
+            return Invalid(row.number, event_id, tuple(problems))
+        if not body:
+            return Skipped(row.number, event_id)
+        return Update(row.number, event_id, body, tuple(warnings))
+
+
+def _duplicate_reason(others: tuple[int, ...]) -> str:
+    shown = ", ".join(str(n) for n in others[:_SHOWN_DUPLICATES])
+    more = len(others) - _SHOWN_DUPLICATES
+    rows = "row" if len(others) == 1 else "rows"
+    tail = f" and {more} more" if more > 0 else ""
+    # Neither row is sent: which of them should win cannot be guessed.
+    return f"id also on {rows} {shown}{tail} (duplicate ids are never sent)"
+
+
+def _fold_id(text: str) -> str:
+    """Ids compare case-insensitively and trimmed (Graph ids are GUIDs, case-insensitive)."""
+    return text.strip().casefold()
+
+
+def _find_duplicates(digests: bytearray, numbers: array[int]) -> dict[int, tuple[int, ...]]:
+    """Row number → the other rows with the same id, from parallel digest/number arrays."""
+    if len(numbers) < 2:
+        return {}
+    keys = np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2)
+    rows = np.frombuffer(numbers, dtype=np.int64)
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    ordered = keys[order]
+    same_as_next = np.all(ordered[1:] == ordered[:-1], axis=1)
+    if not same_as_next.any():
+        return {}
+    found: dict[int, tuple[int, ...]] = {}
+    # Group boundaries: a run of equal digests starts where the previous one differs.
+    starts = np.flatnonzero(np.concatenate(([True], ~same_as_next)))
+    ends = np.concatenate((starts[1:], [len(order)]))
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        if end - start < 2:
+            continue
+        group = sorted(int(n) for n in rows[order[start:end]])
+        for number in group:
+            found[number] = tuple(n for n in group if n != number)
+    return found
+
+
+class Prepared:
+    """An input file, mapped and checked at file level, ready to be streamed row by row."""
+
+    source: RowSource
+    total: int
+    sha256: str
+    columns: dict[str, str]
+    warnings: list[str]
+
+    def __init__(
+        self,
+        source: RowSource,
+        *,
+        total: int,
+        sha256: str,
+        columns: dict[str, str],
+        warnings: list[str],
+        mapper: _RowMapper,
+        duplicates: Mapping[int, tuple[int, ...]],
+    ) -> None:
+        self.source = source
+        self.total = total
+        self.sha256 = sha256
+        self.columns = columns
+        self.warnings = warnings
+        self._mapper = mapper
+        self._duplicates = duplicates
+
+    @property
+    def id_column(self) -> str:
+        """The file's header of the id (key) column."""
+        return self._mapper.id_header
+
+    def map_row(self, row: RawRow) -> Update | Invalid | Skipped:
+        """Map one row of this file (duplicate ids found by `prepare` included)."""
+        return self._mapper.map(row, self._duplicates.get(row.number, ()))
+
+    def rows(self) -> Iterator[tuple[RawRow, Update | Invalid | Skipped]]:
+        """Every data row with what it maps to, streamed in input order (re-reads the file)."""
+        mapper, duplicates = self._mapper, self._duplicates
+        for row in self.source:
+            yield row, mapper.map(row, duplicates.get(row.number, ()))
+
+
+def _check_options(options: InputOptions) -> None:
+    if not options.null_token or options.null_token != options.null_token.strip():
+        raise UsageError("--null-token must be non-empty text without surrounding spaces")
+    if options.assume_tz is not None:
+        try:
+            ZoneInfo(options.assume_tz)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise UsageError(
+                f"--assume-tz: unknown time zone {options.assume_tz!r} "
+                "(use an IANA name such as Europe/Berlin, America/New_York or UTC)"
+            ) from None
+
+
+def _plan_columns(
+    source: RowSource, options: InputOptions
+) -> tuple[str, list[_Column], dict[str, str], list[str]]:
+    """Header → property for every column: (id header, value columns, used columns, warnings)."""
+    path = source.path
+    renames = load_column_map(options.map_file) if options.map_file else {}
+    renames_folded = {normalize_header(k): v for k, v in renames.items()}
+    warnings: list[str] = []
+    used: dict[str, str] = {}  # header -> property
+    owner: dict[str, str] = {}  # property -> header
+    unknown: list[str] = []
+    matched_map_keys: set[str] = set()
+    for header in source.headers:
+        folded = normalize_header(header)
+        if header in renames or folded in renames_folded:
+            prop_name = renames.get(header) or renames_folded[folded]
+            matched_map_keys.add(header if header in renames else folded)
+        elif header.startswith("_"):
+            continue  # notes and report columns such as _row, _outcome, _error
+        else:
+            found = resolve_header(header)
+            if found is None:
+                unknown.append(header)
+                continue
+            prop_name = found
+        if prop_name in owner:
+            raise InputFileError(
+                path,
+                f"columns {owner[prop_name]!r} and {header!r} both mean {prop_name}; "
+                "keep one (or rename the other with a leading _ to ignore it)",
+            )
+        owner[prop_name] = header
+        used[header] = prop_name
+    if unknown:
+        if not options.ignore_unknown_columns:
+            parts = []
+            for header in unknown:
+                hint = suggest_property(header)
+                parts.append(f"{header!r} (did you mean {hint}?)" if hint else repr(header))
+            noun, it = ("column", "it") if len(unknown) == 1 else ("columns", "them")
+            raise InputFileError(
+                path,
+                f"unknown {noun} {', '.join(parts)}; rename {it}, map {it} with --map, "
+                f"prefix {it} with _ to ignore {it}, or pass --ignore-unknown-columns",
+            )
+        warnings.extend(f"column {h!r} is not a property of the event: ignored" for h in unknown)
+    if source.ignored_columns:
+        letters = ", ".join(source.ignored_columns)
+        warnings.append(f"column {letters} has no header: ignored")
+    if options.map_file:
+        warnings.extend(
+            f"{options.map_file}: [columns] {key!r} matches no column"
+            for key in renames
+            if key not in matched_map_keys and normalize_header(key) not in matched_map_keys
+        )
+    if ID not in owner:
+        raise InputFileError(
+            path,
+            "no id column: the file needs a column 'id' (or 'eventId', "
+            "'deviceManagementAutopilotEventId') holding each event's id",
+        )
+    columns: list[_Column] = []
+    for header, prop_name in used.items():
+        prop = PROPERTIES[prop_name]
+        if prop.key:
+            continue
+        if prop.legacy:
+            warnings.append(legacy_warning(header, prop))
+        columns.append(_Column(header, prop))
+    return owner[ID], columns, used, warnings
+
+
+def prepare(path: Path, options: InputOptions, *, resolve: Resolver | None = None) -> Prepared:
+    """Open, map and check an input file; raise for file-level problems (exit 2).
+
+    Raises `InputFileError` (unreadable file, unknown column, no id column, two columns for one
+    property), `ConfigError` (a bad `--map` file) or `UsageError` (bad options). Reads the whole
+    file once, so a file that breaks at row 900,000 fails here, before anything is sent.
+    """
+    _check_options(options)
+    path = Path(path)
+    source = open_input(path, encoding=options.encoding, sheet=options.sheet)
+    id_header, columns, used, warnings = _plan_columns(source, options)
+    mapper = _RowMapper(id_header, columns, options, resolve)
+    digests = bytearray()
+    numbers: array[int] = array("q")
+    total = 0
+    blake2b = hashlib.blake2b
+    for number, text in source.column(id_header):
+        total += 1
+        folded = _fold_id(text)
+        # Rows whose id is already wrong (empty, <null>, ...) say so; "also on row N" is noise.
+        if folded and mapper.key_problem(text.strip()) is None:
+            digests += blake2b(folded.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            numbers.append(number)
+    if total == 0:
+        raise InputFileError(path, "no data rows (the file has only a header)")
+    duplicates = _find_duplicates(digests, numbers)
+    del digests, numbers
+    return Prepared(
+        source,
+        total=total,
+        sha256=file_sha256(path),
+        columns=used,
+        warnings=warnings,
+        mapper=mapper,
+        duplicates=duplicates,
+    )
