@@ -290,12 +290,12 @@ def demo(
             rng = random.Random(2026)
 
             def preload(prepared: Prepared) -> None:
-                for _raw, mapped in prepared.rows():
-                    if mapped.event_id and server.store.get(mapped.event_id) is None:
-                        server.store.add(generate_event(rng, event_id=mapped.event_id))
+                ids = dict.fromkeys(m.event_id for _, m in prepared.rows() if m.event_id)
+                server.add_events(generate_event(rng, event_id=i) for i in ids)
 
             options.graph_root = server.url
-            typer.echo(f"Graph emulator listening on {server.url} (write limit {limit})", err=True)
+            if not (quiet or as_json):
+                typer.echo(f"Graph emulator listening on {server.url} (limit {limit})", err=True)
             summary = anyio.run(
                 lambda: execute(
                     options,

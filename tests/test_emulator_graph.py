@@ -366,6 +366,12 @@ def test_stats_and_reset(emulator: EmulatorServer, client: httpx.Client) -> None
     assert emulator.stats()["requests"] == 0
 
 
+def test_add_events_while_serving(emulator: EmulatorServer, client: httpx.Client) -> None:
+    assert emulator.add_events([{"id": "new-1", "osVersion": "1"}, {"id": "new-2"}]) == 2
+    assert client.get(f"{EVENTS}/new-1").json()["osVersion"] == "1"
+    assert emulator.stats()["events"] == 52
+
+
 def test_admin_app_switches(emulator_factory: EmulatorFactory) -> None:
     server = emulator_factory(token="static-token")
     with client_for(server, "static-token") as c:

@@ -129,13 +129,17 @@ class _Middleware:
                 }
             )
             raise ConnectionDropped("fault injection: connection dropped mid-response")
-        await self._fault_response(fault, scope, receive, send_with_ids, request_id)
+        ids = (request_id, client_request_id)
+        await self._fault_response(fault, scope, receive, send_with_ids, ids)
 
     async def _fault_response(
-        self, fault: Fault, scope: Scope, receive: Receive, send: Send, request_id: str
+        self,
+        fault: Fault,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        ids: tuple[str, str | None],
     ) -> None:
-        request = Request(scope, receive)
-        crid = request.headers.get("client-request-id")
         headers: dict[str, str] = {}
         if fault is Fault.UNAVAILABLE:
             status, code, message = 503, "ServiceUnavailable", "The service is temporarily busy."
@@ -147,7 +151,7 @@ class _Middleware:
         else:
             status, code, message = 504, "GatewayTimeout", "The gateway timed out."
         self.state.stats.statuses[status] += 1
-        body = error_body(code, message, request_id=request_id, client_request_id=crid)
+        body = error_body(code, message, request_id=ids[0], client_request_id=ids[1])
         response = Response(dump_json(body), status, headers, media_type=GRAPH_CONTENT_TYPE)
         await response(scope, receive, send)
 

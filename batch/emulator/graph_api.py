@@ -1,4 +1,4 @@
-"""Graph's autopilot-event API as plain functions of the emulator state.
+"""Graph's autopilot-event API over the emulator state (no HTTP here: `app` does that).
 
 One code path serves single requests and `$batch` items, so an item behaves exactly as the same
 request sent alone: throttled on its own (GRAPH.md: "every request inside a `$batch` counts
@@ -32,7 +32,7 @@ from batch.emulator.wire import (
 )
 from batch.model import JSON
 
-__all__ = ["MAX_BATCH", "Answer", "GraphApi"]
+__all__ = ["MAX_BATCH", "Answer", "Context", "GraphApi"]
 
 MAX_BATCH: Final = 20
 WRITE_METHODS: Final = frozenset({"PATCH", "POST", "PUT", "DELETE"})

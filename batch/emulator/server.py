@@ -15,7 +15,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -208,6 +208,11 @@ class EmulatorServer:
 
         loop.call_soon_threadsafe(call)
         return done.result(timeout=30)
+
+    def add_events(self, events: Iterable[Mapping[str, JSON]]) -> int:
+        """Add events while serving, without racing requests (`store.add` is for idle times)."""
+        batch = list(events)
+        return self._on_loop(lambda: sum(1 for event in batch if self.store.add(event)))
 
     def stats(self) -> dict[str, JSON]:
         """The counters of `GET /_emulator/stats`."""
