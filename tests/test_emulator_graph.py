@@ -19,7 +19,7 @@ from batch.model import Rate
 EmulatorFactory = Callable[..., EmulatorServer]
 EMULATOR_TOKEN = "test-token"  # what the `emulator` fixture accepts
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EVENTS = "/beta/deviceManagement/autopilotEvents"
 DOCS_ID = "3e455cab-5cab-3e45-ab5c-453eab5c453e"
 

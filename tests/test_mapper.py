@@ -22,7 +22,7 @@ from batch.mapper import (
 )
 from batch.model import Invalid, Problem, Skipped, Update
 
-DOCS_EXAMPLE = Path("/work/shared/fixtures/docs-example-request.json")
+DOCS_EXAMPLE = Path(__file__).resolve().parent / "fixtures" / "docs-example-request.json"
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_data"
 ID1 = "3e455cab-5cab-3e45-ab5c-453eab5c453e"
 ID2 = "0f9c7a52-1b7e-4c1e-9d52-6f1b2a3c4d5e"

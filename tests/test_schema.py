@@ -24,7 +24,7 @@ from batch.schema import (
     normalize_header,
 )
 
-DOCS_EXAMPLE = Path("/work/shared/fixtures/docs-example-request.json")
+DOCS_EXAMPLE = Path(__file__).resolve().parent / "fixtures" / "docs-example-request.json"
 P = PROPERTIES
 
 
