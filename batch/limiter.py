@@ -228,6 +228,19 @@ class Limiter:
                 # Loop back through the gate: a 429 may have closed it while we waited.
                 await self._clock.sleep(max(delay, _MIN_SLEEP))
 
+    def refund_writes(self, n: int) -> None:
+        """Give back `n` slots of the latest `acquire_writes` that will not be sent after all.
+
+        Call it right after that acquire, before awaiting anything: the newest `n` send times are
+        then the caller's own (a `$batch` that found fewer rows than it was granted slots).
+        """
+        n = max(0, min(n, len(self._write_log)))
+        for _ in range(n):
+            self._write_log.pop()
+            if self._any_log:
+                self._any_log.pop()
+        self._writes -= n
+
     async def acquire_reads(self, want: int, *, at_least: int = 1) -> int:
         """Take up to `want` slots of the any-request budget (at least `at_least`); see writes.
 

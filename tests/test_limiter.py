@@ -429,3 +429,12 @@ async def test_stats_report_the_counters() -> None:
         "reads": 2,
         "successes": 3,
     }
+
+
+async def test_refunded_write_slots_are_free_again() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(10, 1), clock=clock)
+    assert await limiter.acquire_writes(10) == 10
+    limiter.refund_writes(4)  # a batch found only 6 rows for its 10 slots
+    assert await limiter.acquire_writes(10) == 4
+    assert clock.now() == 0  # no waiting: the refunded slots were free at once
