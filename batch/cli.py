@@ -69,6 +69,35 @@ TokenCacheOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="PROPERTY",
+        help="The file has no id column: find each row's event by deviceSerialNumber or "
+        "managedDeviceName (case and surrounding spaces ignored, leading zeros kept).",
+    ),
+]
+PickOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="latest",
+        help="With --key: when several events share a key, take the newest eventDateTime "
+        "(otherwise such rows are invalid).",
+    ),
+]
+
+
+def _key_option(text: str | None, pick: str | None) -> str | None:
+    """`--key` as a property name (or None); `--pick` only with `--key`."""
+    from batch.mapper import key_property
+
+    if text is None:
+        if pick is not None:
+            raise UsageError("--pick chooses among events with the same --key: pass --key too")
+        return None
+    if pick is not None and pick != "latest":
+        raise UsageError(f"--pick must be latest, not {pick!r}")
+    return key_property(text)
 
 
 def _version(value: bool) -> None:
@@ -119,6 +148,8 @@ Examples:
   GRAPH_ACCESS_TOKEN=... autopilot-batch run events.csv --dry-run
   autopilot-batch run events.xlsx --sheet Updates --mode single --write-limit 100/20
   autopilot-batch run events.csv --out runs/migration --resume
+  autopilot-batch run events.csv --only-changed --dry-run
+  autopilot-batch run serials.csv --key deviceSerialNumber --pick latest
 """
 
 
@@ -132,6 +163,7 @@ def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
     typer.echo(
         f"elapsed {data['elapsed_seconds']:.1f} s ({data['rows_per_second']:.1f} rows/s), "
         f"requests {data['requests_sent']}, writes {data['writes_sent']}, "
+        f"reads {data.get('reads_sent', 0)}, "
         f"429s {data['throttled_429']}, retries {data['retries']}"
     )
     if data.get("stopped_because"):
@@ -173,12 +205,28 @@ def run(
     max_retries: Annotated[
         int, typer.Option(help="Retries per row for 429/503/504/connection errors.")
     ] = 8,
+    only_changed: Annotated[
+        bool,
+        typer.Option(
+            help="Read current values first; rows that already hold them are 'unchanged' and "
+            "not written; only changed properties are sent. With --dry-run: print the diff."
+        ),
+    ] = False,
+    backup: Annotated[
+        bool,
+        typer.Option(
+            "--backup/--no-backup",
+            help="Save each row's current values (before.jsonl) before writing it, for revert.",
+        ),
+    ] = True,
     encoding: EncodingOpt = None,
     sheet: SheetOpt = None,
     map_file: MapOpt = None,
     null_token: NullTokenOpt = "<null>",
     assume_tz: AssumeTzOpt = None,
     ignore_unknown_columns: IgnoreUnknownOpt = False,
+    key: KeyOpt = None,
+    pick: PickOpt = None,
     cloud: CloudOpt = "global",
     graph_url: GraphUrlOpt = None,
     authority_host: AuthorityHostOpt = None,
@@ -215,14 +263,20 @@ def run(
                 null_token=null_token,
                 assume_tz=assume_tz,
                 ignore_unknown_columns=ignore_unknown_columns,
+                key=_key_option(key, pick),
             ),
             graph_root=endpoints.graph_root,
             cloud=endpoints.cloud,
+            only_changed=only_changed,
+            backup=backup,
+            pick=pick,
         )
         options.check()
+        # A dry run touches no Graph, unless --only-changed needs the current values or --key
+        # the ids (both only read).
         tokens = (
             None
-            if dry_run
+            if dry_run and not only_changed and key is None
             else build_token_provider(endpoints, device_code=device_code, token_cache=token_cache)
         )
         summary = anyio.run(
@@ -324,6 +378,127 @@ def _bundled_sample() -> Path:
             "pass --input FILE"
         )
     return sample
+
+
+# --- revert -----------------------------------------------------------------------------------
+
+_REVERT_EXAMPLE = """
+\b
+Examples:
+  autopilot-batch revert runs/20260301T101500Z-events --dry-run
+  autopilot-batch revert runs/20260301T101500Z-events
+  autopilot-batch revert runs/20260301T101500Z-events --force --out runs/undo
+\b
+Every row the run updated gets its before-image back, as a run of its own (default folder
+runs/<UTC timestamp>-revert-<run folder name>/, resumable with --resume). A row someone else
+changed since the run is 'conflict' and left alone unless --force. Exit codes as for run
+(conflicts: 1). Graph and cloud default to the ones the run used.
+"""
+
+
+@app.command(epilog=_REVERT_EXAMPLE)
+def revert(
+    run_dir: Annotated[Path, typer.Argument(help="The run folder whose changes to undo.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder (default runs/<UTC timestamp>-revert-<RUN_DIR name>/)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted revert (in --out, or the latest).")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(help="Read and compare; print the diff, write requests.jsonl; no writes."),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="Restore rows even where someone else changed them since.")
+    ] = False,
+    mode: Annotated[
+        str, typer.Option(help="single (one PATCH per row) or batch ($batch).")
+    ] = "batch",
+    batch_size: Annotated[int, typer.Option(help="Requests per $batch, 1-20.")] = 20,
+    write_limit: Annotated[
+        str, typer.Option(help="Write budget N/SECONDS, never exceeded (Graph: 100/20 per app).")
+    ] = "100/20",
+    read_limit: Annotated[
+        str | None, typer.Option(help="Read budget N/SECONDS (default: 10x the write budget).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 4,
+    max_retries: Annotated[
+        int, typer.Option(help="Retries per row for 429/503/504/connection errors.")
+    ] = 8,
+    cloud: Annotated[
+        str | None, typer.Option(help="global, usgov, usgovdod or china (default: the run's).")
+    ] = None,
+    graph_url: Annotated[
+        str | None, typer.Option(help="Graph root override (default: the run's).")
+    ] = None,
+    authority_host: AuthorityHostOpt = None,
+    device_code: DeviceCodeOpt = False,
+    token_cache: TokenCacheOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Undo the changes of the run in RUN_DIR from its before-images."""
+    from batch.auth import build_token_provider
+    from batch.clouds import CLOUDS, resolve_endpoints
+    from batch.engine import RunOptions, execute
+    from batch.progress import make_progress
+    from batch.revert import RevertPlan, recorded_endpoint, revert_out_dir
+
+    setup_console(quiet=quiet or as_json)
+    try:
+        plan = RevertPlan(run_dir)
+        if cloud is None and graph_url is None:
+            recorded_cloud, recorded_root = recorded_endpoint(run_dir)
+            cloud = recorded_cloud or "global"
+            default = CLOUDS.get(cloud.lower())
+            if recorded_root and (default is None or recorded_root != default.graph_root):
+                graph_url = recorded_root
+        endpoints = resolve_endpoints(
+            cloud or "global", graph_url=graph_url, authority_host=authority_host
+        )
+        options = RunOptions(
+            input=run_dir,
+            out=out or revert_out_dir(run_dir, Path("runs"), resume=resume),
+            resume=resume,
+            dry_run=dry_run,
+            mode=_mode(mode),
+            batch_size=batch_size,
+            write_limit=_parse_rate(write_limit, "--write-limit"),
+            read_limit=_parse_rate(read_limit, "--read-limit") if read_limit else None,
+            concurrency=concurrency,
+            max_retries=max_retries,
+            graph_root=endpoints.graph_root,
+            cloud=endpoints.cloud,
+            only_changed=True,
+            backup=True,
+            force=force,
+        )
+        options.check()
+        if plan.total == 0:
+            if as_json:
+                typer.echo(json.dumps({"rows": 0, "exit_code": 0, "run_dir": str(run_dir)}))
+            else:
+                typer.echo(f"nothing to revert: the run in {run_dir} updated no rows")
+            raise typer.Exit(0)
+        if not (quiet or as_json):
+            typer.echo(
+                f"reverting {plan.total} rows of {run_dir} at {endpoints.graph_root}", err=True
+            )
+        tokens = build_token_provider(endpoints, device_code=device_code, token_cache=token_cache)
+        summary = anyio.run(
+            lambda: execute(
+                options,
+                tokens=tokens,
+                progress=make_progress(quiet=quiet or as_json),
+                plan=plan,
+            )
+        )
+    except BatchError as error:
+        fail(error)
+    _print_summary(summary, as_json=as_json)
+    raise typer.Exit(summary.exit_code)
 
 
 # --- whoami -----------------------------------------------------------------------------------
@@ -428,6 +603,7 @@ Examples:
   autopilot-batch validate events.csv
   autopilot-batch validate events.xlsx --sheet Updates --assume-tz Europe/Berlin
   autopilot-batch validate export.csv --map columns.toml --json > report.json
+  autopilot-batch validate serials.csv --key deviceSerialNumber
 \b
 Bad rows go to stderr, one line per problem: "row 7: enrollmentState: must be one of ...
 (got 'x')"; the summary goes to stdout.
@@ -448,6 +624,8 @@ def validate(
     null_token: NullTokenOpt = "<null>",
     assume_tz: AssumeTzOpt = None,
     ignore_unknown_columns: IgnoreUnknownOpt = False,
+    key: KeyOpt = None,
+    pick: PickOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -455,21 +633,29 @@ def validate(
     from batch.mapper import InputOptions, prepare
     from batch.model import Invalid, Skipped, Update
 
-    options = InputOptions(
-        encoding=encoding,
-        sheet=sheet,
-        map_file=map_file,
-        null_token=null_token,
-        assume_tz=assume_tz,
-        ignore_unknown_columns=ignore_unknown_columns,
-    )
     out, err = sys.stdout, sys.stderr
     counts = {"valid": 0, "invalid": 0, "skipped": 0}
     try:
+        options = InputOptions(
+            encoding=encoding,
+            sheet=sheet,
+            map_file=map_file,
+            null_token=null_token,
+            assume_tz=assume_tz,
+            ignore_unknown_columns=ignore_unknown_columns,
+            key=_key_option(key, pick),
+        )
         prepared = prepare(input, options)
         if not quiet and not as_json:
             for warning in prepared.warnings:
                 typer.echo(f"warning: {warning}", err=True)
+            if options.key:
+                # validate never reads Graph: only `run` can tell which event a key names.
+                typer.echo(
+                    f"note: rows are checked for a {options.key}; the event ids are resolved "
+                    "from the tenant when you run the file",
+                    err=True,
+                )
         if as_json:
             # Streamed, so a million bad rows never sit in memory: counts come last.
             head = {
@@ -478,6 +664,8 @@ def validate(
                 "columns": prepared.columns,
                 "warnings": prepared.warnings,
             }
+            if options.key:
+                head["key"] = options.key
             # The head object without its closing brace; the tail closes the list and the object.
             out.write(_json_line(head)[:-1] + ', "invalid_rows": [')
         first = True
@@ -656,6 +844,198 @@ def _write_template(out: Path, headers: list[str], *, force: bool) -> None:
                 column.width = max(12, min(len(header) + 2, 40))
     except OSError as error:
         raise UsageError(f"{out}: cannot write: {error.strerror or error}") from None
+
+
+# --- export -----------------------------------------------------------------------------------
+
+_EXPORT_EXAMPLE = """
+\b
+Examples:
+  autopilot-batch export events.xlsx
+  autopilot-batch export events.csv --columns id,deviceSerialNumber,osVersion --force
+  autopilot-batch export recent.xlsx --since 2024-05-01 --serial-file serials.txt
+\b
+Then edit the file and run it: autopilot-batch run events.xlsx --only-changed
+(an untouched file writes nothing; an edited cell writes just that cell).
+Exit codes: 0 written, 2 bad options or target, 3 Graph could not be read (nothing written).
+"""
+
+
+@app.command(epilog=_EXPORT_EXAMPLE)
+def export(
+    out: Annotated[Path, typer.Argument(help="The file to write: .csv or .xlsx.")],
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated properties (default: every current property); id always first."
+        ),
+    ] = None,
+    serial_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Only these devices: one serial per line, or a CSV/Excel column "
+            "deviceSerialNumber (or Serial)."
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DATE",
+            help="Only events with eventDateTime at or after DATE (2024-05-01 is midnight UTC, "
+            "or give a date-time with offset).",
+        ),
+    ] = None,
+    read_limit: Annotated[
+        str, typer.Option(help="Read budget N/SECONDS (Graph: 1000/20 per app).")
+    ] = "1000/20",
+    max_retries: Annotated[
+        int, typer.Option(help="Retries per page for 429/503/504/connection errors.")
+    ] = 8,
+    force: Annotated[bool, typer.Option(help="Overwrite OUT if it exists.")] = False,
+    cloud: CloudOpt = "global",
+    graph_url: GraphUrlOpt = None,
+    authority_host: AuthorityHostOpt = None,
+    device_code: DeviceCodeOpt = False,
+    token_cache: TokenCacheOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write the tenant's autopilot events to OUT in the input format: edit it, then `run` it."""
+    from batch.auth import build_token_provider
+    from batch.clouds import resolve_endpoints
+    from batch.errors import Interrupted
+    from batch.export import (
+        ExportOptions,
+        export_events,
+        load_serials,
+        make_export_progress,
+        parse_columns,
+        parse_since,
+    )
+
+    setup_console(quiet=quiet or as_json)
+    try:
+        endpoints = resolve_endpoints(cloud, graph_url=graph_url, authority_host=authority_host)
+        options = ExportOptions(
+            out=out,
+            read_limit=_parse_rate(read_limit, "--read-limit"),
+            max_retries=max_retries,
+            force=force,
+            graph_root=endpoints.graph_root,
+            serials=load_serials(serial_file) if serial_file is not None else None,
+            since=parse_since(since) if since is not None else None,
+        )
+        if columns is not None:
+            options.columns = parse_columns(columns)
+        options.check()  # a bad target fails before any sign-in
+        tokens = build_token_provider(endpoints, device_code=device_code, token_cache=token_cache)
+        progress = make_export_progress(quiet=quiet or as_json)
+        try:
+            result = anyio.run(lambda: export_events(options, tokens=tokens, progress=progress))
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted: {out} was not written") from None
+    except BatchError as error:
+        fail(error)
+    if as_json:
+        typer.echo(json.dumps(result.data, ensure_ascii=False))
+    else:
+        kept = "" if result.written == result.read else f" of {result.read} read"
+        typer.echo(
+            f"wrote {out}: {result.written} events{kept}, {len(result.columns)} columns "
+            f"({result.elapsed:.1f} s, {result.pages} pages, 429s {result.throttled}, "
+            f"retries {result.retries})"
+        )
+
+
+# --- job ------------------------------------------------------------------------------------
+
+job_app = typer.Typer(
+    name="job",
+    help="Declarative jobs for cron and systemd timers: run or check a JOB.toml (see jobs/).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(job_app, name="job")
+
+_JOB_EXIT_CODES = """
+\b
+Exit codes: 0 every file's rows fine (or nothing new), 1 some rows failed or were invalid
+(or a file cannot be read), 2 the job file or its settings are wrong, 3 a file's run aborted,
+75 another run of this job holds its lock, 130 interrupted (3 and 130: the next start resumes).
+"""
+
+_JOB_RUN_EXAMPLE = (
+    """
+\b
+Examples:
+  autopilot-batch job run jobs/nightly-drop-folder.toml --quiet
+  autopilot-batch job run jobs/one-off-migration.toml --json
+"""
+    + _JOB_EXIT_CODES
+)
+
+
+@job_app.command("run", epilog=_JOB_RUN_EXAMPLE)
+def job_run(
+    job_file: Annotated[Path, typer.Argument(help="The job file (TOML; see jobs/README.md).")],
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a job once: resume an interrupted file, then process each new input file once."""
+    from batch.jobs import load_job, run_job
+
+    setup_console(quiet=quiet or as_json)
+    try:
+        job = load_job(job_file)
+        report = run_job(job, quiet=quiet or as_json)
+    except BatchError as error:
+        fail(error)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), ensure_ascii=False))
+    elif job.notify.stdout:
+        typer.echo(report.line())
+    raise typer.Exit(report.exit_code)
+
+
+_JOB_CHECK_EXAMPLE = """
+\b
+Examples:
+  autopilot-batch job check jobs/nightly-drop-folder.toml
+  autopilot-batch job check jobs/one-off-migration.toml --json
+\b
+Checks the job file, that its credential variables are set, that its folders can be written,
+and reads every file the next `job run` would process like `validate` does. Sends nothing,
+takes no lock, changes nothing. Exit codes: 0 ready, 1 some input is bad, 2 the settings are wrong.
+"""
+
+
+@job_app.command("check", epilog=_JOB_CHECK_EXAMPLE)
+def job_check(
+    job_file: Annotated[Path, typer.Argument(help="The job file (TOML; see jobs/README.md).")],
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Check a job file and the inputs its next run would process, without sending anything."""
+    from batch.jobs import check_job, iter_check_lines, load_job
+
+    setup_console(quiet=quiet or as_json)
+    try:
+        job = load_job(job_file)
+        report = check_job(job)
+    except BatchError as error:
+        if as_json:
+            typer.echo(json.dumps({"error": str(error), "exit_code": error.exit_code}))
+        fail(error)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), ensure_ascii=False))
+    else:
+        for to_stderr, line in iter_check_lines(report):
+            if to_stderr or not quiet:
+                typer.echo(line, err=to_stderr)
+    raise typer.Exit(report.exit_code)
 
 
 # --- emulator ---------------------------------------------------------------------------------

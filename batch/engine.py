@@ -4,6 +4,11 @@ One anyio task group holds a producer (reads and validates rows, streaming), `--
 senders, and one reporter that owns the output files and the ledger writes. Per-row trouble is a
 `RowResult`, never an exception leaving a worker; only whole-run conditions (authentication lost,
 Graph unreachable, a signal) stop the run, and even then every input row gets exactly one result.
+
+Unless `--no-backup` (without `--only-changed`) says otherwise, `--concurrency` readers sit between
+the producer and the senders: they read each row's current values (`$batch` GETs under the read
+budget), let `batch.changes.judge` decide (unchanged, conflict, or what to send), and commit the
+row's before-image before handing it to the senders, so no PATCH ever leaves without one.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ import os
 import signal
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import anyio.abc
@@ -30,19 +35,35 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from batch import __version__
 from batch.auth import TokenProvider
+from batch.changes import (
+    LIST_MAX_EVENTS,
+    BeforeImages,
+    Change,
+    ListWalk,
+    Verdict,
+    current_values,
+    describe_conflicts,
+    judge,
+    read_request,
+    render_diff,
+    same_value,
+    use_list_walk,
+    written_key,
+)
 from batch.errors import AuthError, GraphError, Interrupted, RunAborted, UsageError
 from batch.graph import GraphClient, GraphResponse
 from batch.ledger import Ledger
 from batch.limiter import Clock, Limiter, SystemClock
 from batch.logs import JsonLinesHandler
 from batch.mapper import InputOptions, Prepared, prepare
-from batch.model import Invalid, Outcome, Rate, RawRow, RowResult, Skipped, Update
+from batch.model import JSON, Invalid, Outcome, Rate, RawRow, RowResult, Skipped, Update
 from batch.planner import MAX_BATCH, batch_requests, patch_url
 from batch.progress import ProgressSink, make_progress
 from batch.report import FailuresWriter, RequestsWriter, ResultsWriter, write_json_atomic
+from batch.resolve import KeyResolver
 from batch.retry import graph_retrying, transient_delay
 
-__all__ = ["RunOptions", "RunSummary", "default_out_dir", "execute"]
+__all__ = ["RowPlan", "RunOptions", "RunSummary", "default_out_dir", "execute"]
 
 log = logging.getLogger("batch.engine")
 
@@ -51,6 +72,11 @@ STOP_GRACE_SECONDS = 10.0
 # How far (in rows) the producer may run ahead of the first row still waiting for its answer;
 # bounds the reporter's reordering buffer, so memory stays flat on huge files.
 REORDER_WINDOW = 20_000
+# The producer yields to the other tasks once per this many rows, not per row: a dry run of a
+# million rows otherwise spends most of its time switching tasks and flushing one-row reports.
+PRODUCER_YIELD_ROWS = 64
+# How long a reader waits for a full `$batch` of rows to read before it sends fewer.
+READ_LINGER_SECONDS = 0.1
 
 
 @dataclass(kw_only=True)
@@ -72,6 +98,14 @@ class RunOptions:
     graph_root: str = "https://graph.microsoft.com"
     cloud: str = "global"
     runs_root: Path = Path("runs")
+    # Read the current values first; rows already holding the given values are `unchanged`.
+    only_changed: bool = False
+    # Keep before-images (read before writing, stored before the PATCH); drives `revert`.
+    backup: bool = True
+    # Revert: write rows even when someone else changed them since the reverted run.
+    force: bool = False
+    # With `input_options.key` (--key): how to choose among several events with one key.
+    pick: str | None = None
 
     @property
     def reads(self) -> Rate:
@@ -88,6 +122,8 @@ class RunOptions:
             raise UsageError("--max-retries must be 0 or more")
         if self.mode not in ("single", "batch"):
             raise UsageError("--mode must be single or batch")
+        if self.pick is not None and self.input_options.key is None:
+            raise UsageError("--pick chooses among events with the same --key: pass --key too")
 
     def recorded(self) -> dict[str, Any]:
         """The options as stored in the ledger and summary (no secrets exist here)."""
@@ -100,6 +136,10 @@ class RunOptions:
             "dry_run": self.dry_run,
             "graph_root": self.graph_root,
             "cloud": self.cloud,
+            "only_changed": self.only_changed,
+            "backup": self.backup,
+            "key": self.input_options.key,
+            "pick": self.pick,
         }
 
 
@@ -112,6 +152,44 @@ class RunSummary:
     total: int
     exit_code: int
     data: dict[str, Any]
+
+
+class _Headers(Protocol):
+    @property
+    def headers(self) -> Sequence[str]: ...
+
+
+class RowPlan(Protocol):
+    """What a run streams: a prepared input file (`mapper.Prepared`) or a `revert.RevertPlan`."""
+
+    @property
+    def source(self) -> _Headers:
+        """The columns failures.csv repeats (`.headers`)."""
+        ...
+
+    @property
+    def total(self) -> int:
+        """How many rows `rows()` yields."""
+        ...
+
+    @property
+    def sha256(self) -> str:
+        """The digest `--resume` checks the plan against."""
+        ...
+
+    @property
+    def columns(self) -> Mapping[str, str]:
+        """Header → property of the columns in use."""
+        ...
+
+    @property
+    def warnings(self) -> Sequence[str]:
+        """File-level warnings, logged at the start."""
+        ...
+
+    def rows(self) -> Iterator[tuple[RawRow, Update | Invalid | Skipped]]:
+        """Every row with what it maps to, in order."""
+        ...
 
 
 def default_out_dir(options: RunOptions, now: dt.datetime | None = None) -> Path:
@@ -130,6 +208,10 @@ class _Work:
     update: Update
     attempts: int = 0
     last_error: GraphError | None = None
+    read_attempts: int = 0
+    answers_at_read: int = 0  # the run's answer count at the first read (unreachable check)
+    answers_at_send: int = 0  # the same at the first write in a $batch (unreachable check)
+    changed: tuple[str, ...] | None = None  # what really changes (None: not read)
 
 
 class _WorkQueue:
@@ -163,6 +245,25 @@ class _WorkQueue:
             self._ready.append(work)
             self._cond.notify_all()
             return True
+
+    async def put_all(self, works: list[_Work]) -> bool:
+        """Put several rows at once (False: stopped, none was put); waits for room for all."""
+        async with self._cond:
+            room = max(self._capacity, len(works))
+            while len(self._ready) + len(works) > room and not self._stopped:
+                await self._cond.wait()
+            if self._stopped:
+                return False
+            self._ready.extend(works)
+            self._cond.notify_all()
+            return True
+
+    async def fill(self, n: int, *, linger: float) -> None:
+        """Wait up to `linger` seconds until `n` rows are ready, the input ended, or a stop."""
+        with anyio.move_on_after(linger):
+            async with self._cond:
+                while len(self._ready) < n and not self._input_done and not self._stopped:
+                    await self._cond.wait()
 
     async def close_input(self) -> None:
         async with self._cond:
@@ -241,7 +342,7 @@ class _Run:
     def __init__(
         self,
         options: RunOptions,
-        prepared: Prepared,
+        prepared: RowPlan,
         out_dir: Path,
         *,
         client: GraphClient | None,
@@ -267,6 +368,10 @@ class _Run:
         self.answers = 0
         self.stop_reason: BaseException | None = None
         self.stopping = anyio.Event()
+        # Senders waiting for write budget or a retry: a stop cancels these waits (nothing is
+        # being sent during them), so a stop never waits for budget or backoff.
+        self._waits: set[anyio.CancelScope] = set()
+        self._retry_clock = _StoppableClock(clock, self._stoppable_sleep)
         self.written_seq = -1
         self._seq_cond = anyio.Condition()
         self.signals = 0
@@ -276,6 +381,23 @@ class _Run:
         self.requests_writer = (
             RequestsWriter(out_dir / "requests.jsonl") if options.dry_run else None
         )
+        # Reads of the current values ahead of the writes (before-images, --only-changed, revert
+        # conflicts): rows go producer → read queue → readers → (write) queue → senders.
+        self.reading = client is not None and (
+            options.only_changed or (options.backup and not options.dry_run)
+        )
+        self.read_queue = _WorkQueue(capacity, clock)
+        self.reads_sent = 0
+        self.reads_held_until = -math.inf  # see _hold_reads
+        self.before_images = (
+            BeforeImages(out_dir / "before.jsonl")
+            if self.reading and ledger is not None and options.backup
+            else None
+        )
+        # Resumed rows whose before-image was already committed (their write may have gone out).
+        self.stored_before: dict[int, dict[str, JSON]] = {}
+        # The tenant's current values from a list walk (a pre-filter only; see changes.ListWalk).
+        self.walked: dict[str, dict[str, JSON]] | None = None
 
     # --- stopping --------------------------------------------------------------------------
 
@@ -285,7 +407,36 @@ class _Run:
             self.stop_reason = reason
             log.warning("stopping: %s", reason)
         self.stopping.set()
+        for scope in self._waits:
+            scope.cancel()
         await self.queue.stop()
+        await self.read_queue.stop()
+
+    async def _acquire_writes(self, want: int) -> int:
+        """Write slots from the limiter, or 0 if the run stops while waiting for them.
+
+        At Graph's pace senders spend most of their time here; a stop must not wait for budget
+        that would only be used for rows that are not sent anyway.
+        """
+        if self.stopping.is_set():
+            return 0
+        with anyio.CancelScope() as scope:
+            self._waits.add(scope)
+            try:
+                return await self.limiter.acquire_writes(want)
+            finally:
+                self._waits.discard(scope)
+        return 0
+
+    async def _stoppable_sleep(self, seconds: float) -> None:
+        """A retry's wait, ended early by a stop (the next attempt is then abandoned)."""
+        with anyio.CancelScope() as scope:
+            self._waits.add(scope)
+            try:
+                if not self.stopping.is_set():
+                    await self.clock.sleep(seconds)
+            finally:
+                self._waits.discard(scope)
 
     async def watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -305,7 +456,14 @@ class _Run:
 
     async def produce(self) -> None:
         finished = self.ledger.finished() if (self.ledger and self.o.resume) else {}
+        if self.reading and self.ledger is not None and self.o.resume:
+            self.stored_before = {
+                number: image
+                for number, _, image in self.ledger.before_images()
+                if number not in finished
+            }
         try:
+            await self._walk_list()
             for seq, (raw, mapped) in enumerate(self.prepared.rows()):
                 await self._wait_reorder_room(seq)
                 if self.stopping.is_set():
@@ -337,6 +495,8 @@ class _Run:
                             error_message=mapped.reason,
                         ),
                     )
+                elif self.reading:
+                    await self._to_read(_Work(seq, raw, mapped))
                 elif self.requests_writer is not None:
                     self.requests_writer.write(
                         raw.number,
@@ -356,11 +516,11 @@ class _Run:
                     )
                 elif not await self.queue.put(_Work(seq, raw, mapped)):
                     await self._emit(seq, raw, self._not_attempted(raw, mapped))
-                await anyio.lowlevel.checkpoint()
+                if seq % PRODUCER_YIELD_ROWS == PRODUCER_YIELD_ROWS - 1:
+                    await anyio.lowlevel.checkpoint()
         finally:
-            await self.queue.close_input()
-            if self.requests_writer is not None:
-                self.requests_writer.close()
+            # With reads, the readers close the write queue's input once they are done.
+            await (self.read_queue if self.reading else self.queue).close_input()
 
     async def _wait_reorder_room(self, seq: int) -> None:
         if seq - self.written_seq <= REORDER_WINDOW:
@@ -381,7 +541,292 @@ class _Run:
     async def _emit(self, seq: int, raw: RawRow, result: RowResult, restored: bool = False) -> None:
         if restored:
             result.extra["restored"] = "1"
-        await self.results_send.send((seq, raw, result))
+        # Without yielding while the stream has room: the reporter then takes rows in chunks.
+        try:
+            self.results_send.send_nowait((seq, raw, result))
+        except anyio.WouldBlock:
+            await self.results_send.send((seq, raw, result))
+
+    # --- reads: current values, before-images, --only-changed, conflicts --------------------
+
+    async def _walk_list(self) -> None:
+        """With --only-changed on a big file, read the tenant's list first (see ListWalk)."""
+        if not (
+            self.reading and use_list_walk(self.prepared.total, only_changed=self.o.only_changed)
+        ):
+            return
+        assert self.client is not None
+        walk = ListWalk(
+            self.client,
+            self.limiter,
+            self._retry_clock,
+            select=self.prepared.columns.values(),
+            max_events=min(2 * self.prepared.total, LIST_MAX_EVENTS),
+            max_retries=self.o.max_retries,
+        )
+        try:
+            self.walked = await walk.run(self.stopping.is_set)
+        except (AuthError, RunAborted) as error:
+            await self.stop(error)
+        finally:
+            self.requests_sent += walk.pages
+            self.reads_sent += walk.pages
+            self.throttled += walk.throttled
+            self.retries += walk.retries
+            self.answers += walk.answers
+
+    async def _to_read(self, work: _Work) -> None:
+        """A valid row on its way to the writers: judged on stored or walked values, or read."""
+        update = work.update
+        stored = self.stored_before.pop(work.raw.number, None)
+        if stored is not None:
+            # Resumed after this row's before-image was committed: its PATCH may already have
+            # gone out, so the event may hold the new values. Judge against the image instead.
+            await self._judged([(work, self._resumed_verdict(work, stored))], None)
+            return
+        if self.walked is not None:
+            current = self.walked.get(update.event_id.casefold())
+            if current is not None:
+                verdict = judge(
+                    update, current, only_changed=self.o.only_changed, force=self.o.force
+                )
+                if verdict.action == "unchanged":
+                    await self._judged([(work, verdict)], None)
+                    return
+        if not await self.read_queue.put(work):
+            await self._emit(work.seq, work.raw, self._not_attempted(work.raw, update))
+
+    def _resumed_verdict(self, work: _Work, image: dict[str, JSON]) -> Verdict:
+        assert self.ledger is not None
+        written = self.ledger.get_cache(written_key(work.raw.number))
+        if not isinstance(written, dict):
+            return judge(work.update, image, only_changed=self.o.only_changed)
+        changes = tuple(
+            Change(name, image.get(name), new, name in image)
+            for name, new in written.items()
+            if name not in image or not same_value(name, image[name], new)
+        )
+        return Verdict("write", written, image, changes)
+
+    async def read_sender(self) -> None:
+        """Read the current values of up to 20 rows per `$batch`, under the read budget."""
+        assert self.client is not None
+        while True:
+            # Reads are never urgent: wait a moment for a full batch rather than send 1-item
+            # ones (with --only-changed most rows may need no read, so they trickle in).
+            await self.read_queue.fill(MAX_BATCH, linger=READ_LINGER_SECONDS)
+            first = await self.read_queue.get()
+            if first is None:
+                return
+            try:
+                await self.client.ensure_token()
+            except AuthError as error:
+                await self.stop(error)
+                return  # the row stays in flight and is reported not_attempted by drain()
+            await self._wait_read_hold()
+            want = min(MAX_BATCH, 1 + self.read_queue.ready_count())
+            granted = await self._acquire_reads(want)
+            if not granted or self.stopping.is_set():
+                return
+            works = [first, *self.read_queue.take_nowait(granted - 1)]
+            await self._read_batch(works)
+
+    def _hold_reads(self, retry_after: float | None) -> None:
+        """After a 429 without Retry-After, keep the readers back for a whole window.
+
+        Graph did not say how long its penalty lasts: the writers probe it with backoff (the
+        limiter's gate), but reads are never urgent (they only stay ahead of the writes) and a
+        `$batch` of reads sent into the penalty would only prolong it, 20 items at a time.
+        """
+        if retry_after is None:
+            window = max(self.o.write_limit.seconds, self.o.reads.seconds) * 1.05
+            self.reads_held_until = max(self.reads_held_until, self.clock.now() + window)
+
+    async def _wait_read_hold(self) -> None:
+        while (left := self.reads_held_until - self.clock.now()) > 0:
+            if self.stopping.is_set():
+                return
+            await self._stoppable_sleep(left)
+
+    async def _acquire_reads(self, want: int) -> int:
+        """Read slots from the limiter, or 0 if the run stops while waiting for them."""
+        if self.stopping.is_set():
+            return 0
+        with anyio.CancelScope() as scope:
+            self._waits.add(scope)
+            try:
+                return await self.limiter.acquire_reads(want)
+            finally:
+                self._waits.discard(scope)
+        return 0
+
+    async def _read_stage(self) -> None:
+        try:
+            async with anyio.create_task_group() as readers:
+                for _ in range(self.o.concurrency):
+                    readers.start_soon(self.read_sender)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.queue.close_input()
+
+    async def _read_batch(self, works: list[_Work]) -> None:
+        assert self.client is not None
+        for w in works:
+            w.read_attempts += 1
+            if w.read_attempts == 1:
+                w.answers_at_read = self.answers
+            else:
+                self.retries += 1
+        by_id = {str(w.seq): w for w in works}
+        self.requests_sent += 1
+        self.reads_sent += len(works)
+        try:
+            envelope, responses = await self.client.batch(
+                [read_request(key, w.update) for key, w in by_id.items()]
+            )
+        except AuthError as error:
+            await self.stop(error)
+            return
+        except GraphError as error:
+            if error.status:
+                self.answers += 1
+            if error.status == 429:
+                self.throttled += 1
+                self.limiter.throttled(error.retry_after)
+                self._hold_reads(error.retry_after)
+                for w in works:
+                    await self._reread(w, error, 0.0)
+            elif error.transient:
+                delay = self._backoff(error, works[0].read_attempts)
+                for w in works:
+                    await self._reread(w, error, delay)
+            else:
+                for w in works:
+                    await self._complete(w, self._read_failed(w, error), self.read_queue)
+            return
+        self.answers += 1
+        verdicts: list[tuple[_Work, Verdict]] = []
+        throttled_here = False
+        for key, w in by_id.items():
+            item = responses[key]
+            if 200 <= item.status < 300:
+                self.limiter.note_success()
+                current = current_values(item.body)
+                verdict = judge(
+                    w.update, current, only_changed=self.o.only_changed, force=self.o.force
+                )
+                verdicts.append((w, verdict))
+                continue
+            item_error = item.error() or GraphError(item.status, "Unknown", "no error body")
+            if not item_error.request_id:
+                item_error.request_id = item.headers.get("request-id", "") or envelope.request_id
+            if not item_error.client_request_id:
+                item_error.client_request_id = envelope.client_request_id
+            if item.status == 429:
+                self.throttled += 1
+                if not throttled_here:
+                    throttled_here = True
+                    wait = (
+                        max(
+                            (r.retry_after or 0.0 for r in responses.values() if r.status == 429),
+                            default=0.0,
+                        )
+                        or None
+                    )
+                    self.limiter.throttled(wait)
+                    self._hold_reads(wait)
+                await self._reread(w, item_error, 0.0)
+            elif item_error.transient:
+                await self._reread(w, item_error, self._backoff(item_error, w.read_attempts))
+            else:
+                # 404 (no such event) and other final answers: the row fails, nothing is written.
+                await self._complete(w, self._read_failed(w, item_error), self.read_queue)
+        self._save_before(verdicts)
+        await self._judged(verdicts, self.read_queue)
+
+    async def _reread(self, work: _Work, error: GraphError, delay: float) -> None:
+        if work.read_attempts <= self.o.max_retries:
+            await self.read_queue.retry(work, delay)
+        elif error.status == 0 and self.answers == work.answers_at_read:
+            # No answer from Graph at all since this row's first read: stop, resumable.
+            await self.stop(
+                RunAborted(f"Graph is unreachable at {self.o.graph_root}: {error.message}")
+            )
+        else:
+            await self._complete(work, self._read_failed(work, error), self.read_queue)
+
+    def _read_failed(self, work: _Work, error: GraphError) -> RowResult:
+        result = self._failed(work, error)
+        result.attempts = work.read_attempts
+        return result
+
+    def _save_before(self, verdicts: list[tuple[_Work, Verdict]]) -> None:
+        """Commit the before-images (and the bodies to send) before any of these rows is written."""
+        if self.ledger is None or self.before_images is None:
+            return
+        writes = [(w, v) for w, v in verdicts if v.action == "write"]
+        if not writes:
+            return
+        for w, v in writes:
+            self.ledger.save_before(w.raw.number, w.update.event_id, v.before)
+        for w, v in writes:
+            # set_cache commits, the before-images with it; revert checks against these bodies.
+            self.ledger.set_cache(written_key(w.raw.number), v.body)
+        self.ledger.commit()
+        for w, v in writes:
+            self.before_images.write(w.raw.number, w.update.event_id, v.before)
+        self.before_images.flush()
+
+    def _settle(self, work: _Work, verdict: Verdict) -> RowResult | None:
+        """A row's result from its verdict, or None when it goes to the writers (body trimmed)."""
+        if verdict.action == "conflict":
+            return self._result_from(
+                work,
+                Outcome.CONFLICT,
+                error_code="Conflict",
+                error_message=describe_conflicts(verdict.conflicts),
+            )
+        if verdict.action == "unchanged":
+            return self._result_from(work, Outcome.UNCHANGED)
+        work.update = replace(work.update, body=verdict.body)
+        work.changed = verdict.changed_fields
+        if self.requests_writer is None:
+            return None
+        url = patch_url(self.o.graph_root, work.update.event_id)
+        self.requests_writer.write(work.raw.number, "PATCH", url, verdict.body)
+        if verdict.changes:
+            log.info(
+                "%s",
+                render_diff(work.raw.number, work.update.event_id, verdict.changes),
+                extra={"row": work.raw.number, "event_id": work.update.event_id},
+            )
+        return self._result_from(work, Outcome.PLANNED, changed_fields=verdict.changed_fields)
+
+    async def _judged(self, judged: list[tuple[_Work, Verdict]], queue: _WorkQueue | None) -> None:
+        """Act on verdicts: report the rows, plan them (dry run) or hand them to the writers.
+
+        `queue` is the queue the rows are in flight in (None: straight from the producer). Rows
+        for the writers go in together (full batches) and leave `queue` only once they are in
+        the write queue: in between, the readers could find nothing left, close the write
+        queue's input and let the writers go home.
+        """
+        to_write: list[_Work] = []
+        for work, verdict in judged:
+            result = self._settle(work, verdict)
+            if result is None:
+                to_write.append(work)
+                continue
+            if queue is not None:
+                await queue.finish(work)
+            await self._emit(work.seq, work.raw, result)
+        if not to_write:
+            return
+        accepted = await self.queue.put_all(to_write)
+        for work in to_write:
+            if queue is not None:
+                await queue.finish(work)
+            if not accepted:
+                await self._emit(work.seq, work.raw, self._not_attempted(work.raw, work.update))
 
     # --- senders ---------------------------------------------------------------------------
 
@@ -408,13 +853,15 @@ class _Run:
             work,
             Outcome.UPDATED,
             status=status,
-            changed_fields=tuple(work.update.body),
+            changed_fields=tuple(work.update.body) if work.changed is None else work.changed,
             request_id=request_id,
             client_request_id=client_request_id,
         )
 
-    async def _complete(self, work: _Work, result: RowResult) -> None:
-        await self.queue.finish(work)
+    async def _complete(
+        self, work: _Work, result: RowResult, queue: _WorkQueue | None = None
+    ) -> None:
+        await (queue or self.queue).finish(work)
         await self._emit(work.seq, work.raw, result)
 
     async def _graph_unreachable(self, work: _Work, error: GraphError, answers_before: int) -> bool:
@@ -457,14 +904,15 @@ class _Run:
     async def _patch_with_retries(self, work: _Work) -> GraphResponse:
         assert self.client is not None
         async for attempt in graph_retrying(
-            self.limiter, max_retries=self.o.max_retries, clock=self.clock
+            self.limiter, max_retries=self.o.max_retries, clock=self._retry_clock
         ):
             with attempt:
                 if self.stopping.is_set() and work.attempts:
                     # Stopping: do not start another attempt; the row stays resumable.
                     raise _Abandon()
-                await self.limiter.acquire_writes(1)
-                if self.stopping.is_set():
+                # Sign in before taking budget, so a slow sign-in never delays a counted send.
+                await self.client.ensure_token()
+                if not await self._acquire_writes(1) or self.stopping.is_set():
                     raise _Abandon()
                 work.attempts += 1
                 if work.attempts > 1:
@@ -478,6 +926,7 @@ class _Run:
                         self.answers += 1
                     if error.status == 429:
                         self.throttled += 1
+                        self._hold_reads(error.retry_after)
                     work.last_error = error
                     raise
                 self.answers += 1
@@ -488,11 +937,19 @@ class _Run:
     async def batch_sender(self) -> None:
         assert self.client is not None
         while (first := await self.queue.get()) is not None:
+            try:
+                # Sign in before taking budget, so a slow sign-in never delays a counted send.
+                await self.client.ensure_token()
+            except AuthError as error:
+                await self.stop(error)
+                return  # the row stays in flight and is reported not_attempted by drain()
             want = min(self.o.batch_size, 1 + self.queue.ready_count())
-            granted = await self.limiter.acquire_writes(want)
-            if self.stopping.is_set():
+            granted = await self._acquire_writes(want)
+            if not granted or self.stopping.is_set():
                 return  # the row stays in flight and is reported not_attempted by drain()
             works = [first, *self.queue.take_nowait(granted - 1)]
+            # Another sender may have taken rows we counted on: unused slots go back at once.
+            self.limiter.refund_writes(granted - len(works))
             await self._send_batch(works)
 
     async def _send_batch(self, works: list[_Work]) -> None:
@@ -501,6 +958,8 @@ class _Run:
             w.attempts += 1
             if w.attempts > 1:
                 self.retries += 1
+            else:
+                w.answers_at_send = self.answers
         if self.ledger is not None:
             self.ledger.mark_in_flight((w.raw.number, w.update.event_id) for w in works)
         by_id = {str(w.seq): w for w in works}
@@ -521,6 +980,7 @@ class _Run:
             if error.status == 429:
                 self.throttled += 1
                 self.limiter.throttled(error.retry_after)
+                self._hold_reads(error.retry_after)
                 await self._requeue_all(works, 0.0)
             elif error.transient:
                 await self._requeue_all(works, self._backoff(error, works[0].attempts))
@@ -556,13 +1016,15 @@ class _Run:
                 if not throttled_here:
                     # One pause per batch: every throttled item carries about the same wait.
                     throttled_here = True
-                    self.limiter.throttled(
+                    wait = (
                         max(
                             (r.retry_after or 0.0 for r in responses.values() if r.status == 429),
                             default=0.0,
                         )
                         or None
                     )
+                    self.limiter.throttled(wait)
+                    self._hold_reads(wait)
                 await self._requeue(w, 0.0)
             elif item_error.transient:
                 await self._requeue(w, self._backoff(item_error, w.attempts))
@@ -580,6 +1042,15 @@ class _Run:
     async def _requeue(self, work: _Work, delay: float) -> None:
         if work.attempts > self.o.max_retries:
             assert work.last_error is not None
+            if work.last_error.status == 0 and self.answers == work.answers_at_send:
+                # No answer from Graph at all since this row's first send: stop, resumable (the
+                # row stays in flight and is reported not_attempted), as single mode does.
+                await self.stop(
+                    RunAborted(
+                        f"Graph is unreachable at {self.o.graph_root}: {work.last_error.message}"
+                    )
+                )
+                return
             await self._complete(work, self._failed(work, work.last_error))
             return
         await self.queue.retry(work, delay)
@@ -633,6 +1104,10 @@ class _Run:
         finally:
             results.close()
             failures.close()
+            if self.requests_writer is not None:
+                self.requests_writer.close()
+            if self.before_images is not None:
+                self.before_images.close()
 
     async def _watch(self, scope: anyio.CancelScope) -> None:
         with scope:
@@ -648,15 +1123,20 @@ class _Run:
             killer = anyio.CancelScope()
             with anyio.CancelScope() as senders_scope:
                 tg.start_soon(self._grace_killer, senders_scope, killer)
-                if self.client is not None and not self.o.dry_run:
+                if self.client is not None and (self.reading or not self.o.dry_run):
                     sender = self.single_sender if self.o.mode == "single" else self.batch_sender
                     async with anyio.create_task_group() as senders:
-                        for _ in range(self.o.concurrency):
-                            senders.start_soon(sender)
+                        if self.reading:
+                            senders.start_soon(self._read_stage)
+                        if not self.o.dry_run:
+                            for _ in range(self.o.concurrency):
+                                senders.start_soon(sender)
             killer.cancel()
             # Whatever was never answered (stop, abort) is reported not_attempted; its ledger
             # state stays pending/in_flight, so --resume sends it.
-            for work in self.queue.drain():
+            # A row handed from readers to writers may sit in both queues for a moment: once.
+            left = {w.seq: w for w in [*self.read_queue.drain(), *self.queue.drain()]}
+            for _, work in sorted(left.items()):
                 await self._emit(work.seq, work.raw, self._not_attempted(work.raw, work.update))
 
     async def _grace_killer(self, senders: anyio.CancelScope, own: anyio.CancelScope) -> None:
@@ -669,6 +1149,20 @@ class _Run:
 
 class _Abandon(Exception):
     """Raised inside a retry loop when the run is stopping; the row is left unsent."""
+
+
+@dataclass(frozen=True)
+class _StoppableClock:
+    """The run's clock for retry waits: the time as it is, sleeps that a stop cuts short."""
+
+    clock: Clock
+    stoppable_sleep: Callable[[float], Awaitable[None]]
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.stoppable_sleep(seconds)
 
 
 # --- entry point ------------------------------------------------------------------------------
@@ -703,8 +1197,8 @@ def _latest_run(options: RunOptions) -> Path:
 async def _client(
     options: RunOptions, tokens: TokenProvider | None, http: httpx.AsyncClient | None
 ) -> AsyncIterator[GraphClient | None]:
-    if options.dry_run or tokens is None:
-        yield None
+    if (options.dry_run and not options.only_changed) or tokens is None:
+        yield None  # a plain dry run touches no Graph; with --only-changed it reads
         return
     async with GraphClient(
         options.graph_root,
@@ -723,21 +1217,36 @@ async def execute(
     clock: Clock | None = None,
     http: httpx.AsyncClient | None = None,
     on_prepared: Callable[[Prepared], None] | None = None,
+    plan: RowPlan | None = None,
 ) -> RunSummary:
     """Run (or dry-run) one input file end to end and write its run folder.
 
-    Raises `UsageError`/`InputFileError`/`ResumeError` before anything is sent; after that every
-    outcome, including an abort or an interrupt, is in the returned summary's `exit_code`.
+    `plan` replaces the input file (`revert` passes its `RevertPlan`; `options.input` then only
+    names the run). Raises `UsageError`/`InputFileError`/`ResumeError` before anything is sent;
+    after that every outcome, including an abort or an interrupt, is in the returned summary's
+    `exit_code`.
     """
     options.check()
-    prepared = prepare(options.input, options.input_options)
-    if on_prepared is not None:
-        on_prepared(prepared)
+    key = options.input_options.key
+    keys = KeyResolver(key, pick=options.pick) if key and plan is None else None
+    prepared: RowPlan
+    if plan is not None:
+        prepared = plan
+    else:
+        prepared = prepare(
+            options.input, options.input_options, resolve=keys.resolve if keys else None
+        )
+        if keys is not None:
+            keys.want(prepared)
+        if on_prepared is not None:
+            on_prepared(prepared)
     out_dir = _prepare_out_dir(options)
     ledger: Ledger | None = None
     if not options.dry_run:
         ledger = Ledger(out_dir / "state.sqlite")
-        if options.resume:
+        # A ledger without the input digest was killed before it recorded the input, so before
+        # anything was sent: resuming it is starting it over.
+        if options.resume and ledger.get_meta("input_sha256") is not None:
             ledger.check_resumable(prepared.sha256)
         else:
             ledger.set_meta(
@@ -745,7 +1254,28 @@ async def execute(
                 input_sha256=prepared.sha256,
                 total_rows=str(prepared.total),
                 tool_version=__version__,
+                # Where the run wrote: `revert` goes back to the same Graph by default.
+                graph_root=options.graph_root,
+                cloud=options.cloud,
             )
+    if keys is not None:
+        try:
+            # --key: ids from one read of the tenant (or, on --resume, the ledger's cache).
+            await keys.load(
+                out_dir=out_dir,
+                ledger=ledger,
+                resume=options.resume,
+                tokens=tokens,
+                graph_root=options.graph_root,
+                read_limit=options.reads,
+                max_retries=options.max_retries,
+                clock=clock,
+                http=http,
+            )
+        except BaseException:
+            if ledger is not None:
+                ledger.close()
+            raise
     handler = JsonLinesHandler(out_dir / "run.log")
     root_log = logging.getLogger("batch")
     root_log.addHandler(handler)
@@ -790,7 +1320,7 @@ async def execute(
 
 def _summarise(
     options: RunOptions,
-    prepared: Prepared,
+    prepared: RowPlan,
     out_dir: Path,
     run: _Run | None,
     started: dt.datetime,
@@ -820,6 +1350,7 @@ def _summarise(
         "rows_per_second": round(sum(counts.values()) / elapsed, 2) if elapsed > 0 else 0.0,
         "requests_sent": run.requests_sent,
         "writes_sent": run.writes_sent,
+        "reads_sent": run.reads_sent,
         "throttled_429": run.throttled,
         "retries": run.retries,
         "resumed": options.resume,

@@ -165,6 +165,16 @@ class GraphClient:
         if self._owns_http:
             await self._http.aclose()
 
+    async def ensure_token(self) -> None:
+        """Have a valid access token at hand (signing in or renewing if needed); send nothing.
+
+        Senders call this before they take write budget: a sign-in that takes a second must not
+        sit between the moment the limiter counts a request and the moment it is sent, or Graph's
+        window holds the request later than the limiter thinks and the next window gets 429s.
+        Raises `AuthError` when no token can be had.
+        """
+        await self._tokens.token()
+
     async def patch_event(self, event_id: str, body: Mapping[str, JSON]) -> GraphResponse:
         """PATCH one event with a partial body; 200 and 204 are both success."""
         return await self._send("PATCH", self._base + event_path(event_id), body=body)

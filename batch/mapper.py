@@ -16,8 +16,12 @@ Duplicate detection keeps 16 bytes per row (a BLAKE2b digest of the folded id) p
 number, and sorts them with numpy once: about 24 MB for a million rows, instead of a set of a
 million strings. A digest collision between different ids is astronomically unlikely (2^-128).
 
-The id may later come from a resolver (issue 8: `--key deviceSerialNumber`): `prepare(...,
-resolve=...)` takes a callback that turns the key cell's text into an event id or a `Problem`.
+With `InputOptions(key="deviceSerialNumber")` (or `managedDeviceName`; `--key`) the file has no
+id column: the key column takes its place (required, filled, duplicates refused, case and
+surrounding spaces ignored, leading zeros kept), it is not sent in the body (it only identifies
+the event), and `prepare(..., resolve=...)` takes the callback that turns the key cell's text into
+an event id or a `Problem` (`batch.resolve.KeyResolver`). Without a resolver (`validate --key`)
+rows are checked but carry no event id.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import re
 import tomllib
 from array import array
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -49,9 +53,11 @@ from batch.schema import (
 )
 
 __all__ = [
+    "KEY_PROPERTIES",
     "InputOptions",
     "Prepared",
     "Resolver",
+    "key_property",
     "legacy_warning",
     "load_column_map",
     "prepare",
@@ -64,6 +70,8 @@ Resolver = Callable[[str], str | Problem]
 """Turns the key cell's (trimmed) text into an event id, or a `Problem` when it cannot."""
 
 ID: Final = "id"
+# The properties `--key` may name: they identify an event when the file has no id column.
+KEY_PROPERTIES: Final = ("deviceSerialNumber", "managedDeviceName")
 # How many other rows a duplicate-id message names before it says "and N more".
 _SHOWN_DUPLICATES: Final = 3
 # Characters that would change the meaning of the PATCH URL if they were in an id.
@@ -94,6 +102,9 @@ class InputOptions:
     null_token: str = "<null>"
     assume_tz: str | None = None
     ignore_unknown_columns: bool = False
+    # `--key`: the property (one of KEY_PROPERTIES) that identifies each row's event instead of
+    # an id column; None means the file has an id column.
+    key: str | None = None
 
 
 def suggest_property(header: str) -> str | None:
@@ -119,6 +130,21 @@ def suggest_property(header: str) -> str | None:
 def resolve_header(header: str) -> str | None:
     """The property a header names (case, spaces, `_`, `-` ignored; id aliases), or None."""
     return _BY_NORMALIZED.get(normalize_header(header))
+
+
+def key_property(text: str) -> str:
+    """`--key TEXT` → deviceSerialNumber or managedDeviceName; raises `UsageError` otherwise.
+
+    Any header spelling of the two names is accepted, and the words `serial` and `device name`.
+    """
+    folded = normalize_header(text)
+    name = _BY_NORMALIZED.get(folded) or _HINTS.get(folded)
+    if name is None or name not in KEY_PROPERTIES:
+        raise UsageError(
+            f"--key must be {' or '.join(KEY_PROPERTIES)}, not {text!r} "
+            "(with an id column in the file, leave --key out)"
+        )
+    return name
 
 
 def template_columns(*, include_legacy: bool = False) -> list[str]:
@@ -240,6 +266,7 @@ class _RowMapper:
         self.columns = columns
         self.null_token = options.null_token
         self.resolve = resolve
+        self.key_name = options.key
         self._plan = [
             (
                 c.header,
@@ -251,7 +278,13 @@ class _RowMapper:
         ]
 
     def key_problem(self, text: str) -> str | None:
-        """Why the (trimmed) key cell cannot be an event id, or None if it can."""
+        """Why the (trimmed) key cell cannot identify the event, or None if it can."""
+        if self.key_name is not None:
+            if not text:
+                return f"missing {self.key_name} (with --key {self.key_name} every row needs it)"
+            if text == self.null_token:
+                return f"the {self.key_name} cannot be {self.null_token}"
+            return None  # any text may be a serial or a device name: the tenant decides
         if not text:
             return "missing id (every row needs the event id)"
         if text == self.null_token:
@@ -266,18 +299,24 @@ class _RowMapper:
         problems: list[Problem] = []
         raw_key = cells.get(self.id_header, "")
         key = raw_key.strip()
-        event_id = key
+        # A --key value is not an event id: the row has one only once the resolver found it.
+        event_id = key if self.key_name is None else ""
         reason = self.key_problem(key)
         if reason:
             problems.append(Problem(self.id_header, raw_key if key else "", reason))
         elif self.resolve is not None:
             resolved = self.resolve(key)
             if isinstance(resolved, Problem):
-                problems.append(resolved)
+                # The resolver knows keys, not the file: the problem is in the key column.
+                problems.append(
+                    resolved if resolved.column else replace(resolved, column=self.id_header)
+                )
             else:
                 event_id = resolved
         if duplicates:
-            problems.append(Problem(self.id_header, key, _duplicate_reason(duplicates)))
+            problems.append(
+                Problem(self.id_header, key, _duplicate_reason(duplicates, self.key_name))
+            )
         body: dict[str, JSON] = {}
         warnings: list[str] = []
         get = cells.get
@@ -299,12 +338,14 @@ class _RowMapper:
         return Update(row.number, event_id, body, tuple(warnings))
 
 
-def _duplicate_reason(others: tuple[int, ...]) -> str:
+def _duplicate_reason(others: tuple[int, ...], key_name: str | None = None) -> str:
     shown = ", ".join(str(n) for n in others[:_SHOWN_DUPLICATES])
     more = len(others) - _SHOWN_DUPLICATES
     rows = "row" if len(others) == 1 else "rows"
     tail = f" and {more} more" if more > 0 else ""
     # Neither row is sent: which of them should win cannot be guessed.
+    if key_name is not None:
+        return f"{key_name} also on {rows} {shown}{tail} (rows with the same key are never sent)"
     return f"id also on {rows} {shown}{tail} (duplicate ids are never sent)"
 
 
@@ -384,6 +425,11 @@ class Prepared:
 def _check_options(options: InputOptions) -> None:
     if not options.null_token or options.null_token != options.null_token.strip():
         raise UsageError("--null-token must be non-empty text without surrounding spaces")
+    if options.key is not None and options.key not in KEY_PROPERTIES:
+        raise UsageError(
+            f"--key must be {' or '.join(KEY_PROPERTIES)}, not {options.key!r} "
+            "(with an id column in the file, leave --key out)"
+        )
     if options.assume_tz is not None:
         try:
             ZoneInfo(options.assume_tz)
@@ -449,21 +495,37 @@ def _plan_columns(
             for key in renames
             if key not in matched_map_keys and normalize_header(key) not in matched_map_keys
         )
-    if ID not in owner:
+    key = options.key
+    if key is not None:
+        if ID in owner:
+            raise InputFileError(
+                path,
+                f"column {owner[ID]!r} holds event ids, but --key {key} resolves the ids from "
+                f"the tenant; leave out --key to use the ids, or remove the column",
+            )
+        if key not in owner:
+            raise InputFileError(
+                path,
+                f"no {key} column: with --key {key} the file needs a column {key!r} "
+                "identifying each row's event",
+            )
+    elif ID not in owner:
         raise InputFileError(
             path,
             "no id column: the file needs a column 'id' (or 'eventId', "
-            "'deviceManagementAutopilotEventId') holding each event's id",
+            "'deviceManagementAutopilotEventId') holding each event's id "
+            "(or pass --key deviceSerialNumber to find events by serial number)",
         )
     columns: list[_Column] = []
     for header, prop_name in used.items():
         prop = PROPERTIES[prop_name]
-        if prop.key:
+        # The key identifies the event; sending it back would only rewrite its spelling.
+        if prop.key or prop_name == key:
             continue
         if prop.legacy:
             warnings.append(legacy_warning(header, prop))
         columns.append(_Column(header, prop))
-    return owner[ID], columns, used, warnings
+    return owner[key or ID], columns, used, warnings
 
 
 def prepare(path: Path, options: InputOptions, *, resolve: Resolver | None = None) -> Prepared:

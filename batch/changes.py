@@ -1,0 +1,351 @@
+"""Change safety: what an event holds now, what a row would really change, and the record of it.
+
+Before a row is written, the engine reads the event's current values of the properties the row
+sets (GET items in `$batch`, see `read_request`) and asks `judge` what to do:
+
+* compare every given value with the current one by *wire meaning* (`same_value`, through
+  `batch.schema.canonical`): an enum in another case, a duration as TimeSpan or ISO 8601, the
+  same instant in another offset are all equal;
+* `--only-changed`: a row whose values all match is `unchanged` (not written); otherwise only the
+  differing properties are sent;
+* a revert row (`Restore`) is a `conflict` when the event no longer holds what the run wrote;
+* the before-image is the current value of every property about to be sent: the engine stores it
+  (ledger and `before.jsonl`, `BeforeImages`) and commits it before the PATCH may leave.
+
+`ListWalk` reads the whole tenant in pages instead, when that is cheaper (see its docstring for
+the rule). `render_diff` prints what a dry run would change, row by row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+from urllib.parse import quote
+
+from batch.errors import GraphError
+from batch.graph import BatchRequest, GraphClient, event_path
+from batch.limiter import Clock, Limiter
+from batch.model import JSON, Update
+from batch.retry import graph_retrying
+from batch.schema import PROPERTIES, canonical
+
+__all__ = [
+    "LIST_MAX_EVENTS",
+    "LIST_MIN_ROWS",
+    "BeforeImages",
+    "Change",
+    "Conflict",
+    "ListWalk",
+    "Restore",
+    "Verdict",
+    "current_values",
+    "describe_conflicts",
+    "judge",
+    "read_request",
+    "render_diff",
+    "same_value",
+    "use_list_walk",
+    "written_key",
+]
+
+log = logging.getLogger("batch.changes")
+
+#: A file needs at least this many rows before walking the tenant's list can pay (see ListWalk).
+LIST_MIN_ROWS: Final = 500
+#: The walk keeps the selected values of every event it sees: this many at most (memory).
+LIST_MAX_EVENTS: Final = 100_000
+# Graph's largest page for this list.
+_PAGE: Final = 999
+
+
+def written_key(number: int) -> str:
+    """The ledger cache key under which a row's sent body is kept (revert checks against it)."""
+    return f"written:{number}"
+
+
+# --- comparing ----------------------------------------------------------------------------------
+
+
+def same_value(name: str, a: JSON, b: JSON) -> bool:
+    """Whether two wire values of property `name` mean the same (see `batch.schema.canonical`)."""
+    prop = PROPERTIES.get(name)
+    if prop is None:
+        return a == b
+    return bool(canonical(prop, a) == canonical(prop, b))
+
+
+def current_values(body: JSON) -> dict[str, JSON]:
+    """An event as Graph returned it, without annotations (`@odata.type`, `@odata.context`...)."""
+    if not isinstance(body, dict):
+        return {}
+    return {k: v for k, v in body.items() if not k.startswith("@")}
+
+
+@dataclass(frozen=True, slots=True)
+class Restore(Update):
+    """A revert row: put `body` (before-image values) back where the event still holds `expected`.
+
+    `expected` maps each property to what the reverted run wrote; a property missing from it
+    cannot be checked, and counts as a conflict.
+    """
+
+    expected: dict[str, JSON] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One property whose given value differs from the event's (`present`: Graph returned it)."""
+
+    name: str
+    old: JSON
+    new: JSON
+    present: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A property someone else changed since the reverted run: it wrote `expected`, now `found`."""
+
+    name: str
+    expected: JSON
+    found: JSON
+    known: bool = True  # False: the run's written value was not recorded
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to do with one row, given the event's current values."""
+
+    action: Literal["write", "unchanged", "conflict"]
+    body: dict[str, JSON]  # what to PATCH (action "write")
+    before: dict[str, JSON]  # the current values of the properties in `body` (the before-image)
+    changes: tuple[Change, ...] = ()
+    conflicts: tuple[Conflict, ...] = ()
+
+    @property
+    def changed_fields(self) -> tuple[str, ...]:
+        """The properties whose value really changes."""
+        return tuple(c.name for c in self.changes)
+
+
+def judge(
+    update: Update, current: Mapping[str, JSON], *, only_changed: bool, force: bool = False
+) -> Verdict:
+    """Compare a row with the event's current values and decide: write, unchanged or conflict.
+
+    A property Graph did not return counts as changed (it cannot be shown equal). Without
+    `only_changed` the whole given body is sent (the caller asked for it), and `changes` still
+    names only what differs. A `Restore` row whose still-to-restore properties no longer hold
+    what the run wrote is a conflict unless `force`.
+    """
+    changes = tuple(
+        Change(name, current.get(name), new, name in current)
+        for name, new in update.body.items()
+        if name not in current or not same_value(name, current[name], new)
+    )
+    conflicts: tuple[Conflict, ...] = ()
+    if isinstance(update, Restore):
+        conflicts = tuple(_conflicts(update, current, changes))
+        if conflicts and not force:
+            return Verdict("conflict", {}, {}, changes, conflicts)
+    if only_changed and not changes:
+        return Verdict("unchanged", {}, {}, changes, conflicts)
+    body = {c.name: c.new for c in changes} if only_changed else dict(update.body)
+    before = {name: current[name] for name in body if name in current}
+    return Verdict("write", body, before, changes, conflicts)
+
+
+def _conflicts(
+    update: Restore, current: Mapping[str, JSON], changes: Iterable[Change]
+) -> Iterable[Conflict]:
+    # Only properties that still need restoring: one already back at its old value is no conflict.
+    for change in changes:
+        found = current.get(change.name)
+        if change.name not in update.expected:
+            yield Conflict(change.name, None, found, known=False)
+        elif not change.present or not same_value(change.name, found, update.expected[change.name]):
+            yield Conflict(change.name, update.expected[change.name], found)
+
+
+def describe_conflicts(conflicts: Iterable[Conflict]) -> str:
+    """One line for results.csv: what someone else changed since the run."""
+    parts = []
+    for c in conflicts:
+        if c.known:
+            parts.append(f"{c.name} is {_show(c.found)} (the run wrote {_show(c.expected)})")
+        else:
+            parts.append(f"{c.name} is {_show(c.found)} (what the run wrote is not recorded)")
+    return "changed since the run: " + "; ".join(parts) + " (--force overwrites)"
+
+
+# --- showing ------------------------------------------------------------------------------------
+
+
+def _show(value: JSON) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        # Quote only when the bare text would mislead (empty, padded, or the word null).
+        return (
+            json.dumps(value, ensure_ascii=False)
+            if value in ("", "null") or (value != value.strip())
+            else value
+        )
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_diff(number: int, event_id: str, changes: Iterable[Change]) -> str:
+    """A readable diff of one row: a heading, then `property  old → new` per changed property."""
+    items = list(changes)
+    width = max((len(c.name) for c in items), default=0)
+    noun = "change" if len(items) == 1 else "changes"
+    lines = [f"row {number} ({event_id}): {len(items)} {noun}"]
+    for c in items:
+        old = _show(c.old) if c.present else "(not returned)"
+        lines.append(f"  {c.name:<{width}}  {old} → {_show(c.new)}")
+    return "\n".join(lines)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def read_request(item_id: str, update: Update) -> BatchRequest:
+    """The `$batch` GET item that reads the current values of the properties `update` sets."""
+    select = ",".join(quote(name, safe="") for name in update.body)
+    return BatchRequest(
+        id=item_id, method="GET", url=f"{event_path(update.event_id)}?$select={select}"
+    )
+
+
+class BeforeImages:
+    """`before.jsonl`: one line `{"row","id","before":{...}}` per row about to be written.
+
+    Appended (a resumed run adds to it) and flushed per call; the ledger's `before` table holds
+    the same images and is what `revert` reads.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("a", encoding="utf-8")
+
+    def write(self, number: int, event_id: str, before: Mapping[str, JSON]) -> None:
+        """Append one row's before-image (call `flush` after a group of them)."""
+        line = {"row": number, "id": event_id, "before": dict(before)}
+        self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def flush(self) -> None:
+        """Push the lines to the file."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close."""
+        self._file.close()
+
+
+def use_list_walk(rows: int, *, only_changed: bool) -> bool:
+    """Whether to try `ListWalk` before reading by id (the rule is in `ListWalk`'s docstring)."""
+    return only_changed and rows >= LIST_MIN_ROWS
+
+
+class ListWalk:
+    """Read every event's current values from the paged list, while that is cheaper than by id.
+
+    The rule. Reading by id costs one unit of the read budget per row (Graph counts every item of
+    a `$batch`), in requests of 20 that run just ahead of the writes. The list costs one unit per
+    page of up to 999 events, but reads every event of the tenant, page after page.
+
+    * Without `--only-changed` every row is written anyway, and reads by id (budget: 1000 per
+      20 s) stay hidden behind the ten times slower writes (100 per 20 s): the list never pays.
+    * With `--only-changed` most rows may need no write at all; then the reads are the slow part.
+      For a file of at least `LIST_MIN_ROWS` rows the tool walks the list, as long as the tenant
+      turns out to hold at most twice as many events as the file has rows (the file covers most
+      of the tenant) and at most `LIST_MAX_EVENTS` (the walk keeps what it reads in memory). A
+      bigger tenant stops the walk after about 2 x rows / 999 pages, a small price, and every row
+      is read by id instead.
+
+    The walk only filters: a row it shows as already equal is `unchanged`; every other row still
+    gets its own read just before its write, so before-images and `changed_fields` never come
+    from list data that may have aged during a long run.
+    """
+
+    def __init__(
+        self,
+        client: GraphClient,
+        limiter: Limiter,
+        clock: Clock,
+        *,
+        select: Iterable[str],
+        max_events: int,
+        max_retries: int,
+    ) -> None:
+        self._client = client
+        self._limiter = limiter
+        self._clock = clock
+        self._select = sorted(set(select) - {"id"})
+        self._max_events = max_events
+        self._max_retries = max_retries
+        self.pages = 0  # list requests sent (retries included)
+        self.throttled = 0
+        self.retries = 0
+        self.answers = 0
+
+    async def run(self, stopping: Callable[[], bool]) -> dict[str, dict[str, JSON]] | None:
+        """Every event's selected values keyed by case-folded id; None when the walk gave up."""
+        if not self._select:
+            return None
+        events: dict[str, dict[str, JSON]] = {}
+        link: str | None = None
+        first = True
+        while first or link is not None:
+            if stopping():
+                return None
+            try:
+                items, link = await self._page(link)
+            except GraphError as error:
+                log.warning(
+                    "reading the event list failed (%s: %s); reading rows by id instead",
+                    error.status or error.code,
+                    error.message,
+                )
+                return None
+            first = False
+            for item in items:
+                event_id = item.get("id")
+                if isinstance(event_id, str):
+                    events[event_id.casefold()] = current_values(item)
+            if len(events) > self._max_events:
+                log.info(
+                    "the tenant holds more than %d events: reading rows by id instead",
+                    self._max_events,
+                )
+                return None
+        log.info("read %d events in %d list pages", len(events), self.pages)
+        return events
+
+    async def _page(self, link: str | None) -> tuple[list[dict[str, JSON]], str | None]:
+        attempts = 0
+        async for attempt in graph_retrying(
+            self._limiter, max_retries=self._max_retries, clock=self._clock
+        ):
+            with attempt:
+                await self._limiter.acquire_reads(1)
+                attempts += 1
+                if attempts > 1:
+                    self.retries += 1
+                self.pages += 1
+                try:
+                    page = await self._client.list_page(link, top=_PAGE, select=self._select)
+                except GraphError as error:
+                    if error.status:
+                        self.answers += 1
+                    if error.status == 429:
+                        self.throttled += 1
+                    raise
+                self.answers += 1
+                self._limiter.note_success()
+                return page
+        raise AssertionError("tenacity stops by raising")  # pragma: no cover

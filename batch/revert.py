@@ -1,0 +1,188 @@
+"""`revert RUN_DIR`: put back what one run changed, from its before-images, as a run of its own.
+
+The plan comes from the reverted run's ledger (`state.sqlite`): for every row that run `updated`,
+the properties it really changed (`changed_fields`), their before-image values, and what the run
+wrote (kept by the engine under `changes.written_key`). Each becomes a `Restore` row, and the
+engine runs them like any input file, with `--only-changed` semantics: its own run folder, results,
+ledger, before-images (so a revert can be reverted) and `--resume`.
+
+A row whose event no longer holds what the run wrote was changed by someone else since: the engine
+reports it as `conflict` and leaves it alone, unless `--force`. A property already back at its old
+value needs nothing (`unchanged`).
+
+The ledger is read directly with SQL, read-only, streaming in row order: `Ledger.finished()` would
+hold every finished row in memory, which a million-row run cannot afford.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from batch.changes import Restore, written_key
+from batch.errors import UsageError
+from batch.model import JSON, Invalid, Problem, RawRow, Skipped, Update
+
+__all__ = ["RevertPlan", "recorded_endpoint", "revert_out_dir"]
+
+_NULL_TEXT: Final = "<null>"
+
+# Every row the run updated, with its before-image and the body it sent, in row order.
+_QUERY: Final = """
+SELECT r.number, r.event_id, r.changed_fields, b.body, c.value
+FROM rows AS r
+LEFT JOIN before AS b ON b.number = r.number
+LEFT JOIN cache AS c ON c.key = ? || r.number
+WHERE r.state = 'updated'
+ORDER BY r.number
+"""
+_WRITTEN_PREFIX: Final = written_key(0)[:-1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Headers:
+    headers: list[str]
+
+
+def _ledger_path(run_dir: Path) -> Path:
+    path = run_dir / "state.sqlite"
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: no such run folder")
+    if not path.is_file():
+        raise UsageError(
+            f"{run_dir}: no state.sqlite, so not a run folder (a dry run changes nothing and "
+            "leaves none)"
+        )
+    return path
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        db.execute("SELECT 1 FROM rows LIMIT 1")
+    except sqlite3.Error as error:
+        raise UsageError(f"{path}: cannot read the run's ledger ({error})") from None
+    return db
+
+
+def _cell(value: JSON) -> str:
+    """A wire value as an input cell (failures.csv of a revert is valid `run` input)."""
+    if value is None:
+        return _NULL_TEXT
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+class RevertPlan:
+    """The restoring rows of one run, streamed like a prepared input file (`engine.RowPlan`).
+
+    Row numbers are the reverted run's own, so the revert's results line up with its results.
+    `sha256` digests the whole plan: `--resume` of the revert refuses a plan that changed (the
+    reverted run was resumed meanwhile).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._path = _ledger_path(run_dir)
+        digest = hashlib.sha256()
+        total = 0
+        names: set[str] = set()
+        unrestorable = 0
+        for row in self._records():
+            total += 1
+            digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+            digest.update(b"\n")
+            _, _, changed, before, _ = row
+            names.update(n for n in changed if before is not None and n in before)
+            if before is None:
+                unrestorable += 1
+        self.total = total
+        self.sha256 = digest.hexdigest()
+        properties = sorted(names)
+        self.columns = {"id": "id", **{name: name for name in properties}}
+        self.source = _Headers(["id", *properties])
+        self.warnings: list[str] = []
+        if unrestorable:
+            self.warnings.append(
+                f"{unrestorable} updated row{'s' if unrestorable != 1 else ''} of {run_dir} "
+                "have no before-image (the run used --no-backup) and cannot be reverted"
+            )
+
+    def _records(
+        self,
+    ) -> Iterator[tuple[int, str, list[str], dict[str, JSON] | None, dict[str, JSON] | None]]:
+        with closing(_connect(self._path)) as db:
+            try:
+                for number, event_id, changed, before, written in db.execute(
+                    _QUERY, (_WRITTEN_PREFIX,)
+                ):
+                    yield (
+                        int(number),
+                        str(event_id),
+                        [n for n in str(changed).split(";") if n],
+                        None if before is None else json.loads(before),
+                        None if written is None else json.loads(written),
+                    )
+            except (sqlite3.Error, ValueError) as error:
+                raise UsageError(f"{self._path}: cannot read the run's ledger ({error})") from None
+
+    def rows(self) -> Iterator[tuple[RawRow, Update | Invalid | Skipped]]:
+        """Every updated row of the run as a `Restore` (or why it cannot be restored)."""
+        for number, event_id, changed, before, written in self._records():
+            yield self._row(number, event_id, changed, before, written)
+
+    @staticmethod
+    def _row(
+        number: int,
+        event_id: str,
+        changed: list[str],
+        before: dict[str, JSON] | None,
+        written: dict[str, JSON] | None,
+    ) -> tuple[RawRow, Update | Invalid | Skipped]:
+        body = {n: before[n] for n in changed if before is not None and n in before}
+        raw = RawRow(number, {"id": event_id, **{n: _cell(v) for n, v in body.items()}})
+        if before is None:
+            problem = Problem("", "", "no before-image: the run used --no-backup")
+            return raw, Invalid(number, event_id, (problem,))
+        if not changed:
+            return raw, Skipped(number, event_id, "the run changed nothing in this event")
+        if not body:
+            missing = ", ".join(changed)
+            problem = Problem("", "", f"the before-image holds no value for {missing}")
+            return raw, Invalid(number, event_id, (problem,))
+        expected = {n: (written or {})[n] for n in body if n in (written or {})}
+        return raw, Restore(number, event_id, body, expected=expected)
+
+
+def revert_out_dir(
+    run_dir: Path, runs_root: Path, *, resume: bool, now: dt.datetime | None = None
+) -> Path:
+    """`runs/<UTC timestamp>-revert-<run folder name>/`, or the latest such folder to resume."""
+    suffix = f"-revert-{run_dir.resolve().name}"
+    if resume:
+        candidates = sorted(runs_root.glob(f"*{suffix}"))
+        if not candidates:
+            raise UsageError(f"--resume: no earlier revert of {run_dir.name}; pass --out RUN_DIR")
+        return candidates[-1]
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return runs_root / f"{stamp}{suffix}"
+
+
+def recorded_endpoint(run_dir: Path) -> tuple[str | None, str | None]:
+    """(cloud, Graph root) the reverted run used, as its ledger recorded them (None: unknown)."""
+    with closing(_connect(_ledger_path(run_dir))) as db:
+        try:
+            found = dict(
+                db.execute("SELECT key, value FROM meta WHERE key IN ('cloud', 'graph_root')")
+            )
+        except sqlite3.Error:
+            return None, None
+    return found.get("cloud"), found.get("graph_root")

@@ -1,0 +1,286 @@
+"""`--only-changed`, before-images and `revert` end to end: the real CLI against the emulator."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from batch.cli import app
+from batch.emulator import EmulatorConfig, EmulatorServer, EventStore
+from batch.model import JSON, Rate
+from tests.conftest import EmulatorFactory
+from tests.e2e import cli, read_csv, update_rows, write_csv
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "test-token"
+# Scaled-down limits: the same shape as Graph's (reads 10x writes), fast enough for tests.
+FAST = {
+    "write_limit": Rate(1000, 1),
+    "tenant_write_limit": Rate(2000, 1),
+    "read_limit": Rate(10000, 1),
+    "tenant_read_limit": Rate(20000, 1),
+}
+TOOL_LIMIT = ("--write-limit", "1000/1")
+
+
+def cli_here(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The CLI in this process (`cli` starts a new Python each time: seconds on a busy box)."""
+    env: dict[str, str | None] = {"GRAPH_ACCESS_TOKEN": TOKEN, "AZURE_CLIENT_ID": None}
+    try:
+        result = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    finally:
+        # The command points the `batch` loggers at the runner's stderr: undo that.
+        root = logging.getLogger("batch")
+        for handler in list(root.handlers):
+            if getattr(handler, "_batch_console", False):
+                root.removeHandler(handler)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+def _server(factory: EmulatorFactory, n: int, seed: int = 21) -> tuple[EmulatorServer, list[str]]:
+    store = EventStore()
+    ids = store.seed(n, seed=seed)
+    return factory(EmulatorConfig(token=TOKEN, seed=seed, **FAST), store=store), ids
+
+
+def _timespan(iso: str) -> str:
+    """`PT53M9.7081011S` as PowerShell prints it: `00:53:09.7081011`."""
+    m = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)(?:\.(\d+))?S)?", iso)
+    assert m, iso
+    hours, minutes, seconds = (int(g or 0) for g in m.groups()[:3])
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}" + (f".{m[4]}" if m[4] else "")
+
+
+def _in_utc(stamp: str) -> str:
+    """The same instant written in UTC (`Z`), ticks kept."""
+    m = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", stamp)
+    assert m, stamp
+    offset = "+00:00" if m[3] == "Z" else m[3]
+    utc = dt.datetime.fromisoformat(m[1] + offset).astimezone(dt.UTC)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}" + (f".{m[2]}" if m[2] else "") + "Z"
+
+
+def _as_admin_would_type(event: dict[str, JSON]) -> dict[str, str]:
+    """A row holding the event's own values, spelt differently (enum case, TimeSpan, UTC)."""
+    return {
+        "id": str(event["id"]),
+        "Device Serial Number": str(event["deviceSerialNumber"]),
+        "enrollmentState": str(event["enrollmentState"]).upper(),
+        "deploymentDuration": _timespan(str(event["deploymentDuration"])),
+        "eventDateTime": _in_utc(str(event["eventDateTime"])),
+        "userPrincipalName": str(event["userPrincipalName"]),
+    }
+
+
+def _patch_directly(server: EmulatorServer, event_id: str, body: dict[str, JSON]) -> None:
+    """Another writer changes an event (a plain PATCH, as the Intune portal would)."""
+    response = httpx.patch(
+        f"{server.url}/beta/deviceManagement/autopilotEvents/{event_id}",
+        json=body,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert response.status_code == 200, response.text
+
+
+def _lines(path: Path) -> list[dict[str, JSON]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --- --only-changed -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rows", "reads_at_most", "run_cli"),
+    [
+        pytest.param(60, 60, cli_here, id="reads-by-id"),
+        # One list page, then the 60 rows to write; as a real process.
+        pytest.param(600, 61, cli, id="list-walk"),
+    ],
+)
+def test_only_changed_writes_only_the_rows_that_differ(
+    emulator_factory: EmulatorFactory,
+    tmp_path: Path,
+    rows: int,
+    reads_at_most: int,
+    run_cli: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    server, ids = _server(emulator_factory, rows)
+    lines = [_as_admin_would_type(e) for e in server.store.list()]
+    differ = {i for n, i in enumerate(ids) if n % 10 == 3}  # 10 %
+    for line in lines:
+        if line["id"] in differ:
+            line["userPrincipalName"] = f"new.{line['id'][:8]}@contoso.com"
+    src = write_csv(tmp_path / "in.csv", lines)
+    result = run_cli(
+        "run", src, "--graph-url", server.url, *TOOL_LIMIT, "--only-changed",
+        "--out", tmp_path / "r", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    stats = server.stats()
+    assert stats["patches"] == dict.fromkeys(sorted(differ), 1)
+    assert stats["reads"] <= reads_at_most
+    results = read_csv(tmp_path / "r" / "results.csv")
+    by_outcome: dict[str, set[str]] = {}
+    for r in results:
+        by_outcome.setdefault(r["outcome"], set()).add(r["id"])
+    assert by_outcome == {"updated": differ, "unchanged": set(ids) - differ}
+    assert {r["changed_fields"] for r in results if r["outcome"] == "updated"} == {
+        "userPrincipalName"
+    }
+    images = _lines(tmp_path / "r" / "before.jsonl")
+    assert {i["id"] for i in images} == differ
+    assert all(list(i["before"]) == ["userPrincipalName"] for i in images)  # type: ignore[arg-type]
+    summary = json.loads(result.stdout)
+    assert summary["counts"]["unchanged"] == rows - len(differ)
+    assert summary["only_changed"] is True and summary["writes_sent"] == len(differ)
+
+
+def test_dry_run_only_changed_prints_the_diff_and_writes_nothing(
+    emulator_factory: EmulatorFactory, tmp_path: Path
+) -> None:
+    server, _ = _server(emulator_factory, 20)
+    events = server.store.list()
+    lines = [_as_admin_would_type(e) for e in events]
+    lines[4]["userPrincipalName"] = "moved@contoso.com"
+    lines[7]["enrollmentState"] = (
+        "blocked" if events[7]["enrollmentState"] != "blocked" else "unknown"
+    )
+    lines[7]["deploymentDuration"] = "1.00:00:00"
+    src = write_csv(tmp_path / "in.csv", lines)
+    before = server.store.digest()
+    result = cli_here(
+        "run", src, "--graph-url", server.url, "--dry-run", "--only-changed",
+        "--out", tmp_path / "d",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert server.store.digest() == before and server.stats()["writes"] == 0
+    assert f"row 6 ({events[4]['id']}): 1 change" in result.stderr
+    old_upn = events[4]["userPrincipalName"]
+    assert f"userPrincipalName  {old_upn} → moved@contoso.com" in result.stderr
+    assert f"row 9 ({events[7]['id']}): 2 changes" in result.stderr
+    assert f"deploymentDuration  {events[7]['deploymentDuration']} → P1D" in result.stderr
+    assert result.stdout.splitlines()[0] == "20 rows: unchanged 18, planned 2"
+    planned = _lines(tmp_path / "d" / "requests.jsonl")
+    assert sorted((p["row"], json.dumps(p["body"], sort_keys=True)) for p in planned) == [
+        (6, json.dumps({"userPrincipalName": "moved@contoso.com"})),
+        (
+            9,
+            json.dumps(
+                {"deploymentDuration": "P1D", "enrollmentState": lines[7]["enrollmentState"]},
+                sort_keys=True,
+            ),
+        ),
+    ]
+    outcomes = {int(r["row"]): r["outcome"] for r in read_csv(tmp_path / "d" / "results.csv")}
+    assert outcomes == {n: "planned" if n in (6, 9) else "unchanged" for n in range(2, 22)}
+    assert not (tmp_path / "d" / "state.sqlite").exists()
+
+
+# --- revert ---------------------------------------------------------------------------------------
+
+
+def test_run_then_revert_restores_the_tenant_and_spares_what_others_changed(
+    emulator_factory: EmulatorFactory, tmp_path: Path
+) -> None:
+    server, ids = _server(emulator_factory, 80)
+    original = server.store.digest()
+    src = write_csv(tmp_path / "in.csv", update_rows(ids))
+    run = cli("run", src, "--graph-url", server.url, *TOOL_LIMIT, "--out", tmp_path / "run")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert server.store.digest() != original
+
+    # Another writer changes row 5's event after the run; someone puts row 9's back by hand.
+    _patch_directly(server, ids[3], {"userPrincipalName": "someone.else@contoso.com"})
+    image = next(i for i in _lines(tmp_path / "run" / "before.jsonl") if i["row"] == 9)
+    _patch_directly(server, ids[7], image["before"])  # type: ignore[arg-type]
+    first = cli("revert", tmp_path / "run", *TOOL_LIMIT, "--out", tmp_path / "rv", "--json")
+    assert first.returncode == 1, first.stderr[-2000:]  # a conflict
+    results = {int(r["row"]): r for r in read_csv(tmp_path / "rv" / "results.csv")}
+    assert len(results) == 80
+    assert results[5]["outcome"] == "conflict" and results[5]["error_code"] == "Conflict"
+    assert "userPrincipalName is someone.else@contoso.com" in results[5]["error_message"]
+    assert results[9]["outcome"] == "unchanged"
+    assert {r["outcome"] for n, r in results.items() if n not in (5, 9)} == {"updated"}
+    assert server.store.get(ids[3])["userPrincipalName"] == "someone.else@contoso.com"  # type: ignore[index]
+    summary = json.loads(first.stdout)
+    assert summary["counts"]["conflict"] == 1 and summary["input"] == str(tmp_path / "run")
+
+    # --force puts the conflicting row back too: the tenant is as it was before the run.
+    forced = cli_here("revert", tmp_path / "run", *TOOL_LIMIT, "--force", "--out", tmp_path / "rv2")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    outcomes = [r["outcome"] for r in read_csv(tmp_path / "rv2" / "results.csv")]
+    assert outcomes.count("updated") == 1 and outcomes.count("unchanged") == 79
+    assert server.store.digest() == original
+    # Graph defaulted to the one the run used (recorded in its ledger).
+    assert f"at {server.url}" in forced.stderr
+
+
+def test_resumed_rows_keep_their_first_before_image(
+    emulator_factory: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Killed after PATCHes left but before their answers were recorded, then resumed."""
+    server, ids = _server(emulator_factory, 30)
+    original = server.store.digest()
+    src = write_csv(tmp_path / "in.csv", update_rows(ids))
+    out = tmp_path / "run"
+    assert (
+        cli_here("run", src, "--graph-url", server.url, *TOOL_LIMIT, "--out", out).returncode == 0
+    )
+    first = {r["row"]: r["changed_fields"] for r in read_csv(out / "results.csv")}
+    with closing(sqlite3.connect(out / "state.sqlite")) as db, db:
+        db.execute("UPDATE rows SET state = 'in_flight' WHERE number BETWEEN 2 AND 6")
+    reads = server.stats()["reads"]
+    resumed = cli_here("run", src, "--graph-url", server.url, *TOOL_LIMIT, "--out", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert server.stats()["reads"] == reads  # judged on the stored images, not read again
+    again = {r["row"]: r["changed_fields"] for r in read_csv(out / "results.csv")}
+    assert again == first  # not "nothing changed", although the event already held the values
+    patches = server.stats()["patches"]
+    assert isinstance(patches, dict)
+    assert [patches[i] for i in ids[:6]] == [2, 2, 2, 2, 2, 1]
+    assert cli_here("revert", out, *TOOL_LIMIT, "--out", tmp_path / "rv").returncode == 0
+    assert server.store.digest() == original
+
+
+def test_no_backup_reads_nothing_and_cannot_be_reverted(
+    emulator_factory: EmulatorFactory, tmp_path: Path
+) -> None:
+    server, ids = _server(emulator_factory, 10)
+    src = write_csv(tmp_path / "in.csv", update_rows(ids))
+    out = tmp_path / "run"
+    run = cli_here("run", src, "--graph-url", server.url, *TOOL_LIMIT, "--no-backup", "--out", out)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert server.stats()["reads"] == 0 and not (out / "before.jsonl").exists()
+    digest = server.store.digest()
+    revert = cli_here("revert", out, "--graph-url", server.url, "--out", tmp_path / "rv")
+    assert revert.returncode == 1
+    assert "cannot be reverted" in revert.stderr
+    results = read_csv(tmp_path / "rv" / "results.csv")
+    assert {r["outcome"] for r in results} == {"invalid"}
+    assert "--no-backup" in results[0]["error_message"]
+    assert server.store.digest() == digest
+
+
+def test_revert_of_a_dry_run_or_nothing(emulator: EmulatorServer, tmp_path: Path) -> None:
+    ids = [str(e["id"]) for e in emulator.store.list()][:3]
+    src = write_csv(tmp_path / "in.csv", update_rows(ids))
+    assert cli_here("run", src, "--dry-run", "--out", tmp_path / "d").returncode == 0
+    refused = cli_here("revert", tmp_path / "d", "--graph-url", emulator.url)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("Error: ") and "dry run" in refused.stderr
+    help_text = cli_here("revert", "--help").stdout
+    assert "--force" in help_text and "Examples:" in help_text
