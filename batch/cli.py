@@ -992,6 +992,8 @@ def job_run(
         job = load_job(job_file)
         report = run_job(job, quiet=quiet or as_json)
     except BatchError as error:
+        if as_json:
+            typer.echo(json.dumps({"error": str(error), "exit_code": error.exit_code}))
         fail(error)
     if as_json:
         typer.echo(json.dumps(report.to_json(), ensure_ascii=False))

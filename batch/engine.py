@@ -1285,7 +1285,10 @@ async def execute(
     started_wall = dt.datetime.now(dt.UTC)
     started = time.monotonic()
     log.info(
-        "run started",
+        "run started: %s -> %s (%s)",
+        options.input.name,
+        out_dir,
+        "resumed" if options.resume else "new",
         extra={"input": str(options.input), "out": str(out_dir), **options.recorded()},
     )
     for warning in prepared.warnings:
@@ -1312,7 +1315,11 @@ async def execute(
     elapsed = time.monotonic() - started
     summary = _summarise(options, prepared, out_dir, run, started_wall, elapsed)
     write_json_atomic(out_dir / "summary.json", summary.data)
-    log.info("run finished", extra={"exit_code": summary.exit_code, **dict(summary.counts)})
+    log.info(
+        "run finished: exit %d",
+        summary.exit_code,
+        extra={"exit_code": summary.exit_code, **dict(summary.counts)},
+    )
     root_log.removeHandler(handler)
     handler.close()
     return summary

@@ -756,18 +756,20 @@ class JobState:
     def __init__(self, path: Path, *, dry_run: bool, readonly: bool = False) -> None:
         self.path = path
         self.dry_run = int(dry_run)
-        if readonly:
-            if not path.exists():
-                self._db = sqlite3.connect(":memory:", isolation_level=None)
-            else:
+        try:
+            if readonly and path.exists():
+                # `job check` reads the state a running job may be writing; it never writes.
                 self._db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
                 self._db.execute("PRAGMA query_only=1")
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-        if not readonly or not path.exists():
+                self._db.execute("SELECT 1 FROM files LIMIT 1")
+                return
+            # Read-only without a state yet: an empty one in memory (nothing was processed).
+            self._db = sqlite3.connect(":memory:" if readonly else path, isolation_level=None)
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_STATE_SCHEMA)
+        except sqlite3.Error as error:
+            raise ConfigError(f"{path}: cannot use the job's state: {error}") from None
 
     def close(self) -> None:
         """Close the database."""
@@ -818,7 +820,7 @@ class JobState:
         )
 
     def reject(self, sha256: str, path: Path, error: str) -> None:
-        """Remember a file that cannot be used, so it is not tried again until it changes."""
+        """Record a file that cannot be used (read again by the next run: nothing was sent)."""
         self._db.execute(
             "INSERT INTO files(sha256, dry_run, path, state, error, exit_code, started, finished)"
             " VALUES(?, ?, ?, 'rejected', ?, 2, ?, ?) ON CONFLICT(sha256, dry_run) DO UPDATE SET"
@@ -1481,7 +1483,11 @@ def check_job(job: Job, *, env: Mapping[str, str] = os.environ) -> CheckReport:
     if holder:
         alive = "running" if _pid_alive(holder.get("pid")) else "not running: will be taken over"
         report.lock = f"last taken by pid {holder.get('pid')} at {holder.get('started')} ({alive})"
-    state = JobState(job.state_dir / "files.sqlite", dry_run=job.dry_run, readonly=True)
+    try:
+        state = JobState(job.state_dir / "files.sqlite", dry_run=job.dry_run, readonly=True)
+    except ConfigError as error:
+        report.problems.append(str(error))
+        return report
     try:
         plan = _plan(job, state)
     except ConfigError as error:

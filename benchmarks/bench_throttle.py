@@ -156,7 +156,11 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1200)
     parser.add_argument("--latency-ms", type=int, default=50)
     parser.add_argument("--only", default=",".join(CONTENDERS))
+    parser.add_argument(
+        "--extra", default="", help="more options for autopilot-batch, e.g. '--concurrency 8'"
+    )
     args = parser.parse_args()
+    extra = tuple(args.extra.split())
     limit = Rate.parse(args.limit)
     kinds = [k for k in args.only.split(",") if k]
     if unknown := set(kinds) - set(CONTENDERS):
@@ -168,12 +172,19 @@ def main() -> int:
     for kind in kinds:
         print(f"running {kind} ...", file=sys.stderr, flush=True)
         results.append(
-            run_contender(kind, limit=limit, rows=args.rows, latency_ms=args.latency_ms, work=work)
+            run_contender(
+                kind,
+                limit=limit,
+                rows=args.rows,
+                latency_ms=args.latency_ms,
+                work=work,
+                extra_args=extra,
+            )
         )
     print(
         f"Throughput at the write limit: emulator {limit} writes per app "
         f"({limit.per_second:g}/s), latency {args.latency_ms} ms, {args.rows:,} rows; "
-        f"{machine_line(info)}"
+        f"{machine_line(info)}" + (f"; autopilot-batch options {args.extra}" if extra else "")
     )
     print(
         table(

@@ -573,10 +573,11 @@ def _drop(path: Path, rows: list[dict[str, str]], age: float = 0) -> Path:
 def test_overlapping_starts_run_once_and_each_file_is_processed_once(
     emulator_factory: EmulatorFactory, tmp_path: Path
 ) -> None:
+    # The first file takes about three seconds, so the two starts surely overlap.
     server, ids = _emulator(emulator_factory, 700, seed=21)
     drop = tmp_path / "drop"
     drop.mkdir()
-    first_rows = update_rows(ids[:400])
+    first_rows = update_rows(ids[:600])
     _drop(drop / "monday.csv", first_rows)
     job_file = _folder_job(tmp_path, server.url)
 
@@ -588,22 +589,22 @@ def test_overlapping_starts_run_once_and_each_file_is_processed_once(
     loser = next(err for p, _, err in outcomes if p.returncode == 75)
     assert "job nightly is already running by pid" in loser
     winner = next(out for p, out, _ in outcomes if p.returncode == 0)
-    assert winner.strip() == "job nightly: 1 file (1 ok); rows: updated 400; exit 0"
-    assert set(_patches(server)) == set(ids[:400]) and set(_patches(server).values()) == {1}
+    assert winner.strip() == "job nightly: 1 file (1 ok); rows: updated 600; exit 0"
+    assert set(_patches(server)) == set(ids[:600]) and set(_patches(server).values()) == {1}
     assert (tmp_path / "done" / "monday.csv").exists() and not (drop / "monday.csv").exists()
 
     # The same file dropped again under another name, and a new file: only the new one is sent.
     shutil.copy(tmp_path / "done" / "monday.csv", drop / "monday-again.csv")
-    _drop(drop / "tuesday.csv", update_rows(ids[400:], seed=3), age=5)
+    _drop(drop / "tuesday.csv", update_rows(ids[600:], seed=3), age=5)
     code, out, err = _job_run(job_file, "--json")
     assert code == 0, err[-2000:]
     report = json.loads(out)
     assert [Path(f["file"]).name for f in report["files"]] == ["tuesday.csv"]
-    assert report["skipped"] == 1 and report["counts"] == {"updated": 300}
+    assert report["skipped"] == 1 and report["counts"] == {"updated": 100}
     patches = _patches(server)
     assert set(patches) == set(ids) and set(patches.values()) == {1}
     results = read_csv(Path(report["files"][0]["run_dir"]) / "results.csv")
-    assert len(results) == 300 and {r["outcome"] for r in results} == {"updated"}
+    assert len(results) == 100 and {r["outcome"] for r in results} == {"updated"}
     assert sorted(p.name for p in (tmp_path / "done").iterdir()) == [
         "monday-again.csv",
         "monday.csv",

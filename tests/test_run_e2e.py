@@ -282,5 +282,6 @@ def test_results_and_summary_shape(emulator: EmulatorServer, tmp_path: Path) -> 
                 "tool_version"):  # fmt: skip
         assert key in summary
     log_lines = [json.loads(x) for x in (tmp_path / "r" / "run.log").read_text().splitlines()]
-    assert log_lines[0]["msg"] == "run started"
+    assert log_lines[0]["msg"].startswith("run started: in.csv -> ")
+    assert log_lines[0]["mode"] == "batch"  # the options travel as fields of the JSON line
     assert "run folder" in result.stdout
