@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -166,14 +166,6 @@ def sustained_ratio(times: Sequence[float], limit: Rate) -> float:
     return ((k * count) / span) / limit.per_second if span > 0 else float("nan")
 
 
-def window_ratio(times: Sequence[float], limit: Rate, start: float, end: float) -> float:
-    """Admitted writes per second in [start, end) ÷ the limit's rate."""
-    if end <= start:
-        return float("nan")
-    count = sum(1 for t in times if start <= t < end)
-    return (count / (end - start)) / limit.per_second
-
-
 # --- inputs ---------------------------------------------------------------------------------------
 
 UPDATE_HEADER = (
@@ -233,13 +225,6 @@ class Measured:
         """The stdout parsed as one JSON object (the CLI's `--json`)."""
         result: dict[str, Any] = json.loads(self.stdout)
         return result
-
-    def brief(self) -> dict[str, Any]:
-        """The figures without the captured output."""
-        data = asdict(self)
-        data.pop("stdout")
-        data["stderr"] = self.stderr[-500:]
-        return data
 
 
 def child_env(token: str | None = TOKEN) -> dict[str, str]:

@@ -105,7 +105,10 @@ def run_contender(
         with self_cpu() as emulator_cpu:
             done = run_measured(command)
         stats = emulator.server.stats()
-        log = list(emulator.log)
+        writes = emulator.write_times()
+        rejected = emulator.rejected_times()
+        episodes = emulator.episode_times()
+        judged = sum(1 for a in emulator.log if a.write)
     if done.returncode not in (0, 1):
         raise SystemExit(f"{kind} failed (exit {done.returncode}): {done.stderr[-2000:]}")
     output = done.json()
@@ -115,8 +118,6 @@ def run_contender(
         requests_sent = output["requests_sent"]
     else:
         updated, failed, requests_sent = output["updated"], output["failed"], output["sent"]
-    writes = [a.t for a in log if a.write and a.admitted]
-    judged = sum(1 for a in log if a.write)
     throttled = int(stats["throttled"])  # type: ignore[arg-type]
     return {
         "contender": f"autopilot-batch {kind}" if kind in ("single", "batch") else kind,
@@ -140,8 +141,8 @@ def run_contender(
         "timeline": {
             "start": writes[0] if writes else None,
             "writes": writes,
-            "rejected": [a.t for a in log if not a.admitted],
-            "episodes": [a.t for a in log if a.opened],
+            "rejected": rejected,
+            "episodes": episodes,
         },
         "exit_code": done.returncode,
     }
