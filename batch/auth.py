@@ -336,17 +336,17 @@ class _MsalTokenProvider:
 
     def __init__(
         self,
+        endpoints: Endpoints,
         *,
+        tenant: str,
         client_id: str,
-        authority: str,
-        scope: str,
         token_cache: Path | None,
         secrets: tuple[str, ...] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client_id = client_id
-        self.authority = authority
-        self.scope = scope
+        self.authority = endpoints.authority(tenant)
+        self.scope = endpoints.scope
         self._cache_file = _CacheFile(token_cache) if token_cache else None
         self._secrets = tuple(s for s in secrets if s)
         self._clock = clock
@@ -488,11 +488,10 @@ class MsalAppTokenProvider(_MsalTokenProvider):
         clock: Callable[[], float] = time.monotonic,
         app_factory: Callable[..., Any] | None = None,
     ) -> None:
-        authority = endpoints.authority(tenant)
         super().__init__(
+            endpoints,
+            tenant=tenant,
             client_id=client_id,
-            authority=authority,
-            scope=endpoints.scope,
             token_cache=token_cache,
             secrets=(credential,) if isinstance(credential, str) else (),
             clock=clock,
@@ -545,11 +544,10 @@ class DeviceCodeTokenProvider(_MsalTokenProvider):
         clock: Callable[[], float] = time.monotonic,
         app_factory: Callable[..., Any] | None = None,
     ) -> None:
-        authority = endpoints.authority(tenant)
         super().__init__(
+            endpoints,
+            tenant=tenant,
             client_id=client_id,
-            authority=authority,
-            scope=endpoints.scope,
             token_cache=token_cache,
             clock=clock,
         )

@@ -47,6 +47,7 @@ __all__ = [
     "judge",
     "read_request",
     "render_diff",
+    "resumed_verdict",
     "same_value",
     "use_list_walk",
     "written_key",
@@ -142,11 +143,7 @@ def judge(
     names only what differs. A `Restore` row whose still-to-restore properties no longer hold
     what the run wrote is a conflict unless `force`.
     """
-    changes = tuple(
-        Change(name, current.get(name), new, name in current)
-        for name, new in update.body.items()
-        if name not in current or not same_value(name, current[name], new)
-    )
+    changes = _changes(update.body, current)
     conflicts: tuple[Conflict, ...] = ()
     if isinstance(update, Restore):
         conflicts = tuple(_conflicts(update, current, changes))
@@ -157,6 +154,24 @@ def judge(
     body = {c.name: c.new for c in changes} if only_changed else dict(update.body)
     before = {name: current[name] for name in body if name in current}
     return Verdict("write", body, before, changes, conflicts)
+
+
+def resumed_verdict(written: dict[str, JSON], image: dict[str, JSON]) -> Verdict:
+    """A resumed row whose body and before-image were committed: write that body again.
+
+    Its PATCH may already have gone out, so the event may hold the new values: what changes is
+    told against the committed before-image, not against the event.
+    """
+    return Verdict("write", written, image, _changes(written, image))
+
+
+def _changes(body: Mapping[str, JSON], current: Mapping[str, JSON]) -> tuple[Change, ...]:
+    # A property Graph did not return counts as changed: it cannot be shown equal.
+    return tuple(
+        Change(name, current.get(name), new, name in current)
+        for name, new in body.items()
+        if name not in current or not same_value(name, current[name], new)
+    )
 
 
 def _conflicts(

@@ -11,10 +11,11 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypedDict
 
 import anyio
 import typer
+from typer.core import TyperGroup
 
 from batch import __version__
 from batch.errors import BatchError, UsageError
@@ -23,13 +24,42 @@ from batch.model import Rate
 
 if TYPE_CHECKING:
     from batch.engine import RunSummary
+    from batch.mapper import InputOptions
+
+
+class _SendSettings(TypedDict):
+    """How `run` and `revert` send: their shared RunOptions fields."""
+
+    mode: Literal["single", "batch"]
+    batch_size: int
+    write_limit: Rate
+    read_limit: Rate | None
+    concurrency: int
+    max_retries: int
+
 
 # Commands import the heavy modules (pandas, httpx, msal) when they run, so `--help` stays quick.
 
 __all__ = ["app", "main"]
 
+# `--help` lists commands as a user meets them. Typer keeps registration order but always puts
+# sub-apps (`job`) after plain commands, so the order is stated once here.
+_COMMAND_ORDER = (
+    "validate", "run", "revert", "export", "job", "whoami", "schema", "template", "emulator", "demo"
+)  # fmt: skip
+
+
+class _CommandOrder(TyperGroup):
+    # `ctx` is typer's vendored click Context, which typer does not export: typed Any.
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        # A command missing from _COMMAND_ORDER still shows, after the ordered ones.
+        return sorted(names, key=lambda n: (*_COMMAND_ORDER, n).index(n))
+
+
 app = typer.Typer(
     name="autopilot-batch",
+    cls=_CommandOrder,
     help="Bulk-update Windows Autopilot events in Intune through Microsoft Graph from CSV/Excel.",
     no_args_is_help=True,
     add_completion=False,
@@ -67,6 +97,19 @@ DeviceCodeOpt = Annotated[
 TokenCacheOpt = Annotated[
     bool, typer.Option(help="Keep the sign-in cache in the user's config directory (0600).")
 ]
+InputArg = Annotated[Path, typer.Argument(help="The CSV or Excel file of updates.")]
+ModeOpt = Annotated[str, typer.Option(help="single (one PATCH per row) or batch ($batch).")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Requests per $batch, 1-20.")]
+WriteLimitOpt = Annotated[
+    str, typer.Option(help="Write budget N/SECONDS, never exceeded (Graph: 100/20 per app).")
+]
+ReadLimitOpt = Annotated[
+    str | None, typer.Option(help="Read budget N/SECONDS (default: 10x the write budget).")
+]
+ConcurrencyOpt = Annotated[int, typer.Option(help="Requests in flight at most.")]
+MaxRetriesOpt = Annotated[
+    int, typer.Option(help="Retries per row for 429/503/504/connection errors.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 KeyOpt = Annotated[
@@ -85,6 +128,49 @@ PickOpt = Annotated[
         "(otherwise such rows are invalid).",
     ),
 ]
+
+
+def _input_options(
+    encoding: str | None,
+    sheet: str | None,
+    map_file: Path | None,
+    null_token: str,
+    assume_tz: str | None,
+    ignore_unknown_columns: bool,
+    key: str | None,
+    pick: str | None,
+) -> InputOptions:
+    """The reading options `run` and `validate` share, checked (`--key`, `--pick`)."""
+    from batch.mapper import InputOptions
+
+    return InputOptions(
+        encoding=encoding,
+        sheet=sheet,
+        map_file=map_file,
+        null_token=null_token,
+        assume_tz=assume_tz,
+        ignore_unknown_columns=ignore_unknown_columns,
+        key=_key_option(key, pick),
+    )
+
+
+def _send_settings(
+    mode: str,
+    batch_size: int,
+    write_limit: str,
+    read_limit: str | None,
+    concurrency: int,
+    max_retries: int,
+) -> _SendSettings:
+    """The RunOptions fields `run` and `revert` take from the same options, parsed."""
+    return {
+        "mode": _mode(mode),
+        "batch_size": batch_size,
+        "write_limit": _parse_rate(write_limit, "--write-limit"),
+        "read_limit": _parse_rate(read_limit, "--read-limit") if read_limit else None,
+        "concurrency": concurrency,
+        "max_retries": max_retries,
+    }
 
 
 def _key_option(text: str | None, pick: str | None) -> str | None:
@@ -180,7 +266,7 @@ def _parse_rate(text: str, option: str) -> Rate:
 
 @app.command(epilog=_RUN_EXAMPLE)
 def run(
-    input: Annotated[Path, typer.Argument(help="The CSV or Excel file of updates.")],
+    input: InputArg,
     out: Annotated[
         Path | None,
         typer.Option(help="Run folder (default runs/<UTC timestamp>-<input stem>/)."),
@@ -191,20 +277,12 @@ def run(
     dry_run: Annotated[
         bool, typer.Option(help="Validate and plan; write requests.jsonl; send nothing.")
     ] = False,
-    mode: Annotated[
-        str, typer.Option(help="single (one PATCH per row) or batch ($batch).")
-    ] = "batch",
-    batch_size: Annotated[int, typer.Option(help="Requests per $batch, 1-20.")] = 20,
-    write_limit: Annotated[
-        str, typer.Option(help="Write budget N/SECONDS, never exceeded (Graph: 100/20 per app).")
-    ] = "100/20",
-    read_limit: Annotated[
-        str | None, typer.Option(help="Read budget N/SECONDS (default: 10x the write budget).")
-    ] = None,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 4,
-    max_retries: Annotated[
-        int, typer.Option(help="Retries per row for 429/503/504/connection errors.")
-    ] = 8,
+    mode: ModeOpt = "batch",
+    batch_size: BatchSizeOpt = 20,
+    write_limit: WriteLimitOpt = "100/20",
+    read_limit: ReadLimitOpt = None,
+    concurrency: ConcurrencyOpt = 4,
+    max_retries: MaxRetriesOpt = 8,
     only_changed: Annotated[
         bool,
         typer.Option(
@@ -239,7 +317,6 @@ def run(
     from batch.auth import build_token_provider
     from batch.clouds import resolve_endpoints
     from batch.engine import RunOptions, execute
-    from batch.mapper import InputOptions
     from batch.progress import make_progress
 
     setup_console(quiet=quiet or as_json)
@@ -250,20 +327,9 @@ def run(
             out=out,
             resume=resume,
             dry_run=dry_run,
-            mode=_mode(mode),
-            batch_size=batch_size,
-            write_limit=_parse_rate(write_limit, "--write-limit"),
-            read_limit=_parse_rate(read_limit, "--read-limit") if read_limit else None,
-            concurrency=concurrency,
-            max_retries=max_retries,
-            input_options=InputOptions(
-                encoding=encoding,
-                sheet=sheet,
-                map_file=map_file,
-                null_token=null_token,
-                assume_tz=assume_tz,
-                ignore_unknown_columns=ignore_unknown_columns,
-                key=_key_option(key, pick),
+            **_send_settings(mode, batch_size, write_limit, read_limit, concurrency, max_retries),
+            input_options=_input_options(
+                encoding, sheet, map_file, null_token, assume_tz, ignore_unknown_columns, key, pick
             ),
             graph_root=endpoints.graph_root,
             cloud=endpoints.cloud,
@@ -413,20 +479,12 @@ def revert(
     force: Annotated[
         bool, typer.Option(help="Restore rows even where someone else changed them since.")
     ] = False,
-    mode: Annotated[
-        str, typer.Option(help="single (one PATCH per row) or batch ($batch).")
-    ] = "batch",
-    batch_size: Annotated[int, typer.Option(help="Requests per $batch, 1-20.")] = 20,
-    write_limit: Annotated[
-        str, typer.Option(help="Write budget N/SECONDS, never exceeded (Graph: 100/20 per app).")
-    ] = "100/20",
-    read_limit: Annotated[
-        str | None, typer.Option(help="Read budget N/SECONDS (default: 10x the write budget).")
-    ] = None,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 4,
-    max_retries: Annotated[
-        int, typer.Option(help="Retries per row for 429/503/504/connection errors.")
-    ] = 8,
+    mode: ModeOpt = "batch",
+    batch_size: BatchSizeOpt = 20,
+    write_limit: WriteLimitOpt = "100/20",
+    read_limit: ReadLimitOpt = None,
+    concurrency: ConcurrencyOpt = 4,
+    max_retries: MaxRetriesOpt = 8,
     cloud: Annotated[
         str | None, typer.Option(help="global, usgov, usgovdod or china (default: the run's).")
     ] = None,
@@ -463,12 +521,7 @@ def revert(
             out=out or revert_out_dir(run_dir, Path("runs"), resume=resume),
             resume=resume,
             dry_run=dry_run,
-            mode=_mode(mode),
-            batch_size=batch_size,
-            write_limit=_parse_rate(write_limit, "--write-limit"),
-            read_limit=_parse_rate(read_limit, "--read-limit") if read_limit else None,
-            concurrency=concurrency,
-            max_retries=max_retries,
+            **_send_settings(mode, batch_size, write_limit, read_limit, concurrency, max_retries),
             graph_root=endpoints.graph_root,
             cloud=endpoints.cloud,
             only_changed=True,
@@ -617,7 +670,7 @@ def _json_line(value: object) -> str:
 
 @app.command(epilog=_VALIDATE_EXAMPLE)
 def validate(
-    input: Annotated[Path, typer.Argument(help="The CSV or Excel file of updates.")],
+    input: InputArg,
     encoding: EncodingOpt = None,
     sheet: SheetOpt = None,
     map_file: MapOpt = None,
@@ -630,20 +683,14 @@ def validate(
     quiet: QuietOpt = False,
 ) -> None:
     """Read and check every row of INPUT without touching Graph; list every problem."""
-    from batch.mapper import InputOptions, prepare
+    from batch.mapper import prepare
     from batch.model import Invalid, Skipped, Update
 
     out, err = sys.stdout, sys.stderr
     counts = {"valid": 0, "invalid": 0, "skipped": 0}
     try:
-        options = InputOptions(
-            encoding=encoding,
-            sheet=sheet,
-            map_file=map_file,
-            null_token=null_token,
-            assume_tz=assume_tz,
-            ignore_unknown_columns=ignore_unknown_columns,
-            key=_key_option(key, pick),
+        options = _input_options(
+            encoding, sheet, map_file, null_token, assume_tz, ignore_unknown_columns, key, pick
         )
         prepared = prepare(input, options)
         if not quiet and not as_json:

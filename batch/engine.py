@@ -14,14 +14,12 @@ row's before-image before handing it to the senders, so no PATCH ever leaves wit
 from __future__ import annotations
 
 import datetime as dt
-import heapq
-import itertools
 import logging
 import math
 import os
 import signal
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -38,7 +36,6 @@ from batch.auth import TokenProvider
 from batch.changes import (
     LIST_MAX_EVENTS,
     BeforeImages,
-    Change,
     ListWalk,
     Verdict,
     current_values,
@@ -46,12 +43,12 @@ from batch.changes import (
     judge,
     read_request,
     render_diff,
-    same_value,
+    resumed_verdict,
     use_list_walk,
     written_key,
 )
 from batch.errors import AuthError, GraphError, Interrupted, RunAborted, UsageError
-from batch.graph import GraphClient, GraphResponse
+from batch.graph import BatchItemResponse, GraphClient, GraphResponse
 from batch.ledger import Ledger
 from batch.limiter import Clock, Limiter, SystemClock
 from batch.logs import JsonLinesHandler
@@ -62,6 +59,7 @@ from batch.progress import ProgressSink, make_progress
 from batch.report import FailuresWriter, RequestsWriter, ResultsWriter, write_json_atomic
 from batch.resolve import KeyResolver
 from batch.retry import graph_retrying, transient_delay
+from batch.workqueue import WorkQueue
 
 __all__ = ["RowPlan", "RunOptions", "RunSummary", "default_out_dir", "execute"]
 
@@ -198,7 +196,7 @@ def default_out_dir(options: RunOptions, now: dt.datetime | None = None) -> Path
     return options.runs_root / f"{stamp}-{options.input.stem}"
 
 
-# --- the work queue ---------------------------------------------------------------------------
+# --- a row in flight ---------------------------------------------------------------------------
 
 
 @dataclass(eq=False)
@@ -212,125 +210,6 @@ class _Work:
     answers_at_read: int = 0  # the run's answer count at the first read (unreachable check)
     answers_at_send: int = 0  # the same at the first write in a $batch (unreachable check)
     changed: tuple[str, ...] | None = None  # what really changes (None: not read)
-
-
-class _WorkQueue:
-    """Rows waiting to be sent: fresh ones (bounded: backpressure) and re-queued ones.
-
-    Re-queued rows may carry a not-before time (a 503's Retry-After delays only that request).
-    `get` returns None when the input is exhausted and nothing is waiting or in flight, or once
-    the queue was stopped.
-    """
-
-    def __init__(self, capacity: int, clock: Clock) -> None:
-        self._capacity = capacity
-        self._clock = clock
-        self._ready: deque[_Work] = deque()
-        self._delayed: list[tuple[float, int, _Work]] = []
-        self._tiebreak = itertools.count()
-        self._cond = anyio.Condition()
-        self._input_done = False
-        self._stopped = False
-        self.in_flight: dict[int, _Work] = {}
-
-    def ready_count(self) -> int:
-        return len(self._ready)
-
-    async def put(self, work: _Work) -> bool:
-        async with self._cond:
-            while len(self._ready) >= self._capacity and not self._stopped:
-                await self._cond.wait()
-            if self._stopped:
-                return False
-            self._ready.append(work)
-            self._cond.notify_all()
-            return True
-
-    async def put_all(self, works: list[_Work]) -> bool:
-        """Put several rows at once (False: stopped, none was put); waits for room for all."""
-        async with self._cond:
-            room = max(self._capacity, len(works))
-            while len(self._ready) + len(works) > room and not self._stopped:
-                await self._cond.wait()
-            if self._stopped:
-                return False
-            self._ready.extend(works)
-            self._cond.notify_all()
-            return True
-
-    async def fill(self, n: int, *, linger: float) -> None:
-        """Wait up to `linger` seconds until `n` rows are ready, the input ended, or a stop."""
-        with anyio.move_on_after(linger):
-            async with self._cond:
-                while len(self._ready) < n and not self._input_done and not self._stopped:
-                    await self._cond.wait()
-
-    async def close_input(self) -> None:
-        async with self._cond:
-            self._input_done = True
-            self._cond.notify_all()
-
-    async def stop(self) -> None:
-        async with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-
-    def _promote_due(self) -> None:
-        now = self._clock.now()
-        while self._delayed and self._delayed[0][0] <= now:
-            self._ready.appendleft(heapq.heappop(self._delayed)[2])
-
-    async def get(self) -> _Work | None:
-        async with self._cond:
-            while True:
-                if self._stopped:
-                    return None
-                self._promote_due()
-                if self._ready:
-                    work = self._ready.popleft()
-                    self.in_flight[work.seq] = work
-                    self._cond.notify_all()
-                    return work
-                if self._input_done and not self._delayed and not self.in_flight:
-                    self._cond.notify_all()
-                    return None
-                timeout = self._delayed[0][0] - self._clock.now() if self._delayed else math.inf
-                with anyio.move_on_after(max(timeout, 0.0)):
-                    await self._cond.wait()
-
-    def take_nowait(self, n: int) -> list[_Work]:
-        self._promote_due()
-        taken: list[_Work] = []
-        while self._ready and len(taken) < n:
-            work = self._ready.popleft()
-            self.in_flight[work.seq] = work
-            taken.append(work)
-        return taken
-
-    async def finish(self, work: _Work) -> None:
-        async with self._cond:
-            self.in_flight.pop(work.seq, None)
-            self._cond.notify_all()
-
-    async def retry(self, work: _Work, delay: float = 0.0) -> None:
-        async with self._cond:
-            self.in_flight.pop(work.seq, None)
-            if delay > 0:
-                heapq.heappush(
-                    self._delayed, (self._clock.now() + delay, next(self._tiebreak), work)
-                )
-            else:
-                # Throttled rows go first: they are the oldest and the gate already holds them.
-                self._ready.appendleft(work)
-            self._cond.notify_all()
-
-    def drain(self) -> list[_Work]:
-        """Everything never answered (after a stop): waiting and in-flight rows, in row order."""
-        left = [*self._ready, *(w for _, _, w in self._delayed), *self.in_flight.values()]
-        self._ready.clear()
-        self._delayed.clear()
-        self.in_flight.clear()
-        return sorted(left, key=lambda w: w.seq)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -359,7 +238,7 @@ class _Run:
         self.clock = clock
         self.limiter = Limiter(write=options.write_limit, read=options.reads, clock=clock)
         capacity = max(options.concurrency * options.batch_size * 2, 64)
-        self.queue = _WorkQueue(capacity, clock)
+        self.queue = WorkQueue[_Work](capacity, clock)
         self.counts: Counter[str] = Counter()
         self.requests_sent = 0
         self.writes_sent = 0
@@ -386,7 +265,7 @@ class _Run:
         self.reading = client is not None and (
             options.only_changed or (options.backup and not options.dry_run)
         )
-        self.read_queue = _WorkQueue(capacity, clock)
+        self.read_queue = WorkQueue[_Work](capacity, clock)
         self.reads_sent = 0
         self.reads_held_until = -math.inf  # see _hold_reads
         self.before_images = (
@@ -418,12 +297,16 @@ class _Run:
         At Graph's pace senders spend most of their time here; a stop must not wait for budget
         that would only be used for rows that are not sent anyway.
         """
+        return await self._acquire(self.limiter.acquire_writes, want)
+
+    async def _acquire(self, acquire: Callable[[int], Awaitable[int]], want: int) -> int:
+        """Slots from `acquire` (a limiter's), or 0 if the run stops while waiting for them."""
         if self.stopping.is_set():
             return 0
         with anyio.CancelScope() as scope:
             self._waits.add(scope)
             try:
-                return await self.limiter.acquire_writes(want)
+                return await acquire(want)
             finally:
                 self._waits.discard(scope)
         return 0
@@ -601,12 +484,7 @@ class _Run:
         written = self.ledger.get_cache(written_key(work.raw.number))
         if not isinstance(written, dict):
             return judge(work.update, image, only_changed=self.o.only_changed)
-        changes = tuple(
-            Change(name, image.get(name), new, name in image)
-            for name, new in written.items()
-            if name not in image or not same_value(name, image[name], new)
-        )
-        return Verdict("write", written, image, changes)
+        return resumed_verdict(written, image)
 
     async def read_sender(self) -> None:
         """Read the current values of up to 20 rows per `$batch`, under the read budget."""
@@ -631,6 +509,11 @@ class _Run:
             works = [first, *self.read_queue.take_nowait(granted - 1)]
             await self._read_batch(works)
 
+    def _pause(self, retry_after: float | None) -> None:
+        """A 429 from a `$batch`: the limiter pauses the writes, and the reads hold back."""
+        self.limiter.throttled(retry_after)
+        self._hold_reads(retry_after)
+
     def _hold_reads(self, retry_after: float | None) -> None:
         """After a 429 without Retry-After, keep the readers back for a whole window.
 
@@ -650,15 +533,7 @@ class _Run:
 
     async def _acquire_reads(self, want: int) -> int:
         """Read slots from the limiter, or 0 if the run stops while waiting for them."""
-        if self.stopping.is_set():
-            return 0
-        with anyio.CancelScope() as scope:
-            self._waits.add(scope)
-            try:
-                return await self.limiter.acquire_reads(want)
-            finally:
-                self._waits.discard(scope)
-        return 0
+        return await self._acquire(self.limiter.acquire_reads, want)
 
     async def _read_stage(self) -> None:
         try:
@@ -692,8 +567,7 @@ class _Run:
                 self.answers += 1
             if error.status == 429:
                 self.throttled += 1
-                self.limiter.throttled(error.retry_after)
-                self._hold_reads(error.retry_after)
+                self._pause(error.retry_after)
                 for w in works:
                     await self._reread(w, error, 0.0)
             elif error.transient:
@@ -717,24 +591,12 @@ class _Run:
                 )
                 verdicts.append((w, verdict))
                 continue
-            item_error = item.error() or GraphError(item.status, "Unknown", "no error body")
-            if not item_error.request_id:
-                item_error.request_id = item.headers.get("request-id", "") or envelope.request_id
-            if not item_error.client_request_id:
-                item_error.client_request_id = envelope.client_request_id
+            item_error = _item_error(item, envelope)
             if item.status == 429:
                 self.throttled += 1
                 if not throttled_here:
                     throttled_here = True
-                    wait = (
-                        max(
-                            (r.retry_after or 0.0 for r in responses.values() if r.status == 429),
-                            default=0.0,
-                        )
-                        or None
-                    )
-                    self.limiter.throttled(wait)
-                    self._hold_reads(wait)
+                    self._pause(_throttle_wait(responses))
                 await self._reread(w, item_error, 0.0)
             elif item_error.transient:
                 await self._reread(w, item_error, self._backoff(item_error, w.read_attempts))
@@ -747,12 +609,7 @@ class _Run:
     async def _reread(self, work: _Work, error: GraphError, delay: float) -> None:
         if work.read_attempts <= self.o.max_retries:
             await self.read_queue.retry(work, delay)
-        elif error.status == 0 and self.answers == work.answers_at_read:
-            # No answer from Graph at all since this row's first read: stop, resumable.
-            await self.stop(
-                RunAborted(f"Graph is unreachable at {self.o.graph_root}: {error.message}")
-            )
-        else:
+        elif not await self._graph_unreachable(error, work.answers_at_read):
             await self._complete(work, self._read_failed(work, error), self.read_queue)
 
     def _read_failed(self, work: _Work, error: GraphError) -> RowResult:
@@ -802,7 +659,9 @@ class _Run:
             )
         return self._result_from(work, Outcome.PLANNED, changed_fields=verdict.changed_fields)
 
-    async def _judged(self, judged: list[tuple[_Work, Verdict]], queue: _WorkQueue | None) -> None:
+    async def _judged(
+        self, judged: list[tuple[_Work, Verdict]], queue: WorkQueue[_Work] | None
+    ) -> None:
         """Act on verdicts: report the rows, plan them (dry run) or hand them to the writers.
 
         `queue` is the queue the rows are in flight in (None: straight from the producer). Rows
@@ -859,13 +718,17 @@ class _Run:
         )
 
     async def _complete(
-        self, work: _Work, result: RowResult, queue: _WorkQueue | None = None
+        self, work: _Work, result: RowResult, queue: WorkQueue[_Work] | None = None
     ) -> None:
         await (queue or self.queue).finish(work)
         await self._emit(work.seq, work.raw, result)
 
-    async def _graph_unreachable(self, work: _Work, error: GraphError, answers_before: int) -> bool:
-        """A row that exhausted its retries without any answer from Graph meanwhile: stop."""
+    async def _graph_unreachable(self, error: GraphError, answers_before: int) -> bool:
+        """A row that exhausted its retries without any answer from Graph meanwhile: stop.
+
+        `answers_before` is the run's answer count at the row's first attempt. The row stays in
+        flight (reported not_attempted, resumable); True when the run stops.
+        """
         if error.status == 0 and self.answers == answers_before:
             await self.stop(
                 RunAborted(f"Graph is unreachable at {self.o.graph_root}: {error.message}")
@@ -887,7 +750,7 @@ class _Run:
                 await self.stop(error)
                 return
             except GraphError as error:
-                if error.transient and await self._graph_unreachable(work, error, answers_before):
+                if error.transient and await self._graph_unreachable(error, answers_before):
                     return
                 await self._complete(work, self._failed(work, error))
             else:
@@ -979,8 +842,7 @@ class _Run:
                 w.last_error = error
             if error.status == 429:
                 self.throttled += 1
-                self.limiter.throttled(error.retry_after)
-                self._hold_reads(error.retry_after)
+                self._pause(error.retry_after)
                 await self._requeue_all(works, 0.0)
             elif error.transient:
                 await self._requeue_all(works, self._backoff(error, works[0].attempts))
@@ -992,7 +854,6 @@ class _Run:
         throttled_here = False
         for key, w in by_id.items():
             item = responses[key]
-            request_id = item.headers.get("request-id", "") or envelope.request_id
             if 200 <= item.status < 300:
                 self.limiter.note_success()
                 await self._complete(
@@ -1000,31 +861,19 @@ class _Run:
                     self._updated(
                         w,
                         status=item.status,
-                        request_id=request_id,
+                        request_id=_item_request_id(item, envelope),
                         client_request_id=envelope.client_request_id,
                     ),
                 )
                 continue
-            item_error = item.error() or GraphError(item.status, "Unknown", "no error body")
-            if not item_error.request_id:
-                item_error.request_id = request_id
-            if not item_error.client_request_id:
-                item_error.client_request_id = envelope.client_request_id
+            item_error = _item_error(item, envelope)
             w.last_error = item_error
             if item.status == 429:
                 self.throttled += 1
                 if not throttled_here:
                     # One pause per batch: every throttled item carries about the same wait.
                     throttled_here = True
-                    wait = (
-                        max(
-                            (r.retry_after or 0.0 for r in responses.values() if r.status == 429),
-                            default=0.0,
-                        )
-                        or None
-                    )
-                    self.limiter.throttled(wait)
-                    self._hold_reads(wait)
+                    self._pause(_throttle_wait(responses))
                 await self._requeue(w, 0.0)
             elif item_error.transient:
                 await self._requeue(w, self._backoff(item_error, w.attempts))
@@ -1042,16 +891,8 @@ class _Run:
     async def _requeue(self, work: _Work, delay: float) -> None:
         if work.attempts > self.o.max_retries:
             assert work.last_error is not None
-            if work.last_error.status == 0 and self.answers == work.answers_at_send:
-                # No answer from Graph at all since this row's first send: stop, resumable (the
-                # row stays in flight and is reported not_attempted), as single mode does.
-                await self.stop(
-                    RunAborted(
-                        f"Graph is unreachable at {self.o.graph_root}: {work.last_error.message}"
-                    )
-                )
-                return
-            await self._complete(work, self._failed(work, work.last_error))
+            if not await self._graph_unreachable(work.last_error, work.answers_at_send):
+                await self._complete(work, self._failed(work, work.last_error))
             return
         await self.queue.retry(work, delay)
 
@@ -1145,6 +986,29 @@ class _Run:
             await anyio.sleep(STOP_GRACE_SECONDS)
             log.warning("requests still in flight after %.0f s: abandoning", STOP_GRACE_SECONDS)
             senders.cancel()
+
+
+def _item_request_id(item: BatchItemResponse, envelope: GraphResponse) -> str:
+    """An item's request-id, else its `$batch`'s (Graph does not always repeat it per item)."""
+    return item.headers.get("request-id", "") or envelope.request_id
+
+
+def _item_error(item: BatchItemResponse, envelope: GraphResponse) -> GraphError:
+    """A failed `$batch` item's error, with the ids it lacks taken from the envelope."""
+    error = item.error() or GraphError(item.status, "Unknown", "no error body")
+    if not error.request_id:
+        error.request_id = _item_request_id(item, envelope)
+    if not error.client_request_id:
+        error.client_request_id = envelope.client_request_id
+    return error
+
+
+def _throttle_wait(responses: Mapping[str, BatchItemResponse]) -> float | None:
+    """The longest Retry-After among a `$batch`'s 429 items (None: none said how long)."""
+    return (
+        max((r.retry_after or 0.0 for r in responses.values() if r.status == 429), default=0.0)
+        or None
+    )
 
 
 class _Abandon(Exception):
@@ -1366,8 +1230,3 @@ def _summarise(
         **options.recorded(),
     }
     return RunSummary(out_dir, counts, prepared.total, exit_code, data)
-
-
-def replace_options(options: RunOptions, **changes: Any) -> RunOptions:
-    """A copy of `options` with some fields changed (job files build on a base)."""
-    return replace(options, **changes)

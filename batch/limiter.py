@@ -48,10 +48,10 @@ _MIN_SLEEP = 1e-6
 # capped, scaled down for short test windows.
 _BACKOFF_BASE = 1.0
 _BACKOFF_CAP = 60.0
-# AIMD constants: cut the effective write limit to 70 % when 429s keep coming; restore 10 % of
-# the configured limit per quiet window.
-_DECREASE_FACTOR = 0.7
-_INCREASE_SHARE = 0.1
+# Adaptive rate when 429s keep coming: step down to just under what the last window carried,
+# but at most to half at once; restore 5 % of the configured limit per quiet window.
+_DECREASE_FACTOR = 0.5
+_INCREASE_SHARE = 0.05
 
 
 class Clock(Protocol):
@@ -153,7 +153,7 @@ class Limiter:
         *,
         write: Rate,
         read: Rate | None = None,
-        margin: float = 0.05,
+        margin: float = 0.03,
         clock: Clock | None = None,
         adaptive: bool = True,
         rng: random.Random | None = None,
@@ -325,13 +325,20 @@ class Limiter:
         return ceiling * self._rng.uniform(0.5, 1.0)
 
     def _decrease(self) -> None:
-        lowered = max(1, int(self._limit * _DECREASE_FACTOR))
+        # What went out in the last window is what Graph has just refused more of: the best
+        # estimate of the real limit. Aim just under it rather than cutting blindly, since
+        # undershooting costs throughput while overshooting costs only re-sent 429s. Never
+        # below the multiplicative cut at once, so a window thinned out by a long pause (or
+        # another app eating the tenant's budget) steps down steadily instead of collapsing.
+        _prune(self._write_log, self._write_window, self._clock.now())
+        observed = len(self._write_log)
+        lowered = max(1, int(self._limit * _DECREASE_FACTOR), min(self._limit - 1, observed - 1))
         if lowered < self._limit:
             self._limit = lowered
             self._decreases += 1
 
     def _recover(self, now: float) -> None:
-        """Additive increase: each full quiet window since the last 429 restores 10 % of N."""
+        """Additive increase: each full quiet window since the last 429 restores 5 % of N."""
         if self._limit >= self._write.count or self._quiet_since is None:
             return
         windows = int((now - self._quiet_since) // self._write_window)

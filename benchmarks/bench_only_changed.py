@@ -21,11 +21,9 @@ time (summary.json), the wall time of the process, PATCHes and reads the emulato
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -38,24 +36,10 @@ sys.path.insert(0, str(ROOT))
 
 from batch.emulator import EmulatorConfig, EmulatorServer, EventStore  # noqa: E402
 from batch.model import JSON, Rate  # noqa: E402
-from tests.e2e import write_csv  # noqa: E402
+from tests.e2e import in_utc, powershell_timespan, write_csv  # noqa: E402
 
 TOKEN = "bench-token"
 SEED = 77
-
-
-def _timespan(iso: str) -> str:
-    m = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)(?:\.(\d+))?S)?", iso)
-    assert m, iso
-    hours, minutes, seconds = (int(g or 0) for g in m.groups()[:3])
-    return f"{hours:02d}:{minutes:02d}:{seconds:02d}" + (f".{m[4]}" if m[4] else "")
-
-
-def _in_utc(stamp: str) -> str:
-    m = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", stamp)
-    assert m, stamp
-    utc = dt.datetime.fromisoformat(m[1] + ("+00:00" if m[3] == "Z" else m[3])).astimezone(dt.UTC)
-    return f"{utc:%Y-%m-%dT%H:%M:%S}" + (f".{m[2]}" if m[2] else "") + "Z"
 
 
 def input_rows(events: list[dict[str, JSON]], share_changed: float) -> list[dict[str, str]]:
@@ -69,8 +53,8 @@ def input_rows(events: list[dict[str, JSON]], share_changed: float) -> list[dict
                 "id": str(e["id"]),
                 "deviceSerialNumber": str(e["deviceSerialNumber"]),
                 "enrollmentState": str(e["enrollmentState"]).upper(),
-                "deploymentDuration": _timespan(str(e["deploymentDuration"])),
-                "eventDateTime": _in_utc(str(e["eventDateTime"])),
+                "deploymentDuration": powershell_timespan(str(e["deploymentDuration"])),
+                "eventDateTime": in_utc(str(e["eventDateTime"])),
                 "userPrincipalName": f"moved.{n}@contoso.com" if n % every == 0 else upn,
             }
         )

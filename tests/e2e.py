@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
+import logging
 import os
 import random
+import re
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from batch.model import JSON
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from typer.testing import CliRunner
+
+from batch.cli import app
+from batch.emulator import EmulatorConfig, EmulatorServer, EventStore
+from batch.model import JSON, Rate
 from batch.schema import PROPERTIES, coerce_text
+from tests.conftest import EmulatorFactory
+
+TOKEN = "test-token"
 
 # Columns a migration typically rewrites, with cell texts in the spellings admins paste.
 UPDATE_COLUMNS = (
@@ -74,7 +90,7 @@ def expected_body(row: Mapping[str, str]) -> dict[str, JSON]:
 
 def cli(
     *args: str | Path,
-    token: str | None = "test-token",
+    token: str | None = TOKEN,
     timeout: float = 300,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
@@ -98,3 +114,92 @@ def cli_env(token: str | None, extra: Mapping[str, str] | None = None) -> dict[s
         env["GRAPH_ACCESS_TOKEN"] = token
     env.update(extra or {})
     return env
+
+
+def cli_here(*args: str | Path, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
+    """The CLI in this process: `cli` starts a new Python (seconds on a busy box) each time."""
+    env: dict[str, str | None] = {"GRAPH_ACCESS_TOKEN": token, "AZURE_CLIENT_ID": None}
+    try:
+        result = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    finally:
+        # The command points the `batch` loggers at the runner's stderr: undo that.
+        root = logging.getLogger("batch")
+        for handler in list(root.handlers):
+            if getattr(handler, "_batch_console", False):
+                root.removeHandler(handler)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+def start_cli(args: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[str]:
+    """Start `python -m batch ARGS` with exactly `env`, without waiting for it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(env),
+    )
+
+
+def emulator_config(seed: int, **fields: Any) -> EmulatorConfig:
+    """Token "test-token" and limits roomy enough for a 200/1 tool; `fields` override them."""
+    limits: dict[str, Any] = {
+        "write_limit": Rate(200, 1),
+        "tenant_write_limit": Rate(400, 1),
+        "read_limit": Rate(2000, 1),
+        "tenant_read_limit": Rate(4000, 1),
+    }
+    return EmulatorConfig(token=TOKEN, seed=seed, **(limits | fields))
+
+
+def seeded_emulator(
+    factory: EmulatorFactory, n: int, seed: int
+) -> tuple[EmulatorServer, list[str]]:
+    """An emulator (`emulator_config(seed)`) holding `n` seeded events, and their ids."""
+    store = EventStore()
+    ids = store.seed(n, seed=seed)
+    return factory(emulator_config(seed), store=store), ids
+
+
+def powershell_timespan(iso: str) -> str:
+    """`PT53M9.7081011S` as PowerShell prints it: `00:53:09.7081011`."""
+    m = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)(?:\.(\d+))?S)?", iso)
+    assert m, iso
+    hours, minutes, seconds = (int(g or 0) for g in m.groups()[:3])
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}" + (f".{m[4]}" if m[4] else "")
+
+
+def in_utc(stamp: str) -> str:
+    """The same instant written in UTC (`Z`), ticks kept."""
+    m = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", stamp)
+    assert m, stamp
+    offset = "+00:00" if m[3] == "Z" else m[3]
+    utc = dt.datetime.fromisoformat(m[1] + offset).astimezone(dt.UTC)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}" + (f".{m[2]}" if m[2] else "") + "Z"
+
+
+def make_certificate(
+    common_name: str = "autopilot-batch test",
+    *,
+    key: rsa.RSAPrivateKey | None = None,
+    issuer: tuple[rsa.RSAPrivateKey, x509.Certificate] | None = None,
+    valid_days: int = 30,
+) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    """An RSA key and a certificate for it (self-signed unless `issuer` is given)."""
+    key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    signer_key, issuer_name = (issuer[0], issuer[1].subject) if issuer else (key, subject)
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=valid_days))
+        .sign(signer_key, hashes.SHA256())
+    )
+    return key, cert

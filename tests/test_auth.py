@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -24,7 +24,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from batch import auth
@@ -42,6 +41,7 @@ from batch.auth import (
 from batch.cli import app
 from batch.clouds import resolve_endpoints
 from batch.errors import AuthError, ConfigError
+from tests.e2e import make_certificate
 
 SECRET = "s3cr3t-~value-that-must-never-leak"
 PASSWORD = "pfx-passw0rd-never-shown"
@@ -52,30 +52,6 @@ HMAC_KEY = "k" * 64
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def make_certificate(
-    common_name: str = "autopilot-batch test",
-    *,
-    key: rsa.RSAPrivateKey | None = None,
-    issuer: tuple[rsa.RSAPrivateKey, x509.Certificate] | None = None,
-) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    """An RSA key and a certificate for it (self-signed unless `issuer` is given)."""
-    key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    signer_key, issuer_name = (issuer[0], issuer[1].subject) if issuer else (key, subject)
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=30))
-        .sign(signer_key, hashes.SHA256())
-    )
-    return key, cert
 
 
 def key_pem(key: Any, password: str | None = None) -> bytes:

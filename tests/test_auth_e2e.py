@@ -13,7 +13,7 @@ import stat
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,9 @@ import anyio
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from batch.auth import (
@@ -39,6 +38,7 @@ from batch.cli import app
 from batch.clouds import Endpoints, resolve_endpoints
 from batch.emulator import EmulatorConfig, EmulatorServer
 from batch.errors import AuthError
+from tests.e2e import make_certificate
 
 pytestmark = pytest.mark.e2e
 
@@ -61,20 +61,7 @@ _ENV_NAMES = (
 @pytest.fixture(scope="module")
 def certificate() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     """A self-signed app certificate made for this test run."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "autopilot-batch e2e")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=7))
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
+    return make_certificate("autopilot-batch e2e", valid_days=7)
 
 
 @pytest.fixture

@@ -10,23 +10,26 @@ console.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from batch.emulator import EmulatorConfig, EmulatorServer, EventStore
 from batch.model import Rate
 from tests.conftest import EmulatorFactory
-from tests.e2e import cli, cli_env, expected_body, read_csv, update_rows, write_csv
+from tests.e2e import (
+    cli,
+    cli_env,
+    expected_body,
+    make_certificate,
+    read_csv,
+    start_cli,
+    update_rows,
+    write_csv,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -51,19 +54,7 @@ def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, l
     Returns the PEM file (certificate and encrypted key), the certificate alone, and lines of the
     key's base64 in both the file's encrypted and the unencrypted form the tool holds in memory.
     """
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "autopilot-batch runs e2e")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=7))
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = make_certificate("autopilot-batch runs e2e", valid_days=7)
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     path = tmp_path_factory.mktemp("cert") / "app.pem"
     path.write_bytes(
@@ -141,17 +132,6 @@ def run_args(src: Path, server: EmulatorServer, out: Path, *extra: str) -> list[
         "run", str(src), "--graph-url", server.url, "--authority-host", server.url,
         "--out", str(out), *extra,
     ]  # fmt: skip
-
-
-def start(args: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[str]:
-    """Start `python -m batch ARGS` without waiting for it."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "batch", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(env),
-    )
 
 
 def issued_tokens(server: EmulatorServer) -> list[str]:
@@ -314,7 +294,7 @@ def test_an_app_disabled_mid_run_aborts_and_the_run_resumes(
     out = tmp_path / "run"
     env = run_env(server, tmp_path, **secret_credentials())
     args = run_args(src, server, out, "--mode", mode, "--write-limit", str(limit))
-    proc = start(args, env)
+    proc = start_cli(args, env)
     try:
         # Disable the app once a quarter of the rows are in the tenant, the run going on.
         deadline = time.monotonic() + _PROCESS_TIMEOUT

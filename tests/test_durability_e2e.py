@@ -11,17 +11,24 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from batch.emulator import EmulatorConfig, EmulatorServer, EventStore
-from batch.model import Rate
+from batch.emulator import EmulatorServer
 from tests.conftest import EmulatorFactory
-from tests.e2e import cli, cli_env, expected_body, read_csv, update_rows, write_csv
+from tests.e2e import (
+    cli,
+    cli_env,
+    expected_body,
+    read_csv,
+    seeded_emulator,
+    start_cli,
+    update_rows,
+    write_csv,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -32,23 +39,6 @@ TOOL_LIMIT = "200/1"
 BATCH_SIZE = 20
 
 
-def _server(factory: EmulatorFactory, n: int, seed: int) -> tuple[EmulatorServer, list[str]]:
-    store = EventStore()
-    ids = store.seed(n, seed=seed)
-    server = factory(
-        EmulatorConfig(
-            token=TOKEN,
-            write_limit=Rate(200, 1),
-            tenant_write_limit=Rate(400, 1),
-            read_limit=Rate(2000, 1),
-            tenant_read_limit=Rate(4000, 1),
-            seed=seed,
-        ),
-        store=store,
-    )
-    return server, ids
-
-
 def _run_args(
     src: Path, server: EmulatorServer, out: Path, mode: str, *extra: str, concurrency: int = 4
 ) -> list[str]:
@@ -57,16 +47,6 @@ def _run_args(
         "--concurrency", str(concurrency), "--batch-size", str(BATCH_SIZE), "--out", str(out),
         "--json", "--quiet", *extra,
     ]  # fmt: skip
-
-
-def _start(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "batch", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(TOKEN),
-    )
 
 
 def _patches(server: EmulatorServer) -> Counter[str]:
@@ -139,7 +119,7 @@ def test_kill_9_at_random_points_then_resume(
     """Three `kill -9`s (in the first run and in resumed ones), then `--resume` to the end."""
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    server, ids = _server(emulator_factory, ROWS, seed=5 if mode == "single" else 6)
+    server, ids = seeded_emulator(emulator_factory, ROWS, seed=5 if mode == "single" else 6)
     rows = update_rows(ids, seed=seed % 1000)
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "run"
@@ -148,7 +128,7 @@ def test_kill_9_at_random_points_then_resume(
     kill_points = [int(ROWS * rng.uniform(lo, hi)) for lo, hi in spans]
     snapshots: list[tuple[dict[int, str], Counter[str]]] = []
     for i, point in enumerate(kill_points):
-        proc = _start([*args, "--resume"] if i else args)
+        proc = start_cli([*args, "--resume"] if i else args, cli_env(TOKEN))
         _wait_for_writes(server, proc, point)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
@@ -184,12 +164,12 @@ def test_sigterm_stops_with_130_and_resume_completes_but_not_after_an_edit(
     emulator_factory: EmulatorFactory, tmp_path: Path
 ) -> None:
     n = 600
-    server, ids = _server(emulator_factory, n, seed=8)
+    server, ids = seeded_emulator(emulator_factory, n, seed=8)
     rows = update_rows(ids)
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "run"
     args = _run_args(src, server, out, "batch")
-    proc = _start(args)
+    proc = start_cli(args, cli_env(TOKEN))
     _wait_for_writes(server, proc, n // 4)
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -237,7 +217,7 @@ def test_resume_after_a_kill_before_the_ledger_had_its_metadata(
     """A run killed between creating state.sqlite and recording the input: resume starts over."""
     from batch.ledger import Ledger
 
-    server, ids = _server(emulator_factory, 20, seed=10)
+    server, ids = seeded_emulator(emulator_factory, 20, seed=10)
     rows = update_rows(ids)
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "run"
@@ -254,11 +234,11 @@ def test_sigterm_while_senders_wait_for_budget_stops_at_once(
     """At Graph's pace senders mostly wait for budget: a stop must not wait for it (both modes)."""
     runs = {}
     for mode in ("single", "batch"):
-        server, ids = _server(emulator_factory, 200, seed=11)
+        server, ids = seeded_emulator(emulator_factory, 200, seed=11)
         src = write_csv(tmp_path / f"{mode}.csv", update_rows(ids))
         args = _run_args(src, server, tmp_path / mode, mode)
         args[args.index("--write-limit") + 1] = "40/30"  # the budget is spent in the first second
-        runs[mode] = (server, _start(args))
+        runs[mode] = (server, start_cli(args, cli_env(TOKEN)))
     for server, proc in runs.values():
         _wait_for_writes(server, proc, 40)
         proc.send_signal(signal.SIGTERM)
@@ -282,7 +262,7 @@ def test_batch_mode_aborts_when_graph_is_unreachable_and_resumes_later(
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server, ids = _server(emulator_factory, 60, seed=12)
+    server, ids = seeded_emulator(emulator_factory, 60, seed=12)
     rows = update_rows(ids)
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "run"

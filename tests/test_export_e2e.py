@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import logging
-import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -19,10 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import openpyxl
 import pytest
-from typer.testing import CliRunner
 
 from batch.auth import StaticTokenProvider
-from batch.cli import app
 from batch.emulator import EmulatorConfig, EmulatorServer, EventStore
 from batch.errors import BatchError, InputFileError, RunAborted, UsageError
 from batch.export import (
@@ -39,26 +35,10 @@ from batch.model import Rate, Skipped, Update
 from batch.reader import open_input
 from batch.schema import PROPERTIES, canonical
 from tests.conftest import EmulatorFactory
-from tests.e2e import cli, read_csv
+from tests.e2e import cli, cli_here, read_csv
 
 ROOT = "https://graph.example.test"
 TOKEN = "test-token"
-
-
-def cli_here(*args: str | Path, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
-    """The CLI in this process: `cli` starts a new Python (seconds on a busy box) each time."""
-    env: dict[str, str | None] = {"GRAPH_ACCESS_TOKEN": token, "AZURE_CLIENT_ID": None}
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], env=env)
-    finally:
-        # The command points the `batch` loggers at the runner's stderr: undo that.
-        root = logging.getLogger("batch")
-        for handler in list(root.handlers):
-            if getattr(handler, "_batch_console", False):
-                root.removeHandler(handler)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 # --- helpers -----------------------------------------------------------------------------------

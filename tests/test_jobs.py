@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from batch.auth import MsalAppTokenProvider, StaticTokenProvider
 from batch.cli import app
-from batch.emulator import EmulatorConfig, EmulatorServer, EventStore
+from batch.emulator import EmulatorServer
 from batch.errors import ConfigError, LockHeld
 from batch.jobs import (
     FileResult,
@@ -33,7 +33,7 @@ from batch.jobs import (
 )
 from batch.model import Rate
 from tests.conftest import EmulatorFactory
-from tests.e2e import cli_env, read_csv, update_rows, write_csv
+from tests.e2e import cli_env, read_csv, seeded_emulator, start_cli, update_rows, write_csv
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token"
@@ -517,31 +517,8 @@ def test_job_check_reads_the_inputs_and_sends_nothing(tmp_path: Path) -> None:
 # --- job run against the emulator (real CLI) ---------------------------------------------------
 
 
-def _emulator(factory: EmulatorFactory, n: int, seed: int) -> tuple[EmulatorServer, list[str]]:
-    store = EventStore()
-    ids = store.seed(n, seed=seed)
-    server = factory(
-        EmulatorConfig(
-            token=TOKEN,
-            write_limit=Rate(200, 1),
-            tenant_write_limit=Rate(400, 1),
-            read_limit=Rate(2000, 1),
-            tenant_read_limit=Rate(4000, 1),
-            seed=seed,
-        ),
-        store=store,
-    )
-    return server, ids
-
-
 def _job_proc(job_file: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "batch", "job", "run", str(job_file), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(None, {"JOB_TOKEN": TOKEN}),
-    )
+    return start_cli(["job", "run", str(job_file), *args], cli_env(None, {"JOB_TOKEN": TOKEN}))
 
 
 def _job_run(job_file: Path, *args: str) -> tuple[int, str, str]:
@@ -574,7 +551,7 @@ def test_overlapping_starts_run_once_and_each_file_is_processed_once(
     emulator_factory: EmulatorFactory, tmp_path: Path
 ) -> None:
     # The first file takes about three seconds, so the two starts surely overlap.
-    server, ids = _emulator(emulator_factory, 700, seed=21)
+    server, ids = seeded_emulator(emulator_factory, 700, seed=21)
     drop = tmp_path / "drop"
     drop.mkdir()
     first_rows = update_rows(ids[:600])
@@ -624,7 +601,7 @@ def test_overlapping_starts_run_once_and_each_file_is_processed_once(
 def test_an_interrupted_file_is_resumed_first_by_the_next_start(
     emulator_factory: EmulatorFactory, tmp_path: Path
 ) -> None:
-    server, ids = _emulator(emulator_factory, 550, seed=22)
+    server, ids = seeded_emulator(emulator_factory, 550, seed=22)
     drop = tmp_path / "drop"
     drop.mkdir()
     _drop(drop / "big.csv", update_rows(ids[:500]), age=60)
@@ -668,7 +645,7 @@ def test_an_interrupted_file_is_resumed_first_by_the_next_start(
 def test_a_job_killed_with_sigkill_leaves_a_lock_the_next_start_takes_over(
     emulator_factory: EmulatorFactory, tmp_path: Path
 ) -> None:
-    server, ids = _emulator(emulator_factory, 400, seed=23)
+    server, ids = seeded_emulator(emulator_factory, 400, seed=23)
     drop = tmp_path / "drop"
     drop.mkdir()
     _drop(drop / "wed.csv", update_rows(ids))

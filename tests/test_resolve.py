@@ -7,8 +7,6 @@ the mapper's key mode, and the issue's must-hold runs through the real CLI again
 from __future__ import annotations
 
 import json
-import logging
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
 from batch.auth import StaticTokenProvider
-from batch.cli import app
 from batch.emulator import EmulatorConfig, EmulatorServer, EventStore, generate_event
 from batch.errors import AuthError, InputFileError, RunAborted, UsageError
 from batch.ledger import Ledger
@@ -28,27 +24,11 @@ from batch.mapper import InputOptions, key_property, prepare
 from batch.model import Invalid, Problem, Rate, Skipped, Update
 from batch.resolve import KEYS_FILE, KeyResolver
 from tests.conftest import EmulatorFactory
-from tests.e2e import cli, read_csv, write_csv
+from tests.e2e import cli, cli_here, read_csv, write_csv
 
 ROOT = "https://graph.example.test"
 TOKEN = "test-token"
 SERIAL = "deviceSerialNumber"
-
-
-def cli_here(*args: str | Path, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
-    """The CLI in this process: `cli` starts a new Python (seconds on a busy box) each time."""
-    env: dict[str, str | None] = {"GRAPH_ACCESS_TOKEN": token, "AZURE_CLIENT_ID": None}
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], env=env)
-    finally:
-        # The command points the `batch` loggers at the runner's stderr: undo that.
-        root = logging.getLogger("batch")
-        for handler in list(root.handlers):
-            if getattr(handler, "_batch_console", False):
-                root.removeHandler(handler)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def loaded(*events: dict[str, Any], key: str = SERIAL, pick: str | None = None) -> KeyResolver:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import logging
-import re
 import sqlite3
 import subprocess
 from collections.abc import Callable
@@ -14,13 +11,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from batch.cli import app
 from batch.emulator import EmulatorConfig, EmulatorServer, EventStore
 from batch.model import JSON, Rate
 from tests.conftest import EmulatorFactory
-from tests.e2e import cli, read_csv, update_rows, write_csv
+from tests.e2e import (
+    cli,
+    cli_here,
+    in_utc,
+    powershell_timespan,
+    read_csv,
+    update_rows,
+    write_csv,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -35,43 +38,10 @@ FAST = {
 TOOL_LIMIT = ("--write-limit", "1000/1")
 
 
-def cli_here(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """The CLI in this process (`cli` starts a new Python each time: seconds on a busy box)."""
-    env: dict[str, str | None] = {"GRAPH_ACCESS_TOKEN": TOKEN, "AZURE_CLIENT_ID": None}
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], env=env)
-    finally:
-        # The command points the `batch` loggers at the runner's stderr: undo that.
-        root = logging.getLogger("batch")
-        for handler in list(root.handlers):
-            if getattr(handler, "_batch_console", False):
-                root.removeHandler(handler)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
-
-
 def _server(factory: EmulatorFactory, n: int, seed: int = 21) -> tuple[EmulatorServer, list[str]]:
     store = EventStore()
     ids = store.seed(n, seed=seed)
     return factory(EmulatorConfig(token=TOKEN, seed=seed, **FAST), store=store), ids
-
-
-def _timespan(iso: str) -> str:
-    """`PT53M9.7081011S` as PowerShell prints it: `00:53:09.7081011`."""
-    m = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)(?:\.(\d+))?S)?", iso)
-    assert m, iso
-    hours, minutes, seconds = (int(g or 0) for g in m.groups()[:3])
-    return f"{hours:02d}:{minutes:02d}:{seconds:02d}" + (f".{m[4]}" if m[4] else "")
-
-
-def _in_utc(stamp: str) -> str:
-    """The same instant written in UTC (`Z`), ticks kept."""
-    m = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", stamp)
-    assert m, stamp
-    offset = "+00:00" if m[3] == "Z" else m[3]
-    utc = dt.datetime.fromisoformat(m[1] + offset).astimezone(dt.UTC)
-    return f"{utc:%Y-%m-%dT%H:%M:%S}" + (f".{m[2]}" if m[2] else "") + "Z"
 
 
 def _as_admin_would_type(event: dict[str, JSON]) -> dict[str, str]:
@@ -80,8 +50,8 @@ def _as_admin_would_type(event: dict[str, JSON]) -> dict[str, str]:
         "id": str(event["id"]),
         "Device Serial Number": str(event["deviceSerialNumber"]),
         "enrollmentState": str(event["enrollmentState"]).upper(),
-        "deploymentDuration": _timespan(str(event["deploymentDuration"])),
-        "eventDateTime": _in_utc(str(event["eventDateTime"])),
+        "deploymentDuration": powershell_timespan(str(event["deploymentDuration"])),
+        "eventDateTime": in_utc(str(event["eventDateTime"])),
         "userPrincipalName": str(event["userPrincipalName"]),
     }
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,16 @@ import pytest
 from batch.emulator import EmulatorConfig, EmulatorServer, EventStore
 from batch.model import Rate
 from tests.conftest import EmulatorFactory
-from tests.e2e import cli, cli_env, expected_body, read_csv, update_rows, write_csv
+from tests.e2e import (
+    cli,
+    cli_env,
+    emulator_config,
+    expected_body,
+    read_csv,
+    start_cli,
+    update_rows,
+    write_csv,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -62,11 +69,8 @@ def test_2000_rows_with_faults_in_both_modes(
         inputs[mode] = update_rows(ids, seed=i)
         src = write_csv(tmp_path / f"{mode}.csv", inputs[mode])
         # Both runs go at once: each has its own emulator (its own app budget).
-        procs[mode] = subprocess.Popen(
+        procs[mode] = start_cli(
             [
-                sys.executable,
-                "-m",
-                "batch",
                 "run",
                 str(src),
                 "--graph-url",
@@ -81,10 +85,7 @@ def test_2000_rows_with_faults_in_both_modes(
                 str(tmp_path / f"run-{mode}"),
                 "--json",
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env(TOKEN),
+            cli_env(TOKEN),
         )
     for mode, proc in procs.items():
         out, err = proc.communicate(timeout=240)
@@ -139,18 +140,7 @@ def test_throttled_batch_items_are_resent(
 
 def test_batch_envelope_503_is_retried(emulator_factory: EmulatorFactory, tmp_path: Path) -> None:
     store, ids = _seeded(120)
-    server = emulator_factory(
-        EmulatorConfig(
-            token=TOKEN,
-            write_limit=Rate(200, 1),
-            tenant_write_limit=Rate(400, 1),
-            read_limit=Rate(2000, 1),
-            tenant_read_limit=Rate(4000, 1),
-            fault_rate=0.3,
-            seed=5,
-        ),
-        store=store,
-    )
+    server = emulator_factory(emulator_config(seed=5, fault_rate=0.3), store=store)
     rows = update_rows(ids)
     src = write_csv(tmp_path / "in.csv", rows)
     result = cli(

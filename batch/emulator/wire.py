@@ -139,6 +139,17 @@ def shape_event(
     return out
 
 
+def _check_known(name: str, schema: str) -> None:
+    """A property the event type does not have is a 400, worded as Graph words it."""
+    if not known_property(name, schema):
+        raise ODataError(
+            400,
+            "BadRequest",
+            f"Could not find a property named '{name}' on type "
+            "'microsoft.graph.deviceManagementAutopilotEvent'.",
+        )
+
+
 def parse_select(text: str | None, schema: str) -> tuple[str, ...] | None:
     """`$select=a,b` → ("a", "b"); None when absent; unknown names are a 400 like Graph's."""
     if text is None:
@@ -147,13 +158,7 @@ def parse_select(text: str | None, schema: str) -> tuple[str, ...] | None:
     if not names:
         raise ODataError(400, "BadRequest", "$select needs at least one property name.")
     for name in names:
-        if not known_property(name, schema):
-            raise ODataError(
-                400,
-                "BadRequest",
-                f"Could not find a property named '{name}' on type "
-                "'microsoft.graph.deviceManagementAutopilotEvent'.",
-            )
+        _check_known(name, schema)
     return names
 
 
@@ -211,13 +216,7 @@ def parse_filter(text: str | None, schema: str) -> tuple[str, JSON] | None:
             f"Invalid filter clause '{text}': the emulator understands property eq 'value'.",
         )
     name = m["name"]
-    if not known_property(name, schema):
-        raise ODataError(
-            400,
-            "BadRequest",
-            f"Could not find a property named '{name}' on type "
-            "'microsoft.graph.deviceManagementAutopilotEvent'.",
-        )
+    _check_known(name, schema)
     prop = PROPERTIES[name]
     if prop.edm not in (EdmType.STRING, EdmType.ENUM):
         raise ODataError(

@@ -1,0 +1,439 @@
+"""`job run`: process the planned files one run folder each, archive them, log and report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import typing
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+
+from batch.errors import (
+    AuthError,
+    ConfigError,
+    InputFileError,
+    Interrupted,
+    LockHeld,
+    RunAborted,
+    UsageError,
+)
+from batch.jobs.clock import now_iso
+from batch.jobs.lock import JobLock
+from batch.jobs.plan import Item, plan_files, require_processed, write_column_map
+from batch.jobs.spec import Job
+from batch.jobs.state import JobState
+
+if typing.TYPE_CHECKING:
+    from batch.auth import TokenProvider
+    from batch.engine import RunSummary
+    from batch.mapper import Prepared
+
+log = logging.getLogger("batch.jobs")
+
+
+FileStatus = Literal["ok", "rows_failed", "rejected", "aborted", "interrupted"]
+
+
+@dataclass(slots=True)
+class FileResult:
+    """What happened to one input file in a job run."""
+
+    path: Path
+    sha256: str
+    status: FileStatus
+    exit_code: int
+    run_dir: Path | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    resumed: bool = False
+    error: str = ""
+    archived_to: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as a JSON object (job log, `--json`)."""
+        return {
+            "file": str(self.path),
+            "sha256": self.sha256,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "counts": self.counts,
+            "resumed": self.resumed,
+            "error": self.error,
+            "archived_to": str(self.archived_to) if self.archived_to else None,
+        }
+
+
+def job_exit_code(files: Sequence[FileResult], *, interrupted: bool = False) -> int:
+    """130 interrupted, else 3 if a file's run aborted, else 1 if a row or file was bad, else 0."""
+    statuses = {f.status for f in files}
+    if interrupted or "interrupted" in statuses:
+        return 130
+    if "aborted" in statuses:
+        return 3
+    if statuses & {"rows_failed", "rejected"}:
+        return 1
+    return 0
+
+
+@dataclass(slots=True)
+class JobReport:
+    """A job run's outcome: the files it handled, and the one-line summary it reports."""
+
+    job: Job
+    files: list[FileResult] = field(default_factory=list)
+    skipped: int = 0
+    waiting: int = 0
+    interrupted: bool = False
+    started: str = field(default_factory=now_iso)
+    ended: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        """The job's exit code (see `job_exit_code`)."""
+        return job_exit_code(self.files, interrupted=self.interrupted)
+
+    def counts(self) -> Counter[str]:
+        """Row outcomes over all files."""
+        total: Counter[str] = Counter()
+        for f in self.files:
+            total.update(f.counts)
+        return total
+
+    def line(self) -> str:
+        """The summary line: files, row outcomes, exit code."""
+        statuses = Counter(f.status for f in self.files)
+        names = {
+            "ok": "ok",
+            "rows_failed": "with failed or invalid rows",
+            "rejected": "unreadable",
+            "aborted": "aborted",
+            "interrupted": "interrupted",
+        }
+        if self.files:
+            parts = ", ".join(f"{n} {names[s]}" for s, n in statuses.items())
+            noun = "file" if len(self.files) == 1 else "files"
+            text = f"{len(self.files)} {noun} ({parts})"
+        else:
+            text = "no new files"
+        extras = []
+        if self.skipped:
+            extras.append(f"{self.skipped} already processed")
+        if self.waiting:
+            extras.append(f"{self.waiting} still being written")
+        if extras:
+            text += f", {', '.join(extras)}"
+        rows = ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()) if v)
+        if rows:
+            text += f"; rows: {rows}"
+        if self.interrupted and not statuses.get("interrupted"):
+            text += "; interrupted"
+        return f"job {self.job.name}: {text}; exit {self.exit_code}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as one JSON object (`job run --json`)."""
+        return {
+            "job": self.job.name,
+            "job_file": str(self.job.path),
+            "started": self.started,
+            "ended": self.ended,
+            "files": [f.to_json() for f in self.files],
+            "counts": dict(self.counts()),
+            "skipped": self.skipped,
+            "waiting": self.waiting,
+            "interrupted": self.interrupted,
+            "exit_code": self.exit_code,
+            "summary": self.line(),
+        }
+
+
+class _Stop(Exception):
+    """The job was asked to stop between or before files' runs."""
+
+
+class _JobRun:
+    def __init__(self, job: Job, tokens: TokenProvider | None, *, quiet: bool) -> None:
+        self.job = job
+        self.tokens = tokens
+        self.quiet = quiet
+        self.report = JobReport(job)
+        self.signal_name: str | None = None
+        self.map_file: Path | None = None
+
+    # Signals: the engine watches SIGINT/SIGTERM while a file's rows are being sent (and stops
+    # that run cleanly, exit 130). Around it (hashing, reading a file, resolving keys) the job
+    # watches them itself and cancels the current step; nothing is being written to Graph then.
+    @asynccontextmanager
+    async def _stoppable(self) -> AsyncIterator[anyio.CancelScope]:
+        if self.signal_name is not None:
+            raise _Stop()
+        error: Exception | None = None
+        step = anyio.CancelScope()
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._watch, step)
+            try:
+                with step:
+                    yield step
+            except Exception as exc:
+                # Raised after the task group, so callers see it as it is (not in a group).
+                error = exc
+            finally:
+                tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if step.cancelled_caught or self.signal_name is not None:
+            raise _Stop()
+
+    async def _watch(
+        self, step: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        try:
+            receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+            with receiver as signals:
+                task_status.started()
+                async for signum in signals:
+                    if self.signal_name is not None:
+                        log.error("second interrupt: exiting at once")
+                        os._exit(130)
+                    self.signal_name = signal.Signals(signum).name
+                    log.warning("%s received: stopping the job", self.signal_name)
+                    step.cancel()
+        except (NotImplementedError, ValueError, RuntimeError):
+            # Not the main thread (in-process tests): no signal watch.
+            task_status.started()
+            await anyio.sleep_forever()
+
+    async def main(self, state: JobState) -> None:
+        try:
+            async with self._stoppable():
+                plan = plan_files(self.job, state)
+            for record, why in plan.abandoned:
+                log.warning(
+                    "interrupted run of %s cannot be resumed: %s; its run folder %s keeps what "
+                    "was sent, and the file is treated as new",
+                    record.path,
+                    why,
+                    record.run_dir,
+                    extra={"file": record.path, "run_dir": record.run_dir},
+                )
+                state.finish(record.sha256, "abandoned", error=why)
+            for path, why in plan.skipped:
+                log.warning("skipped %s: %s", path, why, extra={"file": str(path)})
+            for path in plan.waiting:
+                log.info(
+                    "not yet: %s was modified less than %g s ago (settle_seconds)",
+                    path,
+                    self.job.settle_seconds,
+                    extra={"file": str(path)},
+                )
+            self.report.waiting = len(plan.waiting)
+            self.report.skipped = len(plan.duplicates)
+            for path, record in plan.duplicates:
+                same = "" if record.path == str(path) else f", same content as {record.path}"
+                log.info(
+                    "already processed: %s (finished %s%s)",
+                    path,
+                    record.finished,
+                    same,
+                    extra={"file": str(path), "run_dir": record.run_dir},
+                )
+                self._archive(state, path, record.sha256)
+            for item in plan.items:
+                result = await self._one(state, item)
+                self.report.files.append(result)
+                if result.status in ("aborted", "interrupted"):
+                    break  # the next job run resumes it first; other files wait for that
+        except _Stop:
+            self.report.interrupted = True
+
+    async def _one(self, state: JobState, item: Item) -> FileResult:
+        from batch.engine import execute
+        from batch.progress import make_progress
+
+        resume = item.resume_dir is not None and (item.resume_dir / "state.sqlite").exists()
+        out = item.resume_dir if resume and item.resume_dir else self._fresh_run_dir(item.path)
+        options = self.job.run_options(item.path, out=out, resume=resume, map_file=self.map_file)
+        result = FileResult(item.path, item.sha256, "ok", 0, run_dir=out, resumed=resume)
+
+        def started(prepared: Prepared) -> None:
+            # Read and checked; nothing sent yet. From here on the file is resumable.
+            if self.signal_name is not None:
+                raise Interrupted(f"{self.signal_name} received before {item.path.name} started")
+            result.sha256 = prepared.sha256
+            state.start(prepared.sha256, item.path, out)
+
+        log.info(
+            "%s %s",
+            "resuming" if resume else "processing",
+            item.path,
+            extra={"file": str(item.path), "sha256": item.sha256, "run_dir": str(out)},
+        )
+        try:
+            async with self._stoppable():
+                summary: RunSummary = await execute(
+                    options,
+                    tokens=self.tokens,
+                    progress=make_progress(quiet=self.quiet),
+                    on_prepared=started,
+                )
+        except InputFileError as error:
+            # The file itself cannot be used (unreadable, unknown column, ...). It stays where it
+            # is and is read again by every run (nothing is sent): a corrected file, or a job
+            # file that now maps its columns, lets it through.
+            state.reject(item.sha256, item.path, str(error))
+            log.error("rejected: %s", error, extra={"file": str(item.path)})
+            result.status, result.exit_code, result.error = "rejected", error.exit_code, str(error)
+            result.run_dir = out if out.exists() else None
+            return result
+        except (AuthError, RunAborted) as error:
+            state.finish(result.sha256, "stopped", exit_code=error.exit_code, error=str(error))
+            log.error("aborted %s: %s", item.path, error, extra={"file": str(item.path)})
+            result.status, result.exit_code, result.error = "aborted", error.exit_code, str(error)
+            return result
+        except (Interrupted, _Stop) as error:
+            state.finish(result.sha256, "stopped", exit_code=130, error=str(error))
+            self.report.interrupted = True
+            result.status, result.exit_code = "interrupted", 130
+            result.error = str(error) or f"{self.signal_name} received"
+            return result
+        except UsageError as error:
+            # Settings, not the file (a map file, the run folder, resume refused): job setup.
+            state.finish(result.sha256, "stopped", exit_code=error.exit_code, error=str(error))
+            raise ConfigError(f"{item.path}: {error}") from None
+        result.counts = {k: v for k, v in summary.data["counts"].items() if v}
+        result.exit_code = summary.exit_code
+        if summary.exit_code in (0, 1):
+            result.status = "ok" if summary.exit_code == 0 else "rows_failed"
+            state.finish(result.sha256, "done", exit_code=summary.exit_code, counts=result.counts)
+            result.archived_to = self._archive(state, item.path, result.sha256)
+        else:
+            result.status = "interrupted" if summary.exit_code == 130 else "aborted"
+            state.finish(
+                result.sha256,
+                "stopped",
+                exit_code=summary.exit_code,
+                counts=result.counts,
+                error=str(summary.data.get("stopped_because") or ""),
+            )
+            if summary.exit_code == 130:
+                self.report.interrupted = True
+        log.info(
+            "finished %s: %s",
+            item.path,
+            result.status,
+            extra={"file": str(item.path), **result.to_json()},
+        )
+        return result
+
+    def _fresh_run_dir(self, path: Path) -> Path:
+        from batch.engine import default_out_dir
+
+        base = default_out_dir(self.job.run_options(path, out=None, resume=False))
+        out, n = base, 1
+        while out.exists():
+            n += 1
+            out = base.with_name(f"{base.name}-{n}")
+        return out
+
+    def _archive(self, state: JobState, path: Path, sha256: str) -> Path | None:
+        archive = self.job.archive
+        if archive is None or self.job.dry_run or not path.exists():
+            return None
+        target = archive / path.name
+        if target.exists():
+            target = archive / f"{path.stem}-{sha256[:12]}{path.suffix}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = archive / f"{path.stem}-{sha256[:12]}-{n}{path.suffix}"
+        try:
+            archive.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), str(target))
+        except OSError as error:
+            # The file is remembered by digest, so it is not sent again even if it stays put.
+            log.error(
+                "cannot archive %s to %s: %s", path, archive, error.strerror or error,
+                extra={"file": str(path)},
+            )  # fmt: skip
+            return None
+        state.archived(sha256, target)
+        log.info("archived %s to %s", path, target, extra={"file": str(path), "to": str(target)})
+        return target
+
+
+def run_job(job: Job, *, env: Mapping[str, str] = os.environ, quiet: bool = False) -> JobReport:
+    """Run a job once: lock, resume, process new files, archive, log; returns the report.
+
+    Raises `LockHeld` when another run of the job holds the lock, `ConfigError` for settings
+    that are wrong (credentials, folders); everything about the files is in the report.
+    """
+    tokens = job.tokens(env)
+    if job.input_file is not None and not job.input_file.exists():
+        require_processed(job)
+    from batch.logs import JsonLinesHandler
+
+    try:
+        job.state_dir.mkdir(parents=True, exist_ok=True)
+        job.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = JsonLinesHandler(job.log_file)
+    except OSError as error:
+        raise ConfigError(
+            f"{job.path}: cannot write the job's state or log ({job.state_dir}, {job.log_file}): "
+            f"{error.strerror or error}"
+        ) from None
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    lock = JobLock(job.state_dir / "job.lock", job.name)
+    state: JobState | None = None
+    try:
+        try:
+            lock.acquire()
+        except LockHeld as error:
+            # In the log too: "why did last night's start do nothing?" is answered there.
+            log.warning("%s", error, extra={"job": job.name, "pid": os.getpid()})
+            raise
+        log.info(
+            "job started", extra={"job": job.name, "job_file": str(job.path), "pid": os.getpid()}
+        )
+        if lock.taken_over is not None:
+            log.warning(
+                "took over the lock of pid %s (started %s), which is no longer running",
+                lock.taken_over.get("pid", "?"),
+                lock.taken_over.get("started", "?"),
+                extra={"previous": lock.taken_over},
+            )
+        state = JobState(job.state_dir / "files.sqlite", dry_run=job.dry_run)
+        runner = _JobRun(job, tokens, quiet=quiet)
+        if job.columns is not None:
+            runner.map_file = write_column_map(job.columns, job.state_dir)
+        anyio.run(runner.main, state)
+        report = runner.report
+        report.ended = now_iso()
+        line = report.line()
+        log.info(line, extra=report.to_json())
+        _notify_file(job, f"{report.ended} {line}")
+        return report
+    finally:
+        if state is not None:
+            state.close()
+        lock.release()
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _notify_file(job: Job, line: str) -> None:
+    if job.notify.file is None:
+        return
+    try:
+        job.notify.file.parent.mkdir(parents=True, exist_ok=True)
+        with job.notify.file.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+    except OSError as error:
+        log.error("cannot write %s: %s", job.notify.file, error.strerror or error)
