@@ -146,8 +146,13 @@ def test_batch_envelope_503_is_retried(emulator_factory: EmulatorFactory, tmp_pa
     result = cli(
         "run", src, "--graph-url", server.url, "--write-limit", "200/1", "--out", tmp_path / "r",
         "--batch-size", "10", "--json",
+        # At a 30 % fault rate a row fails after 9 straight faults about once in a few hundred
+        # runs of 120 rows; more retries keep the test about retrying, not about that luck.
+        "--max-retries", "20",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, [
+        r for r in read_csv(tmp_path / "r" / "results.csv") if r["outcome"] != "updated"
+    ]
     faults = server.stats()["faults"]
     assert isinstance(faults, dict) and sum(faults.values()) > 0
     assert json.loads(result.stdout)["retries"] > 0
