@@ -451,11 +451,11 @@ class _XlsxSink:
     """
 
     def __init__(self, path: Path, headers: Sequence[str]) -> None:
-        from openpyxl import Workbook  # type: ignore[import-untyped]
-        from openpyxl.cell import WriteOnlyCell  # type: ignore[import-untyped]
-        from openpyxl.styles.cell_style import StyleArray  # type: ignore[import-untyped]
-        from openpyxl.utils import get_column_letter  # type: ignore[import-untyped]
-        from openpyxl.utils.indexed_list import IndexedList  # type: ignore[import-untyped]
+        from openpyxl import Workbook
+        from openpyxl.cell import WriteOnlyCell
+        from openpyxl.styles.cell_style import StyleArray
+        from openpyxl.utils import get_column_letter
+        from openpyxl.utils.indexed_list import IndexedList
 
         self._path = path
         self.altered = 0
@@ -487,7 +487,7 @@ class _XlsxSink:
 
     def _fit(self, text: str) -> object:
         """A value openpyxl would not store as the same text: a text cell that holds it."""
-        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # type: ignore[import-untyped]
+        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
         stored = ILLEGAL_CHARACTERS_RE.sub("", text)[:_EXCEL_MAX_TEXT]
         if stored != text:
