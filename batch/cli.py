@@ -23,7 +23,8 @@ from batch.logs import setup_console
 from batch.model import Rate
 
 if TYPE_CHECKING:
-    from batch.engine import RunSummary
+    from batch.auth import TokenProvider
+    from batch.engine import RunOptions, RunSummary
     from batch.mapper import InputOptions
 
 
@@ -239,6 +240,18 @@ Examples:
 """
 
 
+def _execute(
+    options: RunOptions, tokens: TokenProvider | None, *, quiet: bool, **kw: Any
+) -> RunSummary:
+    """Run the engine with the progress display `--quiet`/`--json` ask for."""
+    from batch.engine import execute
+    from batch.progress import make_progress
+
+    return anyio.run(
+        lambda: execute(options, tokens=tokens, progress=make_progress(quiet=quiet), **kw)
+    )
+
+
 def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
     data = summary.data
     if as_json:
@@ -316,8 +329,7 @@ def run(
     """Send the updates in INPUT to Graph and write the run folder."""
     from batch.auth import build_token_provider
     from batch.clouds import resolve_endpoints
-    from batch.engine import RunOptions, execute
-    from batch.progress import make_progress
+    from batch.engine import RunOptions
 
     setup_console(quiet=quiet or as_json)
     try:
@@ -345,9 +357,7 @@ def run(
             if dry_run and not only_changed and key is None
             else build_token_provider(endpoints, device_code=device_code, token_cache=token_cache)
         )
-        summary = anyio.run(
-            lambda: execute(options, tokens=tokens, progress=make_progress(quiet=quiet or as_json))
-        )
+        summary = _execute(options, tokens, quiet=quiet or as_json)
     except BatchError as error:
         fail(error)
     _print_summary(summary, as_json=as_json)
@@ -383,9 +393,8 @@ def demo(
     """Start the Graph emulator in-process and run the bundled sample through it."""
     from batch.auth import StaticTokenProvider
     from batch.emulator import EmulatorConfig, EmulatorServer, generate_event
-    from batch.engine import RunOptions, execute
+    from batch.engine import RunOptions
     from batch.mapper import Prepared
-    from batch.progress import make_progress
 
     setup_console(quiet=quiet or as_json)
     try:
@@ -416,13 +425,11 @@ def demo(
             options.graph_root = server.url
             if not (quiet or as_json):
                 typer.echo(f"Graph emulator listening on {server.url} (limit {limit})", err=True)
-            summary = anyio.run(
-                lambda: execute(
-                    options,
-                    tokens=StaticTokenProvider(_DEMO_TOKEN),
-                    progress=make_progress(quiet=quiet or as_json),
-                    on_prepared=preload,
-                )
+            summary = _execute(
+                options,
+                StaticTokenProvider(_DEMO_TOKEN),
+                quiet=quiet or as_json,
+                on_prepared=preload,
             )
             stats = server.stats()
     except BatchError as error:
@@ -500,8 +507,7 @@ def revert(
     """Undo the changes of the run in RUN_DIR from its before-images."""
     from batch.auth import build_token_provider
     from batch.clouds import CLOUDS, resolve_endpoints
-    from batch.engine import RunOptions, execute
-    from batch.progress import make_progress
+    from batch.engine import RunOptions
     from batch.revert import RevertPlan, recorded_endpoint, revert_out_dir
 
     setup_console(quiet=quiet or as_json)
@@ -540,14 +546,7 @@ def revert(
                 f"reverting {plan.total} rows of {run_dir} at {endpoints.graph_root}", err=True
             )
         tokens = build_token_provider(endpoints, device_code=device_code, token_cache=token_cache)
-        summary = anyio.run(
-            lambda: execute(
-                options,
-                tokens=tokens,
-                progress=make_progress(quiet=quiet or as_json),
-                plan=plan,
-            )
-        )
+        summary = _execute(options, tokens, quiet=quiet or as_json, plan=plan)
     except BatchError as error:
         fail(error)
     _print_summary(summary, as_json=as_json)

@@ -355,29 +355,8 @@ class _Run:
                 done = finished.get(raw.number)
                 if done is not None:
                     await self._emit(seq, raw, done, restored=True)
-                elif isinstance(mapped, Invalid):
-                    await self._emit(
-                        seq,
-                        raw,
-                        RowResult(
-                            raw.number,
-                            mapped.event_id,
-                            Outcome.INVALID,
-                            error_code="InvalidRow",
-                            error_message=mapped.message,
-                        ),
-                    )
-                elif isinstance(mapped, Skipped):
-                    await self._emit(
-                        seq,
-                        raw,
-                        RowResult(
-                            raw.number,
-                            mapped.event_id,
-                            Outcome.SKIPPED,
-                            error_message=mapped.reason,
-                        ),
-                    )
+                elif isinstance(mapped, Invalid | Skipped):
+                    await self._emit(seq, raw, self._unsent(raw, mapped))
                 elif self.reading:
                     await self._to_read(_Work(seq, raw, mapped))
                 elif self.requests_writer is not None:
@@ -411,6 +390,19 @@ class _Run:
         async with self._seq_cond:
             while seq - self.written_seq > REORDER_WINDOW:
                 await self._seq_cond.wait()
+
+    @staticmethod
+    def _unsent(raw: RawRow, mapped: Invalid | Skipped) -> RowResult:
+        """The result of a row that validation already decided: invalid or skipped."""
+        if isinstance(mapped, Invalid):
+            return RowResult(
+                raw.number,
+                mapped.event_id,
+                Outcome.INVALID,
+                error_code="InvalidRow",
+                error_message=mapped.message,
+            )
+        return RowResult(raw.number, mapped.event_id, Outcome.SKIPPED, error_message=mapped.reason)
 
     @staticmethod
     def _not_attempted(raw: RawRow, mapped: Update | Invalid | Skipped) -> RowResult:
