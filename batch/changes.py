@@ -8,7 +8,18 @@ sets (GET items in `$batch`, see `read_request`) and asks `judge` what to do:
   same instant in another offset are all equal;
 * `--only-changed`: a row whose values all match is `unchanged` (not written); otherwise only the
   differing properties are sent;
-* a revert row (`Restore`) is a `conflict` when the event no longer holds what the run wrote;
+* a change that looks like Excel's damage to the current value (`excel_damage`: its leading
+  zeros stripped, or the digits in scientific notation) makes the row `invalid`, unless
+  `--accept-lost-zeros`; Excel only ever damages what a file says, so a revert row is exempt;
+* a row of an export (`Update.exported`, `batch.stamp`) is compared three ways per cell: what the
+  export saw (E, as a digest), what the file says (F), what the tenant holds now (T). A cell
+  still meaning E is never written; an edited cell the tenant also changed since (T is not E, and
+  not F either) is a conflict; every other cell goes on as in any file;
+* a revert row (`Restore`) conflicts per field: a field that no longer holds what the run wrote
+  is left alone and reported, the other fields are restored;
+* conflicting fields are never written (unless `--force`), but they do not hold back the row's
+  other fields: the verdict then writes the rest and still carries the `conflicts` (the row's
+  outcome is `conflict`, its `changed_fields` what was written);
 * the before-image is the current value of every property about to be sent: the engine stores it
   (ledger and `before.jsonl`, `BeforeImages`) and commits it before the PATCH may leave.
 
@@ -20,8 +31,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import quote
@@ -31,7 +44,8 @@ from batch.graph import BatchRequest, GraphClient, event_path
 from batch.limiter import Clock, Limiter
 from batch.model import JSON, Update
 from batch.retry import graph_retrying
-from batch.schema import PROPERTIES, canonical
+from batch.schema import PROPERTIES, EdmType, canonical
+from batch.stamp import ExportStamp
 
 __all__ = [
     "LIST_MAX_EVENTS",
@@ -44,11 +58,14 @@ __all__ = [
     "Verdict",
     "current_values",
     "describe_conflicts",
+    "excel_damage",
     "judge",
+    "lost_zeros",
     "read_request",
     "render_diff",
     "resumed_verdict",
     "same_value",
+    "scientific_form",
     "use_list_walk",
     "written_key",
 ]
@@ -61,6 +78,10 @@ LIST_MIN_ROWS: Final = 500
 LIST_MAX_EVENTS: Final = 100_000
 # Graph's largest page for this list.
 _PAGE: Final = 999
+# A number as Excel shows it in scientific notation (also with a decimal comma): 9.36382E+11.
+_SCIENTIFIC: Final = re.compile(r"[+]?(\d+)(?:[.,](\d*))?[eE]([+-]?\d{1,3})")
+# What lets a row through that looks like Excel's damage (one option for both kinds).
+_ACCEPT: Final = "--accept-lost-zeros sends it anyway"
 
 
 def written_key(number: int) -> str:
@@ -86,6 +107,77 @@ def current_values(body: JSON) -> dict[str, JSON]:
     return {k: v for k, v in body.items() if not k.startswith("@")}
 
 
+# --- Excel's damage -----------------------------------------------------------------------------
+
+
+def lost_zeros(original: str, given: str) -> bool:
+    """Whether `given` is the digits `original` without (some of) its leading zeros.
+
+    Excel reads `0024486700` as the number 24486700 unless the cell is text; only all-digit text
+    is ever read that way, so both must be plain digits.
+    """
+    return (
+        len(given) < len(original)
+        and original.isascii()
+        and original.isdigit()
+        and given.isascii()
+        and given.isdigit()
+        and original.lstrip("0") == given.lstrip("0")
+    )
+
+
+def scientific_form(original: str, given: str) -> bool:
+    """Whether `given` is the digits `original` as Excel shows a big number (`9.36382E+11`).
+
+    Excel shows as many significant digits as the column is wide, rounded: `given` matches when
+    `original`, rounded to the digits `given` shows, is the same number.
+    """
+    m = _SCIENTIFIC.fullmatch(given)
+    if m is None or not (original.isascii() and original.isdigit()):
+        return False
+    shown = (m[1] + (m[2] or "")).lstrip("0") or "0"
+    try:
+        value = Decimal(f"{m[1]}.{m[2] or '0'}E{m[3]}")
+        for rounding in (ROUND_HALF_UP, ROUND_HALF_EVEN):
+            rounded = Context(prec=max(len(shown), 1), rounding=rounding).create_decimal(original)
+            if rounded == value:
+                return True
+    except InvalidOperation:
+        return False
+    return False
+
+
+def excel_damage(name: str, current: JSON, given: JSON) -> str | None:
+    """Why changing text property `name` from `current` to `given` looks like Excel's damage.
+
+    None when it does not: other types, values that are not text, or a real change.
+    """
+    prop = PROPERTIES.get(name)
+    if prop is None or prop.edm != EdmType.STRING:
+        return None
+    if not isinstance(current, str) or not isinstance(given, str):
+        return None
+    old, new = current.strip(), given.strip()
+    if lost_zeros(old, new):
+        return _lost_zeros_message(name, old, new)
+    if scientific_form(old, new):
+        return (
+            f"{name}: looks like Excel turned {old} into scientific notation (file has {new}); "
+            f"{_ACCEPT}"
+        )
+    return None
+
+
+def _lost_zeros_message(name: str, original: str, given: str) -> str:
+    return (
+        f"{name}: looks like Excel dropped the leading zeros of {original} (file has {given}); "
+        f"{_ACCEPT}"
+    )
+
+
+# --- verdicts -----------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Restore(Update):
     """A revert row: put `body` (before-image values) back where the event still holds `expected`.
@@ -109,23 +201,36 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class Conflict:
-    """A property someone else changed since the reverted run: it wrote `expected`, now `found`."""
+    """A property someone else changed since the reverted run (`since="run"`) or the export.
+
+    Revert: the run wrote `expected` (`known`: it was recorded), the event now holds `found`, and
+    the revert would have written `wanted` (the before-image). Export: the file asks for `wanted`,
+    the event now holds `found`, and neither is what the export saw (which the stamp keeps only as
+    a digest, so `expected` is None and `known` False).
+    """
 
     name: str
     expected: JSON
     found: JSON
     known: bool = True  # False: the run's written value was not recorded
+    wanted: JSON = None
+    since: Literal["run", "export"] = "run"
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What to do with one row, given the event's current values."""
+    """What to do with one row, given the event's current values.
 
-    action: Literal["write", "unchanged", "conflict"]
+    `write` may still carry `conflicts`: the fields left alone while the others are written.
+    `invalid` carries the `problems` (Excel's damage); nothing is written.
+    """
+
+    action: Literal["write", "unchanged", "conflict", "invalid"]
     body: dict[str, JSON]  # what to PATCH (action "write")
     before: dict[str, JSON]  # the current values of the properties in `body` (the before-image)
     changes: tuple[Change, ...] = ()
     conflicts: tuple[Conflict, ...] = ()
+    problems: tuple[str, ...] = ()
 
     @property
     def changed_fields(self) -> tuple[str, ...]:
@@ -134,26 +239,88 @@ class Verdict:
 
 
 def judge(
-    update: Update, current: Mapping[str, JSON], *, only_changed: bool, force: bool = False
+    update: Update,
+    current: Mapping[str, JSON],
+    *,
+    only_changed: bool,
+    force: bool = False,
+    accept_lost_zeros: bool = False,
 ) -> Verdict:
-    """Compare a row with the event's current values and decide: write, unchanged or conflict.
+    """Compare a row with the event's current values: write, unchanged, conflict or invalid.
 
     A property Graph did not return counts as changed (it cannot be shown equal). Without
     `only_changed` the whole given body is sent (the caller asked for it), and `changes` still
-    names only what differs. A `Restore` row whose still-to-restore properties no longer hold
-    what the run wrote is a conflict unless `force`.
+    names only what differs. In order (the module docstring has the why):
+
+    1. a row of an export (`update.exported`): cells still meaning what the export saw leave the
+       body; an edited cell the tenant also changed since is a conflict (unless `force`);
+    2. a change that looks like Excel's damage makes the row invalid (unless `accept_lost_zeros`;
+       never for a `Restore`, whose values come from Graph);
+    3. a `Restore` field no longer holding what the run wrote is a conflict (unless `force`);
+    4. conflicting fields leave the body; the rest is written, or the row is `conflict` when
+       nothing is left to write, or `unchanged` when nothing was left to change.
     """
-    changes = _changes(update.body, current)
-    conflicts: tuple[Conflict, ...] = ()
-    if isinstance(update, Restore):
-        conflicts = tuple(_conflicts(update, current, changes))
-        if conflicts and not force:
-            return Verdict("conflict", {}, {}, changes, conflicts)
-    if only_changed and not changes:
-        return Verdict("unchanged", {}, {}, changes, conflicts)
-    body = {c.name: c.new for c in changes} if only_changed else dict(update.body)
+    body = dict(update.body)
+    conflicts: list[Conflict] = []
+    problems: list[str] = []
+    if update.exported is not None:
+        body = _against_export(
+            update.exported, body, current, conflicts, problems, force, accept_lost_zeros
+        )
+    changes = _changes(body, current)
+    if not accept_lost_zeros and not isinstance(update, Restore):
+        problems.extend(
+            damage
+            for c in changes
+            if c.present and (damage := excel_damage(c.name, c.old, c.new)) is not None
+        )
+    if problems:
+        return Verdict("invalid", {}, {}, changes, tuple(conflicts), tuple(problems))
+    if isinstance(update, Restore) and not force:
+        stale = tuple(_conflicts(update, current, changes))
+        if stale:
+            conflicts.extend(stale)
+            names = {c.name for c in stale}
+            body = {k: v for k, v in body.items() if k not in names}
+            changes = tuple(c for c in changes if c.name not in names)
+    if only_changed:
+        body = {c.name: c.new for c in changes}
+    if not body:
+        action: Literal["conflict", "unchanged"] = "conflict" if conflicts else "unchanged"
+        return Verdict(action, {}, {}, changes, tuple(conflicts))
     before = {name: current[name] for name in body if name in current}
-    return Verdict("write", body, before, changes, conflicts)
+    return Verdict("write", body, before, changes, tuple(conflicts))
+
+
+def _against_export(
+    stamp: ExportStamp,
+    body: Mapping[str, JSON],
+    current: Mapping[str, JSON],
+    conflicts: list[Conflict],
+    problems: list[str],
+    force: bool,
+    accept_lost_zeros: bool,
+) -> dict[str, JSON]:
+    """The cells of an export's row that may be written (three-way, see `judge`)."""
+    kept: dict[str, JSON] = {}
+    for name, new in body.items():
+        if not stamp.covers(name):
+            kept[name] = new  # a column added after the export: as in any file
+            continue
+        if stamp.holds(name, new):
+            continue  # not edited since the export: never written
+        exported = None if accept_lost_zeros else stamp.lost_zeros(name, new)
+        if exported is not None:
+            # The export saw the zeros: Excel took them, not the admin.
+            problems.append(_lost_zeros_message(name, exported, str(new)))
+            continue
+        found = current.get(name)
+        # Both changed it: a conflict, unless both made the same change.
+        if not force and not stamp.holds(name, found) and not same_value(name, found, new):
+            conflicts.append(Conflict(name, None, found, False, wanted=new, since="export"))
+            continue
+        kept[name] = new
+    return kept
 
 
 def resumed_verdict(written: dict[str, JSON], image: dict[str, JSON]) -> Verdict:
@@ -180,21 +347,44 @@ def _conflicts(
     # Only properties that still need restoring: one already back at its old value is no conflict.
     for change in changes:
         found = current.get(change.name)
+        wanted = update.body.get(change.name)
         if change.name not in update.expected:
-            yield Conflict(change.name, None, found, known=False)
+            yield Conflict(change.name, None, found, known=False, wanted=wanted)
         elif not change.present or not same_value(change.name, found, update.expected[change.name]):
-            yield Conflict(change.name, update.expected[change.name], found)
+            yield Conflict(change.name, update.expected[change.name], found, wanted=wanted)
 
 
 def describe_conflicts(conflicts: Iterable[Conflict]) -> str:
-    """One line for results.csv: what someone else changed since the run."""
-    parts = []
+    """One line for results.csv and failures.csv: each conflicting field with both values."""
+    since_run: list[str] = []
+    since_export: list[str] = []
     for c in conflicts:
-        if c.known:
-            parts.append(f"{c.name} is {_show(c.found)} (the run wrote {_show(c.expected)})")
+        if c.since == "export":
+            since_export.append(
+                f"{c.name} is {_show(c.found)} in the tenant, {_show(c.wanted)} in the file"
+            )
+        elif c.known:
+            since_run.append(
+                f"{c.name} is {_show(c.found)} (the run wrote {_show(c.expected)}, "
+                f"the revert would write {_show(c.wanted)})"
+            )
         else:
-            parts.append(f"{c.name} is {_show(c.found)} (what the run wrote is not recorded)")
-    return "changed since the run: " + "; ".join(parts) + " (--force overwrites)"
+            since_run.append(
+                f"{c.name} is {_show(c.found)} (what the run wrote is not recorded; "
+                f"the revert would write {_show(c.wanted)})"
+            )
+    parts = []
+    if since_export:
+        parts.append(
+            "changed in the tenant since the export, not written: "
+            + "; ".join(since_export)
+            + " (--force writes the file's values)"
+        )
+    if since_run:
+        parts.append(
+            "changed since the run, not restored: " + "; ".join(since_run) + " (--force overwrites)"
+        )
+    return "; ".join(parts)
 
 
 # --- showing ------------------------------------------------------------------------------------

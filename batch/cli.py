@@ -87,6 +87,24 @@ AssumeTzOpt = Annotated[
 IgnoreUnknownOpt = Annotated[
     bool, typer.Option(help="Skip columns that are not properties instead of failing.")
 ]
+HeaderRowOpt = Annotated[
+    int | None,
+    typer.Option(
+        metavar="N",
+        help="The header is row N (rows above it are a title); default: the first row.",
+    ),
+]
+AllowNumericTextOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Send a General-format number in a text column (e.g. a serial typed as a number) "
+        "as its digits; otherwise such rows are invalid, as Excel may have dropped zeros.",
+    ),
+]
+SkipHiddenRowsOpt = Annotated[
+    bool,
+    typer.Option(help="Leave out rows hidden in the sheet (by a filter); they are 'skipped'."),
+]
 CloudOpt = Annotated[str, typer.Option(help="global, usgov, usgovdod or china.")]
 GraphUrlOpt = Annotated[
     str | None, typer.Option(help="Graph root override, e.g. http://127.0.0.1:8765.")
@@ -140,10 +158,15 @@ def _input_options(
     ignore_unknown_columns: bool,
     key: str | None,
     pick: str | None,
+    excel: tuple[int | None, bool, bool] = (None, False, False),
 ) -> InputOptions:
-    """The reading options `run` and `validate` share, checked (`--key`, `--pick`)."""
+    """The reading options `run` and `validate` share, checked (`--key`, `--pick`).
+
+    `excel` is (`--header-row`, `--allow-numeric-text`, `--skip-hidden-rows`).
+    """
     from batch.mapper import InputOptions
 
+    header_row, allow_numeric_text, skip_hidden_rows = excel
     return InputOptions(
         encoding=encoding,
         sheet=sheet,
@@ -152,6 +175,9 @@ def _input_options(
         assume_tz=assume_tz,
         ignore_unknown_columns=ignore_unknown_columns,
         key=_key_option(key, pick),
+        header_row=header_row,
+        allow_numeric_text=allow_numeric_text,
+        skip_hidden_rows=skip_hidden_rows,
     )
 
 
@@ -209,6 +235,30 @@ def fail(error: BatchError) -> NoReturn:
     raise typer.Exit(error.exit_code)
 
 
+# What the interpreter or the user raise to stop: never a bug, so never reported as one.
+_STOPS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+# An internal error's message is cut here: it is one line on a terminal, not a dump.
+_INTERNAL_ERROR_CHARS = 500
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups, or `error` itself."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+def _internal_error_line(error: BaseException) -> str:
+    leaf = _first_leaf(error)
+    text = " ".join(str(leaf).split())  # a panic message may span lines
+    if len(text) > _INTERNAL_ERROR_CHARS:
+        text = text[: _INTERNAL_ERROR_CHARS - 1] + "…"
+    return (
+        f"Internal error: {type(leaf).__name__}: {text} "
+        "(set AUTOPILOT_BATCH_DEBUG=1 for the traceback, and please report it)"
+    )
+
+
 def main() -> None:
     """Console-script entry point: no traceback ever reaches the user for a known error."""
     try:
@@ -216,14 +266,24 @@ def main() -> None:
     except BatchError as error:
         typer.echo(f"Error: {error}", err=True)
         sys.exit(error.exit_code)
-    except Exception as error:  # a bug: still one line, the traceback only on request
+    except BaseException as error:
+        # A bug: still one line, the traceback only on request. BaseException, not Exception:
+        # libraries raise BaseException subclasses too (a Rust panic in python-calamine is
+        # pyo3_runtime.PanicException). Interrupts and exits keep their meaning.
+        stops = error.subgroup(_STOPS) if isinstance(error, BaseExceptionGroup) else None
+        if isinstance(error, _STOPS) or stops is not None:
+            raise
+        if isinstance(error, BaseExceptionGroup):
+            # A task group's wrapping of a domain error (all its members): as if raised alone.
+            errors, rest = error.split(BatchError)
+            if errors is not None and rest is None:
+                leaf = _first_leaf(errors)
+                assert isinstance(leaf, BatchError)
+                typer.echo(f"Error: {leaf}", err=True)
+                sys.exit(leaf.exit_code)
         if os.environ.get("AUTOPILOT_BATCH_DEBUG"):
             raise
-        typer.echo(
-            f"Internal error: {type(error).__name__}: {error} "
-            "(set AUTOPILOT_BATCH_DEBUG=1 for the traceback, and please report it)",
-            err=True,
-        )
+        typer.echo(_internal_error_line(error), err=True)
         sys.exit(1)
 
 
@@ -310,12 +370,29 @@ def run(
             help="Save each row's current values (before.jsonl) before writing it, for revert.",
         ),
     ] = True,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="A file from export: write the cells you edited even where the tenant changed "
+            "them since the export (otherwise they are 'conflict' and not written)."
+        ),
+    ] = False,
+    accept_lost_zeros: Annotated[
+        bool,
+        typer.Option(
+            help="Send changes that only strip the current value's leading zeros or write it "
+            "in scientific notation (otherwise such rows are 'invalid': Excel's damage)."
+        ),
+    ] = False,
     encoding: EncodingOpt = None,
     sheet: SheetOpt = None,
     map_file: MapOpt = None,
     null_token: NullTokenOpt = "<null>",
     assume_tz: AssumeTzOpt = None,
     ignore_unknown_columns: IgnoreUnknownOpt = False,
+    header_row: HeaderRowOpt = None,
+    allow_numeric_text: AllowNumericTextOpt = False,
+    skip_hidden_rows: SkipHiddenRowsOpt = False,
     key: KeyOpt = None,
     pick: PickOpt = None,
     cloud: CloudOpt = "global",
@@ -341,13 +418,23 @@ def run(
             dry_run=dry_run,
             **_send_settings(mode, batch_size, write_limit, read_limit, concurrency, max_retries),
             input_options=_input_options(
-                encoding, sheet, map_file, null_token, assume_tz, ignore_unknown_columns, key, pick
+                encoding,
+                sheet,
+                map_file,
+                null_token,
+                assume_tz,
+                ignore_unknown_columns,
+                key,
+                pick,
+                (header_row, allow_numeric_text, skip_hidden_rows),
             ),
             graph_root=endpoints.graph_root,
             cloud=endpoints.cloud,
             only_changed=only_changed,
             backup=backup,
             pick=pick,
+            force=force,
+            accept_lost_zeros=accept_lost_zeros,
         )
         options.check()
         # A dry run touches no Graph, unless --only-changed needs the current values or --key
@@ -463,9 +550,10 @@ Examples:
   autopilot-batch revert runs/20260301T101500Z-events --force --out runs/undo
 \b
 Every row the run updated gets its before-image back, as a run of its own (default folder
-runs/<UTC timestamp>-revert-<run folder name>/, resumable with --resume). A row someone else
-changed since the run is 'conflict' and left alone unless --force. Exit codes as for run
-(conflicts: 1). Graph and cloud default to the ones the run used.
+runs/<UTC timestamp>-revert-<run folder name>/, resumable with --resume). A field someone else
+changed since the run is left alone unless --force; its row is 'conflict' (in failures.csv with
+both values) and its other fields are restored. Exit codes as for run (conflicts: 1). Graph
+and cloud default to the ones the run used.
 """
 
 
@@ -484,7 +572,7 @@ def revert(
         typer.Option(help="Read and compare; print the diff, write requests.jsonl; no writes."),
     ] = False,
     force: Annotated[
-        bool, typer.Option(help="Restore rows even where someone else changed them since.")
+        bool, typer.Option(help="Restore fields even where someone else changed them since.")
     ] = False,
     mode: ModeOpt = "batch",
     batch_size: BatchSizeOpt = 20,
@@ -676,6 +764,9 @@ def validate(
     null_token: NullTokenOpt = "<null>",
     assume_tz: AssumeTzOpt = None,
     ignore_unknown_columns: IgnoreUnknownOpt = False,
+    header_row: HeaderRowOpt = None,
+    allow_numeric_text: AllowNumericTextOpt = False,
+    skip_hidden_rows: SkipHiddenRowsOpt = False,
     key: KeyOpt = None,
     pick: PickOpt = None,
     as_json: JsonOpt = False,
@@ -689,7 +780,15 @@ def validate(
     counts = {"valid": 0, "invalid": 0, "skipped": 0}
     try:
         options = _input_options(
-            encoding, sheet, map_file, null_token, assume_tz, ignore_unknown_columns, key, pick
+            encoding,
+            sheet,
+            map_file,
+            null_token,
+            assume_tz,
+            ignore_unknown_columns,
+            key,
+            pick,
+            (header_row, allow_numeric_text, skip_hidden_rows),
         )
         prepared = prepare(input, options)
         if not quiet and not as_json:
@@ -715,9 +814,15 @@ def validate(
             # The head object without its closing brace; the tail closes the list and the object.
             out.write(_json_line(head)[:-1] + ', "invalid_rows": [')
         first = True
+        file_warnings = set(prepared.warnings)
         for _raw, mapped in prepared.rows():
             if isinstance(mapped, Update):
                 counts["valid"] += 1
+                if not quiet and not as_json:
+                    for warning in mapped.warnings:
+                        # Legacy-column warnings are file-level ones, already said once.
+                        if warning not in file_warnings:
+                            err.write(f"row {mapped.number}: warning: {warning}\n")
             elif isinstance(mapped, Skipped):
                 counts["skipped"] += 1
             elif isinstance(mapped, Invalid):
@@ -742,11 +847,16 @@ def validate(
     exit_code = 1 if counts["invalid"] else 0
     rows = sum(counts.values())
     if as_json:
-        tail = {"rows": rows, **counts, "exit_code": exit_code}
+        tail = {"rows": rows, **counts, "trimmed": prepared.trimmed, "exit_code": exit_code}
         out.write("], " + _json_line(tail)[1:] + "\n")
         out.flush()
     else:
         err.flush()
+        if prepared.trimmed and not quiet:
+            typer.echo(
+                f"note: {prepared.trimmed} value(s) had surrounding spaces; they are trimmed",
+                err=True,
+            )
         warned = len(prepared.warnings)
         warnings = f", {warned} warning{'s' if warned != 1 else ''}" if warned else ""
         typer.echo(

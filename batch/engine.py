@@ -100,10 +100,14 @@ class RunOptions:
     only_changed: bool = False
     # Keep before-images (read before writing, stored before the PATCH); drives `revert`.
     backup: bool = True
-    # Revert: write rows even when someone else changed them since the reverted run.
+    # Write fields someone else changed since the reverted run (revert) or since the export
+    # (a file from `export`, batch.stamp); otherwise such fields are a `conflict`.
     force: bool = False
     # With `input_options.key` (--key): how to choose among several events with one key.
     pick: str | None = None
+    # Send changes that look like Excel's damage to the current value (leading zeros stripped,
+    # digits in scientific notation); otherwise such rows are `invalid` (batch.changes).
+    accept_lost_zeros: bool = False
 
     @property
     def reads(self) -> Rate:
@@ -138,6 +142,8 @@ class RunOptions:
             "backup": self.backup,
             "key": self.input_options.key,
             "pick": self.pick,
+            "force": self.force,
+            "accept_lost_zeros": self.accept_lost_zeros,
         }
 
 
@@ -185,6 +191,11 @@ class RowPlan(Protocol):
         """File-level warnings, logged at the start."""
         ...
 
+    @property
+    def stamped(self) -> bool:
+        """Whether rows carry export stamps (the tenant's values must then be read)."""
+        ...
+
     def rows(self) -> Iterator[tuple[RawRow, Update | Invalid | Skipped]]:
         """Every row with what it maps to, in order."""
         ...
@@ -210,6 +221,7 @@ class _Work:
     answers_at_read: int = 0  # the run's answer count at the first read (unreachable check)
     answers_at_send: int = 0  # the same at the first write in a $batch (unreachable check)
     changed: tuple[str, ...] | None = None  # what really changes (None: not read)
+    conflicts: str = ""  # fields left alone (conflicts) while the others are written
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -228,6 +240,7 @@ class _Run:
         ledger: Ledger | None,
         progress: ProgressSink,
         clock: Clock,
+        limiter: Limiter | None = None,
     ) -> None:
         self.o = options
         self.prepared = prepared
@@ -236,7 +249,13 @@ class _Run:
         self.ledger = ledger
         self.progress = progress
         self.clock = clock
-        self.limiter = Limiter(write=options.write_limit, read=options.reads, clock=clock)
+        self.limiter = limiter or Limiter(
+            write=options.write_limit, read=options.reads, clock=clock
+        )
+        if ledger is not None:
+            # Graph's window outlives a process: a resume starts from what the interrupted run
+            # sent in it, and this run's sends are kept for the next resume.
+            ledger.keep_window(self.limiter, resume=options.resume)
         capacity = max(options.concurrency * options.batch_size * 2, 64)
         self.queue = WorkQueue[_Work](capacity, clock)
         self.counts: Counter[str] = Counter()
@@ -262,9 +281,16 @@ class _Run:
         )
         # Reads of the current values ahead of the writes (before-images, --only-changed, revert
         # conflicts): rows go producer → read queue → readers → (write) queue → senders.
+        # An export's stamps need the tenant's values (three-way), even with --no-backup.
         self.reading = client is not None and (
-            options.only_changed or (options.backup and not options.dry_run)
+            options.only_changed or prepared.stamped or (options.backup and not options.dry_run)
         )
+        if prepared.stamped and not self.reading:
+            log.warning(
+                "the file comes from export: cells not edited since are left out, but without "
+                "--only-changed a dry run does not read the tenant, so it cannot show conflicts "
+                "with changes made there since the export"
+            )
         self.read_queue = WorkQueue[_Work](capacity, clock)
         self.reads_sent = 0
         self.reads_held_until = -math.inf  # see _hold_reads
@@ -425,9 +451,15 @@ class _Run:
     # --- reads: current values, before-images, --only-changed, conflicts --------------------
 
     async def _walk_list(self) -> None:
-        """With --only-changed on a big file, read the tenant's list first (see ListWalk)."""
+        """With --only-changed on a big file, read the tenant's list first (see ListWalk).
+
+        Not for a file with export stamps: its rows not edited since the export are skipped
+        without a read, so the list would be read for the few edited rows only.
+        """
         if not (
-            self.reading and use_list_walk(self.prepared.total, only_changed=self.o.only_changed)
+            self.reading
+            and not self.prepared.stamped
+            and use_list_walk(self.prepared.total, only_changed=self.o.only_changed)
         ):
             return
         assert self.client is not None
@@ -462,20 +494,28 @@ class _Run:
         if self.walked is not None:
             current = self.walked.get(update.event_id.casefold())
             if current is not None:
-                verdict = judge(
-                    update, current, only_changed=self.o.only_changed, force=self.o.force
-                )
+                verdict = self._judge(update, current)
                 if verdict.action == "unchanged":
                     await self._judged([(work, verdict)], None)
                     return
         if not await self.read_queue.put(work):
             await self._emit(work.seq, work.raw, self._not_attempted(work.raw, update))
 
+    def _judge(self, update: Update, current: Mapping[str, JSON]) -> Verdict:
+        """`changes.judge` with this run's options."""
+        return judge(
+            update,
+            current,
+            only_changed=self.o.only_changed,
+            force=self.o.force,
+            accept_lost_zeros=self.o.accept_lost_zeros,
+        )
+
     def _resumed_verdict(self, work: _Work, image: dict[str, JSON]) -> Verdict:
         assert self.ledger is not None
         written = self.ledger.get_cache(written_key(work.raw.number))
         if not isinstance(written, dict):
-            return judge(work.update, image, only_changed=self.o.only_changed)
+            return self._judge(work.update, image)
         return resumed_verdict(written, image)
 
     async def read_sender(self) -> None:
@@ -578,9 +618,7 @@ class _Run:
             if 200 <= item.status < 300:
                 self.limiter.note_success()
                 current = current_values(item.body)
-                verdict = judge(
-                    w.update, current, only_changed=self.o.only_changed, force=self.o.force
-                )
+                verdict = self._judge(w.update, current)
                 verdicts.append((w, verdict))
                 continue
             item_error = _item_error(item, envelope)
@@ -628,6 +666,14 @@ class _Run:
 
     def _settle(self, work: _Work, verdict: Verdict) -> RowResult | None:
         """A row's result from its verdict, or None when it goes to the writers (body trimmed)."""
+        if verdict.action == "invalid":
+            # Excel's damage, seen only now that the current values are known.
+            return self._result_from(
+                work,
+                Outcome.INVALID,
+                error_code="InvalidRow",
+                error_message="; ".join(verdict.problems),
+            )
         if verdict.action == "conflict":
             return self._result_from(
                 work,
@@ -639,6 +685,8 @@ class _Run:
             return self._result_from(work, Outcome.UNCHANGED)
         work.update = replace(work.update, body=verdict.body)
         work.changed = verdict.changed_fields
+        # Conflicting fields are left alone; the others are written, and the row says so.
+        work.conflicts = describe_conflicts(verdict.conflicts) if verdict.conflicts else ""
         if self.requests_writer is None:
             return None
         url = patch_url(self.o.graph_root, work.update.event_id)
@@ -648,6 +696,14 @@ class _Run:
                 "%s",
                 render_diff(work.raw.number, work.update.event_id, verdict.changes),
                 extra={"row": work.raw.number, "event_id": work.update.event_id},
+            )
+        if work.conflicts:
+            return self._result_from(
+                work,
+                Outcome.CONFLICT,
+                error_code="Conflict",
+                error_message=work.conflicts,
+                changed_fields=verdict.changed_fields,
             )
         return self._result_from(work, Outcome.PLANNED, changed_fields=verdict.changed_fields)
 
@@ -700,9 +756,12 @@ class _Run:
     def _updated(
         self, work: _Work, *, status: int, request_id: str, client_request_id: str
     ) -> RowResult:
+        # Written, but some fields were left alone as conflicts: the row is a conflict.
+        conflict = {"error_code": "Conflict", "error_message": work.conflicts}
         return self._result_from(
             work,
-            Outcome.UPDATED,
+            Outcome.CONFLICT if work.conflicts else Outcome.UPDATED,
+            **(conflict if work.conflicts else {}),
             status=status,
             changed_fields=tuple(work.update.body) if work.changed is None else work.changed,
             request_id=request_id,
@@ -912,7 +971,7 @@ class _Run:
                 while next_seq in pending:
                     rw, rs = pending.pop(next_seq)
                     results.write(rs)
-                    if rs.outcome in (Outcome.FAILED, Outcome.INVALID):
+                    if rs.outcome in (Outcome.FAILED, Outcome.INVALID, Outcome.CONFLICT):
                         failures.write(rw, rs)
                     next_seq += 1
                 results.flush()
@@ -1074,13 +1133,16 @@ async def execute(
     http: httpx.AsyncClient | None = None,
     on_prepared: Callable[[Prepared], None] | None = None,
     plan: RowPlan | None = None,
+    limiter: Limiter | None = None,
 ) -> RunSummary:
     """Run (or dry-run) one input file end to end and write its run folder.
 
     `plan` replaces the input file (`revert` passes its `RevertPlan`; `options.input` then only
-    names the run). Raises `UsageError`/`InputFileError`/`ResumeError` before anything is sent;
-    after that every outcome, including an abort or an interrupt, is in the returned summary's
-    `exit_code`.
+    names the run). `limiter`: budgets shared with earlier runs of this process against the same
+    app and tenant (`job run` passes one to each file, so a file never spends the budget the
+    previous one used; it must run on `clock`). Raises `UsageError`/`InputFileError`/
+    `ResumeError` before anything is sent; after that every outcome, including an abort or an
+    interrupt, is in the returned summary's `exit_code`.
     """
     options.check()
     key = options.input_options.key
@@ -1160,6 +1222,7 @@ async def execute(
                 ledger=ledger,
                 progress=progress,
                 clock=clock or SystemClock(),
+                limiter=limiter,
             )
             verb = "dry run" if options.dry_run else f"sending ({options.mode} mode)"
             progress.start(prepared.total, f"{options.input.name}: {verb}")
@@ -1217,6 +1280,8 @@ def _summarise(
         "throttled_429": run.throttled,
         "retries": run.retries,
         "resumed": options.resume,
+        # Values that came with surrounding spaces (Excel pastes them): trimmed before sending.
+        "values_trimmed": prepared.trimmed if isinstance(prepared, Prepared) else 0,
         "exit_code": exit_code,
         "stopped_because": None if reason is None else str(reason),
         **options.recorded(),

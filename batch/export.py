@@ -5,6 +5,18 @@ strings verbatim (ids and serials keep their leading zeros), null as an empty ce
 leaves a property unchanged), every other value as Graph sent it, the `id` column first. Running
 the untouched file with `run --only-changed` therefore changes nothing.
 
+Stale exports are safe: a last column `_exported` holds each row's stamp (`batch.stamp`), the
+digests of what the export saw in every cell. A later `run` of the file never writes a cell that
+still holds the exported value, and refuses (`conflict`) a cell the admin edited that the tenant
+also changed since. A stamp column, not a sidecar file, because the file is renamed, moved and
+saved again as .xlsx, and its rows are sorted, filtered and copied into other files (and into
+`failures.csv`): the stamp travels with its row through all of that. The reader ignores `_`
+columns as properties, so the file stays valid input for older versions too.
+
+CSV cells a spreadsheet would run as formulas (`=`, `+`, `-`, `@` first) get a leading `'`
+(`batch.report.neutralise_cell`), which the reader takes off again; negative durations such as
+`-PT5M` are among them and read back unchanged. XLSX cells are text cells and need no guard.
+
 Reading: one paged walk of the event list (`$top`, `@odata.nextLink`), each page paced by the read
 budget and retried on 429/503/504/no answer (`batch.retry.graph_retrying`), so a 429 closes the
 limiter's gate for its Retry-After. `EventReader` does the walk; `batch.resolve` reuses it.
@@ -44,8 +56,10 @@ from batch.graph import GraphClient
 from batch.limiter import Clock, Limiter, SystemClock
 from batch.mapper import resolve_header, suggest_property, template_columns
 from batch.model import JSON, Rate
+from batch.report import neutralise_cell
 from batch.retry import graph_retrying
 from batch.schema import PROPERTIES, canonical, normalize_header
+from batch.stamp import STAMP_COLUMN, Stamper
 
 __all__ = [
     "DEFAULT_READ_LIMIT",
@@ -414,6 +428,8 @@ def make_export_progress(*, quiet: bool, every: float = 10.0) -> ExportProgress:
 
 
 class _Sink(Protocol):
+    def shows(self, text: str | None) -> str | None: ...
+
     def write_rows(self, rows: Sequence[Sequence[str | None]]) -> None: ...
 
     def finish(self) -> None: ...
@@ -422,7 +438,10 @@ class _Sink(Protocol):
 
 
 class _CsvSink:
-    """UTF-8 with BOM (Excel then reads it as UTF-8) and RFC 4180 quoting, as every report."""
+    """UTF-8 with BOM (Excel then reads it as UTF-8) and RFC 4180 quoting, as every report.
+
+    Formula-looking cells are neutralised the way the reader undoes (see the module docstring).
+    """
 
     def __init__(self, path: Path, headers: Sequence[str]) -> None:
         self._path = path
@@ -430,8 +449,14 @@ class _CsvSink:
         self._writer = csv.writer(self._handle)
         self._writer.writerow(headers)
 
+    def shows(self, text: str | None) -> str | None:
+        """What the file will show for `text`: CSV holds any text."""
+        return text
+
     def write_rows(self, rows: Sequence[Sequence[str | None]]) -> None:
-        self._writer.writerows(["" if c is None else c for c in row] for row in rows)
+        self._writer.writerows(
+            ["" if c is None else neutralise_cell(c) for c in row] for row in rows
+        )
 
     def finish(self) -> None:
         self._handle.close()
@@ -474,6 +499,14 @@ class _XlsxSink:
             column.number_format = "@"  # a column style of its own would be General
         self._sheet = sheet
         self.write_rows([list(headers)])
+
+    def shows(self, text: str | None) -> str | None:
+        """What the workbook will show for `text` (see `_fit`)."""
+        if text is None or _PLAIN_TEXT.fullmatch(text):
+            return text
+        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+        return str(ILLEGAL_CHARACTERS_RE.sub("", text)[:_EXCEL_MAX_TEXT])
 
     def write_rows(self, rows: Sequence[Sequence[str | None]]) -> None:
         append, fit = self._sheet.append, self._fit
@@ -652,7 +685,8 @@ async def export_events(
     result = ExportResult(out=options.out, columns=columns)
     started = time.monotonic()
     partial = _partial_path(options.out)
-    sink = _open_sink(partial, options.out.suffix.lower(), columns)
+    sink = _open_sink(partial, options.out.suffix.lower(), (*columns, STAMP_COLUMN))
+    stamp = Stamper(columns)
     finished = False
 
     def write(page: list[dict[str, JSON]]) -> None:
@@ -660,7 +694,14 @@ async def export_events(
         for event in page:
             result.read += 1
             if isinstance(event.get("id"), str) and keep.keep(event):
-                rows.append([cell_text(event.get(name)) for name in columns])
+                cells = [cell_text(event.get(name)) for name in columns]
+                shown = [sink.shows(text) for text in cells]
+                if shown != cells:
+                    # The stamp records what the file shows: a cell the workbook could not hold
+                    # as Graph sent it is not "edited", and a run leaves it alone.
+                    seen = zip(columns, shown, cells, strict=True)
+                    event = {**event, **{n: text for n, text, was in seen if text != was}}
+                rows.append([*cells, stamp(event)])
         try:
             sink.write_rows(rows)
         except OSError as error:
@@ -709,8 +750,8 @@ async def export_events(
         result.altered_cells = sink.altered
         log.warning(
             "%d cells hold control characters or more than 32,767 characters, which an Excel "
-            "file cannot store; they were left out (a run from this file would write the values "
-            "as the file shows them)",
+            "file cannot store; they were left out (a run of this file leaves those cells alone "
+            "unless you edit them)",
             sink.altered,
         )
     if options.serials is not None:

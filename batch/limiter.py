@@ -15,6 +15,14 @@ budgets into waits *before* sending, so a well-behaved run never sees a 429:
   exponential backoff with jitter when Graph gives none). Nothing is granted through a closed gate.
 - **Adaptive rate.** When 429s keep coming (another app shares the tenant's budget), the effective
   write limit drops multiplicatively and climbs back additively over quiet windows (AIMD).
+- **Carried over across processes.** Graph's window does not end with our process: a run resumed
+  right after an interruption at full speed would otherwise start with an empty log and spend a
+  budget Graph still counts as used. A `Journal` hears of every grant (and refund, and pause) the
+  moment it happens, before the request leaves, so the ledger can keep it; `carry_over` seeds a
+  new limiter with what an earlier process sent, given as ages ("0.8 s ago"), not clock readings:
+  the monotonic clocks of two processes share no origin, so the ledger keeps wall-clock times and
+  turns them into ages. `window()` is the inverse, for a ledger that starts journaling a limiter
+  which already sent (`job run` shares one limiter among its files' runs).
 
 All time goes through an injected `Clock`, so `FakeClock` tests run without real sleeping.
 """
@@ -26,16 +34,17 @@ import itertools
 import math
 import random
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import anyio
 import anyio.lowlevel
 
 from batch.model import Rate
 
-__all__ = ["Clock", "FakeClock", "Limiter", "SystemClock"]
+__all__ = ["Carried", "Clock", "FakeClock", "Journal", "Limiter", "Sent", "SystemClock"]
 
 #: The any-request budget Graph documents for Intune (per app per tenant).
 DEFAULT_READ_RATE = Rate(1000, 20.0)
@@ -64,6 +73,48 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None:
         """Wait `seconds` (any value ≤ 0 only yields to other tasks)."""
         ...
+
+
+class Journal(Protocol):
+    """Hears of what the limiter grants, as it happens (the ledger keeps it for a resume).
+
+    Each call comes synchronously from inside the limiter, before the caller can send anything,
+    so what the journal stores before returning is known to a resumed process even after
+    `kill -9`.
+    """
+
+    def granted(self, writes: int, reads: int) -> None:
+        """`writes` write slots and `reads` read slots were granted just now."""
+        ...
+
+    def refunded(self, writes: int) -> None:
+        """The latest grant gave back `writes` of its write slots (see `refund_writes`)."""
+        ...
+
+    def throttled(self, paused_for: float, write_limit: int) -> None:
+        """The pause gate now stays closed `paused_for` more seconds; the write limit in force."""
+        ...
+
+
+class Sent(NamedTuple):
+    """Slots granted together by an earlier process, `ago` seconds before now."""
+
+    ago: float
+    writes: int
+    reads: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Carried:
+    """What an earlier process of the same run left in Graph's windows, relative to now.
+
+    `pause_ends_in`: seconds until its pause gate opens (negative: it opened that long ago; None:
+    it never paused). `write_limit`: the adaptive write limit in force at its last 429.
+    """
+
+    sends: Sequence[Sent] = ()
+    pause_ends_in: float | None = None
+    write_limit: int | None = None
 
 
 class SystemClock:
@@ -189,6 +240,9 @@ class Limiter:
         self._writes = 0
         self._reads = 0
         self._successes = 0
+        self._journal: Journal | None = None
+        # What the journal was last told of the gate, so a burst of 429s is one record.
+        self._journaled_gate: tuple[float, int] | None = None
 
     # -- budgets ---------------------------------------------------------------------------
 
@@ -220,6 +274,8 @@ class Limiter:
                     self._write_log.extend(itertools.repeat(now, take))
                     self._any_log.extend(itertools.repeat(now, take))
                     self._writes += take
+                    if self._journal is not None:
+                        self._journal.granted(take, 0)
                     return take
                 delay = max(
                     _delay(self._write_log, limit, self._write_window, need, now),
@@ -240,6 +296,8 @@ class Limiter:
             if self._any_log:
                 self._any_log.pop()
         self._writes -= n
+        if n and self._journal is not None:
+            self._journal.refunded(n)
 
     async def acquire_reads(self, want: int, *, at_least: int = 1) -> int:
         """Take up to `want` slots of the any-request budget (at least `at_least`); see writes.
@@ -258,6 +316,8 @@ class Limiter:
                     take = min(want, free)
                     self._any_log.extend(itertools.repeat(now, take))
                     self._reads += take
+                    if self._journal is not None:
+                        self._journal.granted(0, take)
                     return take
                 delay = _delay(self._any_log, self._read.count, self._read_window, need, now)
                 await self._clock.sleep(max(delay, _MIN_SLEEP))
@@ -308,7 +368,14 @@ class Limiter:
         if self._limit < self._write.count:
             # A quiet window only starts counting once the pause is over.
             self._quiet_since = self._paused_until
+        self._journal_gate(now)
         return max(self._paused_until - now, 0.0)
+
+    def _journal_gate(self, now: float) -> None:
+        gate = (self._paused_until, self._limit)
+        if self._journal is not None and gate != self._journaled_gate:
+            self._journaled_gate = gate
+            self._journal.throttled(self._paused_until - now, self._limit)
 
     def note_success(self, n: int = 1) -> None:
         """Record `n` successful answers; once the gate is open they end the 429 streak."""
@@ -348,7 +415,89 @@ class Limiter:
         self._limit = min(self._write.count, self._limit + windows * step)
         self._quiet_since += windows * self._write_window
 
+    # -- across processes ------------------------------------------------------------------
+
+    def attach(self, journal: Journal | None) -> None:
+        """Report every grant, refund and pause to `journal` from now on (None: stop)."""
+        self._journal = journal
+        self._journaled_gate = None
+
+    def detach(self, journal: Journal) -> None:
+        """Stop reporting to `journal` if it is still the one attached.
+
+        A closing ledger calls it: the limiter may go on to serve the next run of a `job run`,
+        which attaches its own ledger's journal.
+        """
+        if self._journal is journal:
+            self._journal = None
+
+    @property
+    def horizon(self) -> float:
+        """How far back a send still matters to some budget (the longest window), in seconds."""
+        return max(self._write_window, self._read_window)
+
+    def carry_over(self, carried: Carried) -> int:
+        """Start from what an earlier process sent and paused; return its writes still counted.
+
+        Meant for a new limiter (merging into one that already granted is safe too: the logs
+        stay in time order). Each of `carried.sends` goes into the logs at
+        `now - ago`, as if this limiter had granted it, so the budgets count it until it leaves
+        the window; sends already out of every window are ignored. A negative age (the wall clock
+        was set back meanwhile) counts as "just now": waiting a little too long is the safe way
+        to be wrong. A pause still running closes the gate until it ends, and a write limit the
+        earlier process had lowered stays lowered, recovering from that pause's end as it would
+        have there. None of it counts in `stats`: those are this process's own.
+        """
+        now = self._clock.now()
+        writes: list[float] = []
+        anys: list[float] = []
+        for sent in carried.sends:
+            at = now - max(sent.ago, 0.0)
+            if at + self._read_window > now:
+                anys.extend(itertools.repeat(at, max(sent.writes, 0) + max(sent.reads, 0)))
+            if at + self._write_window > now:
+                writes.extend(itertools.repeat(at, max(sent.writes, 0)))
+        # Sorted merges: the logs must stay oldest first for `_prune` and `_delay`.
+        self._write_log = deque(sorted([*self._write_log, *writes]))
+        self._any_log = deque(sorted([*self._any_log, *anys]))
+        if carried.pause_ends_in is not None:
+            ends = now + carried.pause_ends_in
+            self._paused_until = max(self._paused_until, ends)
+            # A 429 soon after it belongs to "429s keep coming" (see `throttled`).
+            self._last_episode_end = ends
+            if carried.write_limit is not None and 1 <= carried.write_limit < self._limit:
+                self._limit = carried.write_limit
+                self._quiet_since = ends
+        return len(writes)
+
+    def window(self) -> Carried:
+        """What this limiter's windows hold now, in the form `carry_over` takes.
+
+        Sends that left the write window but not the any-request one come back as reads: for
+        the budgets that is what they still are.
+        """
+        now = self._clock.now()
+        _prune(self._write_log, self._write_window, now)
+        _prune(self._any_log, self._read_window, now)
+        writes = Counter(self._write_log)
+        anys = Counter(self._any_log)
+        sends = tuple(
+            Sent(now - t, writes[t], max(anys[t] - writes[t], 0))
+            for t in sorted(writes.keys() | anys.keys())
+        )
+        paused = math.isfinite(self._paused_until)
+        return Carried(
+            sends=sends,
+            pause_ends_in=self._paused_until - now if paused else None,
+            write_limit=self._limit if paused else None,
+        )
+
     # -- introspection ---------------------------------------------------------------------
+
+    @property
+    def write_rate(self) -> Rate:
+        """The configured write budget (N per SECONDS), before any adaptive cut."""
+        return self._write
 
     @property
     def effective_write_limit(self) -> int:

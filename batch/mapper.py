@@ -10,7 +10,9 @@ than one row. `Prepared.rows()` then streams the file again and maps each row on
 * the null token (`<null>`) sends JSON null, only for nullable properties;
 * every problem of a row is collected, not only the first;
 * a row whose id is also on another row is invalid, and so is that other row;
-* a row with nothing but its id is skipped.
+* a row with nothing but its id is skipped;
+* a row of an export (its `_exported` stamp, `batch.stamp`) keeps only the cells edited since
+  the export, and is skipped when there are none.
 
 Duplicate detection keeps 16 bytes per row (a BLAKE2b digest of the folded id) plus the row
 number, and sorts them with numpy once: about 24 MB for a million rows, instead of a set of a
@@ -30,17 +32,19 @@ import difflib
 import hashlib
 import re
 import tomllib
+import unicodedata
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, Self, TypeVar, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
 from batch.errors import ConfigError, InputFileError, UsageError
-from batch.model import JSON, Invalid, Problem, RawRow, Skipped, Update
+from batch.model import JSON, CellNote, Invalid, Problem, RawRow, Skipped, Update
 from batch.reader import RowSource, file_sha256, open_input
 from batch.schema import (
     ALIASES,
@@ -49,8 +53,10 @@ from batch.schema import (
     Property,
     ValueProblem,
     coerce_text,
+    describe_char,
     normalize_header,
 )
+from batch.stamp import find_stamp_column, stamp_row
 
 __all__ = [
     "KEY_PROPERTIES",
@@ -66,6 +72,8 @@ __all__ = [
     "template_columns",
 ]
 
+_T = TypeVar("_T")
+
 Resolver = Callable[[str], str | Problem]
 """Turns the key cell's (trimmed) text into an event id, or a `Problem` when it cannot."""
 
@@ -74,8 +82,17 @@ ID: Final = "id"
 KEY_PROPERTIES: Final = ("deviceSerialNumber", "managedDeviceName")
 # How many other rows a duplicate-id message names before it says "and N more".
 _SHOWN_DUPLICATES: Final = 3
-# Characters that would change the meaning of the PATCH URL if they were in an id.
+# Characters that would change the meaning of the PATCH URL if they were in an id (every id is
+# percent-encoded anyway; `%` also keeps `a%2Fb` from meaning `a/b` to a server that decodes
+# twice), plus whitespace and C0/C1 controls. Invisible and direction characters are caught by
+# their Unicode category in `_RowMapper.key_problem`, lone surrogates too (they cannot even be
+# encoded into a URL).
 _ID_FORBIDDEN: Final = re.compile(r"[\s/\\?#%\x00-\x1f\x7f-\x9f]")
+# Format (zero-width, BOM, bidi marks), surrogate and control characters: an id holding one
+# looks like another id on screen, or cannot be sent at all.
+_ID_INVISIBLE: Final = frozenset({"Cc", "Cf", "Cs"})
+# `PATCH .../autopilotEvents/..` is `PATCH .../deviceManagement` once a URL is normalised.
+_ID_PATH_STEPS: Final = frozenset({".", ".."})
 
 _BY_NORMALIZED: Final[dict[str, str]] = {
     normalize_header(name): name for name in PROPERTIES
@@ -105,6 +122,14 @@ class InputOptions:
     # `--key`: the property (one of KEY_PROPERTIES) that identifies each row's event instead of
     # an id column; None means the file has an id column.
     key: str | None = None
+    # `--header-row N`: the header is row N (rows above it are a title); None: the first row
+    # (an Excel sheet: the first row with anything in it).
+    header_row: int | None = None
+    # `--allow-numeric-text`: a General-format number cell in a text column is sent as its plain
+    # digits (the admin knows the column never had leading zeros); otherwise it is invalid.
+    allow_numeric_text: bool = False
+    # `--skip-hidden-rows`: rows hidden in the sheet (a filter) are skipped instead of sent.
+    skip_hidden_rows: bool = False
 
 
 def suggest_property(header: str) -> str | None:
@@ -252,6 +277,44 @@ def _converter(prop: Property, null_token: str, assume_tz: str | None) -> Conver
     return memoized
 
 
+# Excel keeps 15 significant digits of a number; more in a number cell means some are lost.
+_EXCEL_DIGITS: Final = 15
+# What Excel (and other spreadsheets) take as the start of a formula.
+_FORMULA_STARTS: Final = frozenset("=+-@")
+# A number as Excel writes it in scientific notation (General format, 12+ digits): `9.36382E+11`.
+_SCIENTIFIC: Final = re.compile(r"[+-]?\d+(?:[.,]\d+)?[Ee][+-]\d{1,3}")
+_UPN: Final = re.compile(r"[^@\s]+@[^@\s]+")
+
+
+def _unquote(value: str) -> str:
+    """Take off the `'` that neutralised a formula-looking value (`'=x` → `=x`), as Excel does."""
+    if len(value) > 1 and value[0] == "'" and value[1] in _FORMULA_STARTS:
+        return value[1:]
+    return value
+
+
+def _text_problem(value: str) -> str | None:
+    """Why a (trimmed) string value cannot be what the admin meant, or None."""
+    if value[-1].isdigit() and _SCIENTIFIC.fullmatch(value):
+        return (
+            "looks like a number Excel showed in scientific notation, and the digits it stood "
+            "for are lost: format the column as Text in Excel and type the values again"
+        )
+    return None
+
+
+def _text_warning(header: str, name: str, value: str, null_token: str) -> str | None:
+    """What `validate` should point out in a string value that is still sent as written."""
+    if value[0] in _FORMULA_STARTS:
+        return (
+            f"{header}: {value[:40]!r} starts with {value[0]!r}, which Excel runs as a formula "
+            "when the file is opened there"
+        )
+    if name == "userPrincipalName" and value != null_token and not _UPN.fullmatch(value):
+        return f"{header}: {value[:40]!r} does not look like a user principal name (name@domain)"
+    return None
+
+
 class _RowMapper:
     """Maps one row at a time; built once per file from the header plan (pure, no I/O)."""
 
@@ -267,12 +330,17 @@ class _RowMapper:
         self.null_token = options.null_token
         self.resolve = resolve
         self.key_name = options.key
+        self.allow_numeric_text = options.allow_numeric_text
+        self.skip_hidden_rows = options.skip_hidden_rows
+        #: Values that came with surrounding spaces, trimmed (counted per pass over the file).
+        self.trimmed = 0
         self._plan = [
             (
                 c.header,
                 c.prop.name,
                 _converter(c.prop, options.null_token, options.assume_tz),
                 legacy_warning(c.header, c.prop) if c.prop.legacy else None,
+                c.prop.edm == EdmType.STRING,
             )
             for c in columns
         ]
@@ -289,16 +357,88 @@ class _RowMapper:
             return "missing id (every row needs the event id)"
         if text == self.null_token:
             return f"the id cannot be {self.null_token}"
-        if _ID_FORBIDDEN.search(text):
-            return "not a valid event id (it contains spaces, control characters or / \\ ? # %)"
+        rule = (
+            "an id must be one plain URL path segment: no spaces, / \\ ? # %, "
+            "control, invisible or text-direction characters"
+        )
+        if text in _ID_PATH_STEPS:
+            return f"not a valid event id: {text!r} is a path step, not an id ({rule})"
+        found = _ID_FORBIDDEN.search(text)
+        bad = found.group() if found else None
+        if bad is None and not text.isascii():
+            bad = next((c for c in text if unicodedata.category(c) in _ID_INVISIBLE), None)
+        if bad is not None:
+            shown = repr(bad) if bad.isprintable() and not bad.isspace() else describe_char(bad)
+            return f"not a valid event id: it contains {shown} ({rule})"
         return None
+
+    def _noted(
+        self, header: str, text: str, note: CellNote, *, is_text: bool
+    ) -> tuple[str, Problem | None]:
+        """A cell that came with a note (`batch.xlsx`): the text to use, or why it is invalid.
+
+        What the admin cannot see is never sent: a formula without a saved value or an error
+        cell is a problem. A number cell in a text column is taken as the text Excel displays
+        when a number format made it (zero padding); a General number there has already lost
+        what a text cell would have kept (leading zeros, digits beyond 15), so it is a problem
+        unless `--allow-numeric-text`.
+        """
+        if note.kind == "formula":
+            return "", Problem(
+                header,
+                note.detail[:80],
+                "a formula without a saved value (a program wrote the workbook and Excel never "
+                "calculated it): open and save the workbook in Excel, or paste values",
+            )
+        if note.kind == "error":
+            reason = (
+                f"the cell shows the Excel error {note.shown}, not a value"
+                if note.shown == note.detail
+                else f"the cell cannot be read: {note.detail}"
+            )
+            return "", Problem(header, note.shown, reason)
+        if note.kind != "number" or not is_text:
+            return text, None
+        digits = len(text.lstrip("-").partition(".")[0])
+        if digits > _EXCEL_DIGITS:
+            return "", Problem(
+                header,
+                note.shown,
+                f"a number of {digits} digits: Excel keeps only {_EXCEL_DIGITS}, so the last "
+                "ones are already lost; format the column as Text and type the values again",
+            )
+        if note.detail == "digits":
+            return note.shown, None
+        if note.detail == "scientific":
+            return "", Problem(
+                header,
+                note.shown,
+                "a number shown in scientific notation in a text column: format the column as "
+                "Text and type the values again",
+            )
+        if self.allow_numeric_text:
+            return text, None
+        return "", Problem(
+            header,
+            note.shown,
+            f"a number in a text column (Excel shows {note.shown}): leading zeros are lost that "
+            "way; format the column as Text and type the values again, or pass "
+            f"--allow-numeric-text to send {text}",
+        )
 
     def map(self, row: RawRow, duplicates: tuple[int, ...] = ()) -> Update | Invalid | Skipped:
         """Map one row: the wire body, or every problem in it, or "nothing to change"."""
-        cells = row.cells
+        cells, notes = row.cells, row.notes
         problems: list[Problem] = []
         raw_key = cells.get(self.id_header, "")
-        key = raw_key.strip()
+        if notes is not None and self.id_header in notes:
+            # The id (or key) column is text: a number cell there is judged like one.
+            raw_key, note_problem = self._noted(
+                self.id_header, raw_key, notes[self.id_header], is_text=True
+            )
+            if note_problem is not None:
+                problems.append(note_problem)
+        key = _unquote(raw_key.strip())
         # A --key value is not an event id: the row has one only once the resolver found it.
         event_id = key if self.key_name is None else ""
         reason = self.key_problem(key)
@@ -320,29 +460,57 @@ class _RowMapper:
         body: dict[str, JSON] = {}
         warnings: list[str] = []
         get = cells.get
-        for header, name, convert, legacy in self._plan:
+        for header, name, convert, legacy, is_text in self._plan:
             text = get(header, "")
-            if not text or text.isspace():
+            if notes is not None and header in notes:
+                text, note_problem = self._noted(header, text, notes[header], is_text=is_text)
+                if note_problem is not None:
+                    problems.append(note_problem)
+                    continue
+            if not text:
                 continue
+            value = text.strip()
+            if value is not text and value != text:
+                if not value:
+                    continue  # only spaces: an empty cell
+                self.trimmed += 1
+            value = _unquote(value)
+            if is_text:
+                reason = _text_problem(value)
+                if reason is not None:
+                    problems.append(Problem(header, value, reason))
+                    continue
+                warning = _text_warning(header, name, value, self.null_token)
+                if warning is not None:
+                    warnings.append(warning)
             try:
-                body[name] = convert(text)
+                body[name] = convert(value)
             except ValueProblem as problem:
-                problems.append(Problem(header, text, str(problem)))
+                problems.append(Problem(header, value, str(problem)))
+                continue
+            except Exception as error:  # the row boundary: a coercer bug fails the row, not the run
+                problems.append(
+                    Problem(header, value[:80], f"cannot be read ({type(error).__name__})")
+                )
                 continue
             if legacy is not None:
                 warnings.append(legacy)
         if problems:
             return Invalid(row.number, event_id, tuple(problems))
+        if row.hidden and self.skip_hidden_rows:
+            return Skipped(row.number, event_id, "hidden in the sheet (--skip-hidden-rows)")
         if not body:
             return Skipped(row.number, event_id)
         return Update(row.number, event_id, body, tuple(warnings))
 
 
 def _duplicate_reason(others: tuple[int, ...], key_name: str | None = None) -> str:
+    # `_DuplicateIndex` hands over a few rows and the count; a plain tuple is every other row.
+    total = others.total if isinstance(others, _OtherRows) else len(others)
     shown = ", ".join(str(n) for n in others[:_SHOWN_DUPLICATES])
-    more = len(others) - _SHOWN_DUPLICATES
-    rows = "row" if len(others) == 1 else "rows"
-    tail = f" and {more} more" if more > 0 else ""
+    more = total - min(len(others), _SHOWN_DUPLICATES)
+    rows = "row" if total == 1 else "rows"
+    tail = f" and {more:,} more" if more > 0 else ""
     # Neither row is sent: which of them should win cannot be guessed.
     if key_name is not None:
         return f"{key_name} also on {rows} {shown}{tail} (rows with the same key are never sent)"
@@ -354,28 +522,116 @@ def _fold_id(text: str) -> str:
     return text.strip().casefold()
 
 
-def _find_duplicates(digests: bytearray, numbers: array[int]) -> dict[int, tuple[int, ...]]:
-    """Row number → the other rows with the same id, from parallel digest/number arrays."""
+class _OtherRows(tuple[int, ...]):
+    """The other rows of a row's duplicate group a message names (a few), and how many in all.
+
+    A tuple, so `_RowMapper.map` passes it on as the plain tuple of other rows it always took.
+    """
+
+    total: int
+
+    def __new__(cls, shown: Iterable[int], total: int) -> Self:
+        self = super().__new__(cls, shown)
+        self.total = total
+        return self
+
+
+# Row numbers kept per duplicate group: enough to name `_SHOWN_DUPLICATES` others of any row.
+_KEPT: Final = _SHOWN_DUPLICATES + 1
+
+
+class _DuplicateIndex(Mapping[int, tuple[int, ...]]):
+    """Row number → the other rows with the same id, in memory flat in the group sizes.
+
+    Two parallel arrays sorted by row number (the row, its group) and, per group, its size and
+    its first `_KEPT` rows: 16 bytes per duplicate row plus 40 per group. Listing every other
+    row for every row took memory by the square of a group: 100,000 rows with one id, ~80 GB.
+    """
+
+    __slots__ = ("_firsts", "_groups", "_rows", "_sizes")
+
+    def __init__(
+        self,
+        rows: array[int] | None = None,
+        groups: array[int] | None = None,
+        sizes: array[int] | None = None,
+        firsts: array[int] | None = None,
+    ) -> None:
+        self._rows = rows if rows is not None else array("q")
+        self._groups = groups if groups is not None else array("q")
+        self._sizes = sizes if sizes is not None else array("q")
+        self._firsts = firsts if firsts is not None else array("q")
+
+    def _others(self, number: int) -> _OtherRows | None:
+        rows = self._rows
+        at = bisect_left(rows, number)
+        if at == len(rows) or rows[at] != number:
+            return None
+        group = self._groups[at]
+        size = self._sizes[group]
+        first = self._firsts[group * _KEPT : group * _KEPT + min(size, _KEPT)]
+        return _OtherRows([n for n in first if n != number][:_SHOWN_DUPLICATES], size - 1)
+
+    def __getitem__(self, number: int) -> tuple[int, ...]:
+        found = self._others(number)
+        if found is None:
+            raise KeyError(number)
+        return found
+
+    @overload
+    def get(self, key: int, /) -> tuple[int, ...] | None: ...
+    @overload
+    def get(self, key: int, /, default: tuple[int, ...] | _T) -> tuple[int, ...] | _T: ...
+    def get(self, key: int, /, default: object = None) -> object:
+        """The other rows of row `key`'s group, or `default` (no exception per unique row)."""
+        found = self._others(key) if self._rows else None
+        return default if found is None else found
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def _find_duplicates(digests: bytearray, numbers: array[int]) -> _DuplicateIndex:
+    """Row number → a few other rows with the same id and their count, from parallel arrays.
+
+    `digests` holds 16 bytes per entry of `numbers` (the row numbers). Whole-array numpy work:
+    no Python loop per row or per group, and nothing that grows with a group's size squared.
+    """
     if len(numbers) < 2:
-        return {}
+        return _DuplicateIndex()
     keys = np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2)
     rows = np.frombuffer(numbers, dtype=np.int64)
-    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    # By digest, then by row: every group is a run of positions, its rows ascending.
+    order = np.lexsort((rows, keys[:, 1], keys[:, 0]))
     ordered = keys[order]
     same_as_next = np.all(ordered[1:] == ordered[:-1], axis=1)
     if not same_as_next.any():
-        return {}
-    found: dict[int, tuple[int, ...]] = {}
-    # Group boundaries: a run of equal digests starts where the previous one differs.
+        return _DuplicateIndex()
+    del ordered
+    # Runs of equal digests: one starts where the previous position differs.
     starts = np.flatnonzero(np.concatenate(([True], ~same_as_next)))
-    ends = np.concatenate((starts[1:], [len(order)]))
-    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        if end - start < 2:
-            continue
-        group = sorted(int(n) for n in rows[order[start:end]])
-        for number in group:
-            found[number] = tuple(n for n in group if n != number)
-    return found
+    sizes = np.diff(np.append(starts, len(order)))
+    is_group = sizes >= 2
+    in_group = np.repeat(is_group, sizes)  # per sorted position
+    starts, sizes = starts[is_group], sizes[is_group]
+    sorted_rows = rows[order]
+    firsts = np.zeros((len(starts), _KEPT), dtype=np.int64)  # 0 pads: no data row is row 0
+    for k in range(_KEPT):
+        has = sizes > k
+        firsts[has, k] = sorted_rows[starts[has] + k]
+    member_rows = sorted_rows[in_group]
+    member_groups = np.repeat(np.arange(len(starts), dtype=np.int64), sizes)
+    by_row = np.argsort(member_rows, kind="stable")
+
+    def packed(values: np.ndarray[Any, Any]) -> array[int]:
+        return array("q", np.ascontiguousarray(values, dtype=np.int64).tobytes())
+
+    return _DuplicateIndex(
+        packed(member_rows[by_row]), packed(member_groups[by_row]), packed(sizes), packed(firsts)
+    )
 
 
 class Prepared:
@@ -405,6 +661,13 @@ class Prepared:
         self.warnings = warnings
         self._mapper = mapper
         self._duplicates = duplicates
+        # The `_exported` column of a file that came from `export` (batch.stamp), or None.
+        self.stamp_column = find_stamp_column(source.headers)
+
+    @property
+    def stamped(self) -> bool:
+        """Whether the file has export stamps: a run must then read the tenant's values."""
+        return self.stamp_column is not None
 
     @property
     def id_column(self) -> str:
@@ -413,13 +676,25 @@ class Prepared:
 
     def map_row(self, row: RawRow) -> Update | Invalid | Skipped:
         """Map one row of this file (duplicate ids found by `prepare` included)."""
-        return self._mapper.map(row, self._duplicates.get(row.number, ()))
+        mapped = self._mapper.map(row, self._duplicates.get(row.number, ()))
+        if self.stamp_column is not None:
+            mapped = stamp_row(mapped, row.cells.get(self.stamp_column, ""), self.stamp_column)
+        return mapped
+
+    @property
+    def trimmed(self) -> int:
+        """How many values of the latest `rows()` pass had surrounding spaces (trimmed)."""
+        return self._mapper.trimmed
 
     def rows(self) -> Iterator[tuple[RawRow, Update | Invalid | Skipped]]:
         """Every data row with what it maps to, streamed in input order (re-reads the file)."""
-        mapper, duplicates = self._mapper, self._duplicates
+        mapper, duplicates, stamps = self._mapper, self._duplicates, self.stamp_column
+        mapper.trimmed = 0
         for row in self.source:
-            yield row, mapper.map(row, duplicates.get(row.number, ()))
+            mapped = mapper.map(row, duplicates.get(row.number, ()))
+            if stamps is not None:
+                mapped = stamp_row(mapped, row.cells.get(stamps, ""), stamps)
+            yield row, mapped
 
 
 def _check_options(options: InputOptions) -> None:
@@ -537,8 +812,21 @@ def prepare(path: Path, options: InputOptions, *, resolve: Resolver | None = Non
     """
     _check_options(options)
     path = Path(path)
-    source = open_input(path, encoding=options.encoding, sheet=options.sheet)
-    id_header, columns, used, warnings = _plan_columns(source, options)
+    source = open_input(
+        path, encoding=options.encoding, sheet=options.sheet, header_row=options.header_row
+    )
+    try:
+        id_header, columns, used, warnings = _plan_columns(source, options)
+    except InputFileError as error:
+        hint = source.title_hint
+        if hint is None:
+            raise
+        # A title above the header ("Autopilot updates, March") makes every column unknown.
+        raise InputFileError(
+            path,
+            f"{error.reason}; row {source.header_number} has a single filled cell, a title? "
+            f"Row {hint} looks like the header: pass --header-row {hint}",
+        ) from None
     mapper = _RowMapper(id_header, columns, options, resolve)
     digests = bytearray()
     numbers: array[int] = array("q")
@@ -553,6 +841,16 @@ def prepare(path: Path, options: InputOptions, *, resolve: Resolver | None = Non
             numbers.append(number)
     if total == 0:
         raise InputFileError(path, "no data rows (the file has only a header)")
+    hidden = source.hidden_rows
+    if hidden.count:
+        warnings.append(
+            f"{hidden.describe()} hidden in the sheet (a filter?): "
+            + (
+                "left out (--skip-hidden-rows)"
+                if options.skip_hidden_rows
+                else "sent like the others; --skip-hidden-rows leaves them out"
+            )
+        )
     duplicates = _find_duplicates(digests, numbers)
     del digests, numbers
     return Prepared(

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from batch.stamp import ExportStamp
 
 __all__ = [
     "JSON",
+    "CellNote",
     "Invalid",
     "Outcome",
     "Problem",
@@ -22,11 +26,32 @@ JSON: TypeAlias = str | int | float | bool | list["JSON"] | dict[str, "JSON"] | 
 
 
 @dataclass(frozen=True, slots=True)
+class CellNote:
+    """What a spreadsheet cell's text alone does not say; the mapper judges it per property.
+
+    `kind` is `number` (a number cell: `shown` is the text Excel displays, `detail` how it is
+    displayed: `general`, `scientific`, `digits` or `other`), `formula` (a formula without a
+    saved value: `detail` is the formula) or `error` (an error cell such as `#N/A`, or a value
+    Excel cannot show: `shown` is what Excel shows, `detail` says why).
+    """
+
+    kind: str
+    shown: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class RawRow:
-    """One data row as text cells keyed by the file's own header; `number` as Excel shows it."""
+    """One data row as text cells keyed by the file's own header; `number` as Excel shows it.
+
+    `notes` (Excel only, usually None) holds the cells whose text is not the whole story;
+    `hidden` says the row is hidden in the sheet (by a filter or by hand).
+    """
 
     number: int
     cells: dict[str, str]
+    notes: dict[str, CellNote] | None = None
+    hidden: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +72,17 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """A valid row: the event to patch and the wire body (only the given properties)."""
+    """A valid row: the event to patch and the wire body (only the given properties).
+
+    `exported`: the row's `_exported` stamp (the file came from `export`), which
+    `batch.changes.judge` compares the file and the tenant with; None for other rows.
+    """
 
     number: int
     event_id: str
     body: dict[str, JSON]
     warnings: tuple[str, ...] = ()
+    exported: ExportStamp | None = None
 
 
 @dataclass(frozen=True, slots=True)

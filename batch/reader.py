@@ -7,12 +7,17 @@ text exactly as the user sees it, and turns every way a file can be unreadable i
 Decisions worth knowing:
 
 * Every cell is text. CSV cells are read verbatim (no float ids, no lost leading zeros, no `nan`).
-  Native Excel cells are converted deliberately: whole numbers as integers (`3.0` → `3`), other
-  numbers without exponent, date/time cells as ISO text *without* an offset (so they need
-  `--assume-tz`), durations as .NET TimeSpan text, booleans as `true`/`false`.
-* Row numbers are the file's own, as Excel shows them: the header is row 1 and the first data row
-  is row 2. Rows whose cells are all blank are treated as absent (Excel files often carry trailing
-  empty rows); they are not returned and not counted, but they keep their numbers.
+  Excel workbooks are read by `batch.xlsx` (see its docstring for why not calamine): whole numbers
+  as integers (`3.0` → `3`), other numbers without exponent, date/time cells as ISO text *without*
+  an offset (so they need `--assume-tz`), durations as .NET TimeSpan text, booleans as
+  `true`/`false`. Number cells, formulas without a saved value and error cells also carry a
+  `CellNote` (what Excel displays, or why there is no value); the mapper decides per property.
+* Row numbers are the file's own, as Excel shows them: the header is row 1 (or `header_row`, for
+  files with a title above the header) and the first data row follows it. Rows whose cells are
+  all blank are treated as absent (Excel files often carry trailing empty rows); they are not
+  returned and not counted, but they keep their numbers.
+* Hidden rows (an Excel filter, or hidden by hand) are returned with `RawRow.hidden`; the source
+  counts them (`hidden_rows`) so the caller can say so before anything is sent.
 * A column with a blank header is not returned (there is no property to map it to); its letter is
   listed in `RowSource.ignored_columns` so callers can warn about it.
 * A CSV row with more cells than the header is an error naming the row; a shorter row is padded
@@ -25,24 +30,24 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import datetime as dt
+import csv
 import hashlib
-import math
+import io
 import re
-from collections.abc import Generator, Iterator, Sequence
-from decimal import Decimal
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import pandas as pd
-import python_calamine
 
 from batch.errors import InputFileError, UsageError
-from batch.model import RawRow
+from batch.model import CellNote, RawRow
+from batch.xlsx import MAX_COLUMNS, XlsxSheet, excel_cell_text, list_sheets
 
 __all__ = [
     "CSV_SUFFIXES",
     "EXCEL_SUFFIXES",
+    "HiddenRows",
     "RowSource",
     "column_letter",
     "excel_cell_text",
@@ -59,6 +64,38 @@ _DELIMITERS: Final = (",", ";", "\t")
 # pandas reports tokenizer failures with the record number; these pull it out of the message.
 _RAGGED = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 _EOF_IN_STRING = re.compile(r"EOF inside string starting at row (\d+)")
+# How many rows below a one-cell "header" are searched for the real header (a title row hint).
+_HEADER_SEARCH_ROWS: Final = 20
+# Hidden row numbers kept for messages; beyond this only the count grows.
+_HIDDEN_SHOWN: Final = 20
+
+
+class _Record(NamedTuple):
+    number: int
+    cells: Sequence[str]
+    notes: dict[int, CellNote] | None = None
+    hidden: bool = False
+
+
+class HiddenRows:
+    """The hidden rows one pass over a sheet met: the count and the first few numbers."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: list[int] = []
+
+    def add(self, number: int) -> None:
+        """Count one hidden row."""
+        self.count += 1
+        if len(self.first) < _HIDDEN_SHOWN:
+            self.first.append(number)
+
+    def describe(self) -> str:
+        """`rows 4, 9 and 12` or `rows 4, 9, … (250 rows)`, for messages."""
+        shown = ", ".join(str(n) for n in self.first)
+        if self.count > len(self.first):
+            return f"rows {shown}, … ({self.count:,} rows)"
+        return f"row {shown}" if self.count == 1 else f"rows {shown}"
 
 
 def file_sha256(path: Path) -> str:
@@ -83,48 +120,18 @@ def column_letter(index: int) -> str:
     return letters
 
 
-def _timespan_text(value: dt.timedelta) -> str:
-    """A duration as .NET TimeSpan text `[-][d.]hh:mm:ss[.ffffff]`, as PowerShell prints it."""
-    sign = "-" if value < dt.timedelta(0) else ""
-    value = abs(value)
-    hours, rest = divmod(value.seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    days = f"{value.days}." if value.days else ""
-    fraction = f".{value.microseconds:06d}" if value.microseconds else ""
-    return f"{sign}{days}{hours:02d}:{minutes:02d}:{seconds:02d}{fraction}"
-
-
-def excel_cell_text(value: object) -> str:
-    """Turn one native Excel cell (as calamine returns it) into the text a user would type."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):  # before int: bool is an int subclass
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value.is_integer():
-            return str(int(value))
-        # repr is the shortest text that reads back as the same float; Decimal drops the exponent.
-        return format(Decimal(repr(value)), "f")
-    if isinstance(value, dt.datetime):  # before date: datetime is a date subclass
-        # Excel stores no offset: leave it off, so the value counts as "without offset".
-        return value.replace(tzinfo=None).isoformat()
-    if isinstance(value, dt.date):
-        return f"{value.isoformat()}T00:00:00"
-    if isinstance(value, dt.time):
-        return value.replace(tzinfo=None).isoformat()
-    if isinstance(value, dt.timedelta):
-        return _timespan_text(value)
-    if value is None:
-        return ""
-    return str(value)
-
-
 def _blank(cell: str) -> bool:
     return not cell or cell.isspace()
+
+
+def _likely_header(rows: Iterator[Sequence[str]], header_number: int) -> int | None:
+    """The first row below a one-cell header row with two or more filled cells (a title hint)."""
+    for offset, cells in enumerate(rows, start=1):
+        if offset > _HEADER_SEARCH_ROWS:
+            return None
+        if sum(1 for c in cells if not _blank(c)) >= 2:
+            return header_number + offset
+    return None
 
 
 class RowSource:
@@ -137,6 +144,11 @@ class RowSource:
     path: Path
     headers: list[str]
     ignored_columns: list[str]
+    #: The hidden rows met by the latest full pass (Excel only; CSV rows are never hidden).
+    hidden_rows: HiddenRows
+    #: When the header row has a single filled cell (a title?), the row that looks like the
+    #: header, for the hint in errors; else None.
+    title_hint: int | None = None
 
     def __init__(
         self,
@@ -148,6 +160,7 @@ class RowSource:
     ) -> None:
         self.path = path
         self.header_number = header_number
+        self.hidden_rows = HiddenRows()
         cleaned = [cell.strip() for cell in header_cells]
         if cleaned:
             cleaned[0] = cleaned[0].lstrip("\ufeff").strip()
@@ -169,30 +182,41 @@ class RowSource:
             seen[cleaned[i]] = i
         self._width = len(cleaned)
 
-    def _records(self) -> Iterator[tuple[int, Sequence[str]]]:
-        """Every row after the header as (row number, all cells), blank rows included."""
+    def _records(self) -> Iterator[_Record]:
+        """Every row after the header (number, cells, notes, hidden), blank rows included."""
         raise NotImplementedError  # pragma: no cover - every concrete source overrides it
 
-    def _data(self) -> Iterator[tuple[int, Sequence[str]]]:
-        for number, cells in self._records():
-            # Stops at the first filled cell (usually the id), so it is cheap per row.
-            if not all(_blank(cell) for cell in cells):
-                yield number, cells
+    def _data(self) -> Iterator[_Record]:
+        hidden = self.hidden_rows = HiddenRows()
+        for record in self._records():
+            # Stops at the first filled cell (usually the id), so it is cheap per row. A cell
+            # with a note (a formula without a value, an error) is not blank: it needs a word.
+            if record.notes or not all(_blank(cell) for cell in record.cells):
+                if record.hidden:
+                    hidden.add(record.number)
+                yield record
 
     def __iter__(self) -> Iterator[RawRow]:
         headers, positions = self.headers, self._positions
         contiguous = positions == list(range(len(positions)))
-        for number, cells in self._data():
+        for number, cells, notes, hidden in self._data():
             if contiguous:
-                yield RawRow(number, dict(zip(headers, cells, strict=False)))
+                row = dict(zip(headers, cells, strict=False))
             else:
-                yield RawRow(number, {h: cells[i] for h, i in zip(headers, positions, strict=True)})
+                row = {h: cells[i] for h, i in zip(headers, positions, strict=True)}
+            if notes is None:
+                yield RawRow(number, row, None, hidden)
+            else:
+                named = {
+                    headers[positions.index(i)]: note for i, note in notes.items() if i in positions
+                }
+                yield RawRow(number, row, named or None, hidden)
 
     def column(self, header: str) -> Iterator[tuple[int, str]]:
         """(row number, cell text) of one column for every data row; cheaper than full rows."""
         index = self._positions[self.headers.index(header)]
-        for number, cells in self._data():
-            yield number, cells[index]
+        for record in self._data():
+            yield record.number, record.cells[index]
 
     def count(self) -> int:
         """The number of data rows (blank rows excluded), by reading the file once."""
@@ -200,9 +224,14 @@ class RowSource:
 
 
 def _read_csv(
-    path: Path, encoding: str, delimiter: str, chunk_size: int, nrows: int | None = None
+    path: Path,
+    encoding: str,
+    delimiter: str,
+    chunk_size: int,
+    nrows: int | None = None,
+    skip: int = 0,
 ) -> Iterator[pd.DataFrame]:
-    """pandas chunks of every record, header included, every cell as text."""
+    """pandas chunks of every record from the header on (`skip` title rows left out), as text."""
     reader = pd.read_csv(
         path,
         header=None,
@@ -217,13 +246,14 @@ def _read_csv(
         engine="c",
         chunksize=chunk_size,
         nrows=nrows,
+        skiprows=skip,
     )
     with reader:
         yield from reader
 
 
 @contextlib.contextmanager
-def _csv_errors(path: Path, encoding: str) -> Iterator[None]:
+def _csv_errors(path: Path, encoding: str, skip: int = 0) -> Iterator[None]:
     """Turn what pandas raises while reading a CSV into one `InputFileError` line."""
     try:
         yield
@@ -241,12 +271,17 @@ def _csv_errors(path: Path, encoding: str) -> Iterator[None]:
     except pd.errors.ParserError as error:
         message = str(error)
         if m := _RAGGED.search(message):
+            hint = ""
+            if m[1] == "1":
+                hint = "; if row 1 is a title above the header, pass --header-row N"
             raise InputFileError(
-                path, f"row {m[2]} has {m[3]} cells but the header (row 1) has {m[1]}"
+                path,
+                f"row {int(m[2]) + skip} has {m[3]} cells but the header (row {skip + 1}) "
+                f"has {m[1]}{hint}",
             ) from None
         if m := _EOF_IN_STRING.search(message):
             raise InputFileError(
-                path, f'row {int(m[1]) + 1} opens a quoted cell (") that is never closed'
+                path, f'row {int(m[1]) + 1 + skip} opens a quoted cell (") that is never closed'
             ) from None
         raise InputFileError(path, f"not a readable CSV file: {message}") from None
     except OSError as error:
@@ -256,35 +291,59 @@ def _csv_errors(path: Path, encoding: str) -> Iterator[None]:
 
 
 class _CsvSource(RowSource):
-    def __init__(self, path: Path, encoding: str, delimiter: str, chunk_size: int) -> None:
+    def __init__(
+        self, path: Path, encoding: str, delimiter: str, chunk_size: int, header_row: int
+    ) -> None:
         self._encoding = encoding
         self._delimiter = delimiter
         self._chunk_size = chunk_size
-        with _csv_errors(path, encoding):
-            first = next(_read_csv(path, encoding, delimiter, 1, nrows=1), None)
+        # Rows above the header (titles) are left out; numbers stay the file's own.
+        self._skip = header_row - 1
+        with _csv_errors(path, encoding, self._skip):
+            first = next(_read_csv(path, encoding, delimiter, 1, nrows=1, skip=self._skip), None)
         if first is None or first.empty:
-            raise InputFileError(path, "the file is empty (no header row)")
-        super().__init__(path, [str(cell) for cell in first.iloc[0].tolist()], 1)
+            where = "no header row" if header_row == 1 else f"nothing at row {header_row}"
+            raise InputFileError(path, f"the file is empty ({where})")
+        header = [str(cell) for cell in first.iloc[0].tolist()]
+        super().__init__(path, header, header_row)
+        if sum(1 for c in header if not _blank(c)) == 1:
+            self.title_hint = _likely_header(self._first_lines(), header_row)
 
-    def _records(self) -> Iterator[tuple[int, Sequence[str]]]:
-        with _csv_errors(self.path, self._encoding):
-            for chunk in _read_csv(self.path, self._encoding, self._delimiter, self._chunk_size):
-                # pandas numbers the records of every chunk from the start of the file.
-                number = int(chunk.index[0])
+    def _first_lines(self) -> Iterator[Sequence[str]]:
+        """The rows below the header as the csv module splits them (only for the title hint)."""
+        with contextlib.suppress(OSError, UnicodeDecodeError, csv.Error):
+            with self.path.open("rb") as handle:
+                head = handle.read(_SNIFF_BYTES).decode(self._encoding, errors="replace")
+            rows = csv.reader(io.StringIO(head), delimiter=self._delimiter)
+            for number, cells in enumerate(rows, start=1):
+                if number > self.header_number:
+                    yield cells
+
+    def _records(self) -> Iterator[_Record]:
+        skip = self._skip
+        with _csv_errors(self.path, self._encoding, skip):
+            for chunk in _read_csv(
+                self.path, self._encoding, self._delimiter, self._chunk_size, skip=skip
+            ):
+                # pandas numbers the records of every chunk from the header on.
+                number = int(chunk.index[0]) + skip
                 for cells in zip(*(chunk[name].tolist() for name in chunk.columns), strict=True):
                     number += 1
-                    if number > 1:  # row 1 is the header
-                        yield number, cells
+                    if number > self.header_number:
+                        yield _Record(number, cells)
 
     def column(self, header: str) -> Iterator[tuple[int, str]]:
         """As `RowSource.column`, without building full rows: the first pass over a big file."""
         index = self._positions[self.headers.index(header)]
-        with _csv_errors(self.path, self._encoding):
-            for chunk in _read_csv(self.path, self._encoding, self._delimiter, self._chunk_size):
-                first = int(chunk.index[0]) + 1
+        skip = self._skip
+        with _csv_errors(self.path, self._encoding, skip):
+            for chunk in _read_csv(
+                self.path, self._encoding, self._delimiter, self._chunk_size, skip=skip
+            ):
+                first = int(chunk.index[0]) + 1 + skip
                 for offset, value in enumerate(chunk[index].tolist()):
                     number = first + offset
-                    if number == 1:
+                    if number <= self.header_number:
                         continue  # the header row
                     # A blank key cell counts only if some other cell of the row is filled.
                     filled = value and not value.isspace()
@@ -293,44 +352,56 @@ class _CsvSource(RowSource):
 
 
 class _ExcelSource(RowSource):
-    def __init__(self, path: Path, sheet: str) -> None:
+    def __init__(self, path: Path, sheet: XlsxSheet, header_row: int | None) -> None:
         self._sheet = sheet
-        self._first_column = 0
-        number, header = self._header(path, sheet)
+        number, cells = self._header(path, sheet, header_row)
+        filled = sorted(cells)
+        # The table starts at the header's first filled column and ends at its last: cells
+        # elsewhere are not materialised (one cell at XFD1048576 costs nothing).
+        self._first_column = filled[0]
+        last = filled[-1]
+        header = [cells.get(i, "") for i in range(self._first_column, last + 1)]
         super().__init__(path, header, number, first_column=self._first_column)
+        if len(filled) == 1:
+            self.title_hint = _likely_header(self._texts_below(number), number)
 
-    def _header(self, path: Path, sheet: str) -> tuple[int, list[str]]:
-        # The header is the first row with anything in it: leading empty rows are common in
-        # hand-made sheets, and their numbers still count.
-        with contextlib.closing(self._rows(path)) as rows:
-            for number, cells in rows:
-                texts = [excel_cell_text(c) for c in cells]
-                if not all(_blank(t) for t in texts):
-                    return number, texts
-        raise InputFileError(path, f"sheet {sheet!r} has no header row (it is empty)")
-
-    def _rows(self, path: Path) -> Generator[tuple[int, list[object]], None, None]:
-        try:
-            with python_calamine.CalamineWorkbook.from_path(path) as book:
-                sheet = book.get_sheet_by_name(self._sheet)
-                start = sheet.start
-                self._first_column = start[1] if start else 0
-                # calamine starts at row 1 (padding empty rows above the data) but at the first
-                # used column, so the index is the Excel row number minus one.
-                for index, cells in enumerate(sheet.iter_rows()):
-                    yield index + 1, list(cells)
-        except (python_calamine.CalamineError, OSError, ValueError) as error:
-            raise InputFileError(path, f"cannot read the workbook: {error}") from None
-
-    def _records(self) -> Iterator[tuple[int, Sequence[str]]]:
-        width = self._width
-        for number, cells in self._rows(self.path):
-            if number <= self.header_number:
+    @staticmethod
+    def _header(path: Path, sheet: XlsxSheet, header_row: int | None) -> tuple[int, dict[int, str]]:
+        # Without --header-row the header is the first row with anything in it: leading empty
+        # rows are common in hand-made sheets, and their numbers still count.
+        for row in sheet.rows():
+            if header_row is not None and row.number < header_row:
                 continue
-            texts = [excel_cell_text(c) for c in cells]
-            if len(texts) < width:
-                texts.extend([""] * (width - len(texts)))
-            yield number, texts
+            texts = {i: t for i, t in row.texts.items() if not _blank(t)}
+            if header_row is not None and row.number > header_row:
+                break
+            if texts:
+                return row.number, texts
+            if header_row is not None:
+                break
+        if header_row is not None:
+            raise InputFileError(
+                path, f"sheet {sheet.sheet.name!r}: row {header_row} (--header-row) is empty"
+            )
+        raise InputFileError(path, f"sheet {sheet.sheet.name!r} has no header row (it is empty)")
+
+    def _texts_below(self, header_number: int) -> Iterator[Sequence[str]]:
+        for row in self._sheet.rows(self._first_column, MAX_COLUMNS - 1):
+            if row.number > header_number:
+                yield list(row.texts.values())
+
+    def _records(self) -> Iterator[_Record]:
+        width, first = self._width, self._first_column
+        for row in self._sheet.rows(first, first + width - 1):
+            if row.number <= self.header_number:
+                continue
+            texts = [""] * width
+            for column, text in row.texts.items():
+                texts[column - first] = text
+            notes = None
+            if row.notes is not None:
+                notes = {column - first: note for column, note in row.notes.items()}
+            yield _Record(row.number, texts, notes, row.hidden)
 
 
 def _is_utf8(encoding: str) -> bool:
@@ -356,7 +427,7 @@ def _first_undecodable_line(path: Path, encoding: str) -> int | None:
     return None
 
 
-def _sniff(path: Path, encoding: str) -> str:
+def _sniff(path: Path, encoding: str, header_row: int = 1) -> str:
     """Check the start of a CSV file for the ways it is not CSV text; return the delimiter."""
     try:
         with path.open("rb") as handle:
@@ -374,9 +445,10 @@ def _sniff(path: Path, encoding: str) -> str:
         raise InputFileError(path, f"binary data, not CSV text{hint}")
     # The header line decides the delimiter: Excel in many European locales saves `;`-separated
     # "CSV". Count only outside quotes so that a quoted header containing `,` does not mislead.
-    first_line = head.split(b"\n", 1)[0]
+    lines = head.split(b"\n", header_row)
+    first_line = lines[header_row - 1] if len(lines) >= header_row else b""
     if _is_utf8(encoding) and not first_line.lstrip(b"\xef\xbb\xbf").strip():
-        raise InputFileError(path, "the header row (row 1) is empty")
+        raise InputFileError(path, f"the header row (row {header_row}) is empty")
     try:
         text = codecs.decode(first_line, encoding, errors="ignore")
     except LookupError:  # pragma: no cover - the encoding was checked by open_input
@@ -387,7 +459,7 @@ def _sniff(path: Path, encoding: str) -> str:
     return best if counts[best] else ","
 
 
-def _open_csv(path: Path, encoding: str | None, chunk_size: int) -> RowSource:
+def _open_csv(path: Path, encoding: str | None, chunk_size: int, header_row: int) -> RowSource:
     encoding = encoding or "utf-8-sig"
     try:
         codecs.lookup(encoding)
@@ -395,41 +467,38 @@ def _open_csv(path: Path, encoding: str | None, chunk_size: int) -> RowSource:
         raise UsageError(f"--encoding: unknown encoding {encoding!r}") from None
     if _is_utf8(encoding):
         encoding = "utf-8-sig"  # a BOM is never part of the first header
-    delimiter = _sniff(path, encoding)
-    return _CsvSource(path, encoding, delimiter, chunk_size)
+    delimiter = _sniff(path, encoding, header_row)
+    return _CsvSource(path, encoding, delimiter, chunk_size, header_row)
 
 
-def _pick_sheet(path: Path, sheet: str | None) -> str:
-    try:
-        with python_calamine.CalamineWorkbook.from_path(path) as book:
-            metadata = list(book.sheets_metadata)
-    except python_calamine.PasswordError:
-        raise InputFileError(path, "the workbook is password-protected") from None
-    except (python_calamine.CalamineError, OSError, ValueError) as error:
-        raise InputFileError(path, f"not a readable Excel workbook ({error})") from None
-    worksheets = [m for m in metadata if m.typ == python_calamine.SheetTypeEnum.WorkSheet]
+def _pick_sheet(path: Path, sheet: str | None) -> XlsxSheet:
+    worksheets = list_sheets(path)
     names = [m.name for m in worksheets]
     if not names:
         raise InputFileError(path, "the workbook has no worksheet")
     if sheet is None:
         # "The first sheet" is the first tab the user can see.
-        visible = [
-            m.name for m in worksheets if m.visible == python_calamine.SheetVisibleEnum.Visible
-        ]
-        return (visible or names)[0]
-    if sheet in names:
-        return sheet
+        visible = [m for m in worksheets if m.visible]
+        return XlsxSheet(path, (visible or worksheets)[0])
+    for info in worksheets:
+        if info.name == sheet:
+            return XlsxSheet(path, info)
     # Excel itself treats sheet names case-insensitively.
-    for name in names:
-        if name.casefold() == sheet.casefold():
-            return name
+    for info in worksheets:
+        if info.name.casefold() == sheet.casefold():
+            return XlsxSheet(path, info)
     raise InputFileError(
         path, f"no sheet named {sheet!r} (sheets: {', '.join(repr(n) for n in names)})"
     )
 
 
 def open_input(
-    path: Path, *, encoding: str | None = None, sheet: str | None = None, chunk_size: int = 20_000
+    path: Path,
+    *,
+    encoding: str | None = None,
+    sheet: str | None = None,
+    chunk_size: int = 20_000,
+    header_row: int | None = None,
 ) -> RowSource:
     """Open a CSV/XLSX/XLSM input, read its header, and return a re-iterable row source.
 
@@ -438,6 +507,8 @@ def open_input(
     the file (a ragged row, a bad byte at row 900,000) are raised while iterating, with the row.
     """
     path = Path(path)
+    if header_row is not None and not 1 <= header_row <= 1_048_575:
+        raise UsageError(f"--header-row must be a row number from 1, not {header_row}")
     if not path.exists():
         raise InputFileError(path, "no such file")
     if path.is_dir():
@@ -446,11 +517,11 @@ def open_input(
     if suffix in CSV_SUFFIXES:
         if sheet is not None:
             raise UsageError("--sheet applies only to Excel files (.xlsx, .xlsm)")
-        return _open_csv(path, encoding, max(1, chunk_size))
+        return _open_csv(path, encoding, max(1, chunk_size), header_row or 1)
     if suffix in EXCEL_SUFFIXES:
         if encoding is not None:
             raise UsageError("--encoding applies only to CSV files")
-        return _ExcelSource(path, _pick_sheet(path, sheet))
+        return _ExcelSource(path, _pick_sheet(path, sheet), header_row)
     raise InputFileError(
         path,
         f"unsupported file type {suffix or '(no extension)'!r}; use .csv, .xlsx or .xlsm "

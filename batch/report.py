@@ -3,6 +3,12 @@
 Writers are incremental and flushed after every write so that a crash leaves usable files. CSVs are
 UTF-8 with a BOM (Excel) and RFC 4180 quoting. Text that came from Graph and looks like a formula is
 neutralised, so opening results.csv in Excel never runs it.
+
+Two guards, because the files have two jobs. `neutralise` (results.csv, messages) also covers a
+leading tab or carriage return, as OWASP advises; nobody feeds those cells back. `neutralise_cell`
+(failures.csv's input columns, CSV exports) prefixes only what the reader takes off again (a `'`
+before `= + - @`, `batch.reader`), so a neutralised file is still valid input meaning the same
+values: `=1+1` is written `'=1+1` and read back as `=1+1`.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final
@@ -22,6 +29,7 @@ __all__ = [
     "RequestsWriter",
     "ResultsWriter",
     "neutralise",
+    "neutralise_cell",
     "write_json_atomic",
 ]
 
@@ -39,11 +47,19 @@ RESULT_COLUMNS: Final = (
 )
 
 _FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+# What the reader unquotes: a `'` followed by `= + - @`. Text that already starts that way gets
+# one more `'`, so reading it back takes off exactly the one added here.
+_INPUT_FORMULA: Final = re.compile(r"'*[=+\-@]")
 
 
 def neutralise(text: str) -> str:
     """Prefix a formula-looking cell with `'` so spreadsheet programs show it as text (OWASP)."""
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def neutralise_cell(text: str) -> str:
+    """Prefix an input cell with `'` where a spreadsheet would run it; the reader undoes it."""
+    return "'" + text if _INPUT_FORMULA.match(text) else text
 
 
 def _open_csv(path: Path) -> IO[str]:
@@ -87,9 +103,11 @@ class ResultsWriter:
 
 
 class FailuresWriter:
-    """failures.csv: failed and invalid rows in their own columns, plus `_row,_outcome,_error`.
+    """failures.csv: failed, invalid and conflict rows in their own columns; `_row,_outcome,_error`.
 
-    The file is valid input for a re-run as it is: `_`-prefixed columns are ignored by the reader.
+    The file is valid input for a re-run as it is: `_`-prefixed columns are ignored by the reader
+    (an export's `_exported` stamp is kept, so the re-run still compares three ways), and cells
+    are neutralised only in the way the reader undoes (`neutralise_cell`).
     """
 
     def __init__(self, path: Path, headers: Sequence[str]) -> None:
@@ -107,7 +125,7 @@ class FailuresWriter:
             message = f"{result.error_code}: {message}" if message else result.error_code
         self._csv.writerow(
             [
-                *(raw.cells.get(h, "") for h in self._headers),
+                *(neutralise_cell(raw.cells.get(h, "")) for h in self._headers),
                 raw.number,
                 result.outcome.value,
                 neutralise(message),

@@ -5,7 +5,11 @@ tenant's events once (one paged walk, `$select=id,<key>,eventDateTime`, under th
 retried like every read: `batch.export.EventReader`) and resolves each row's key cell:
 
 * keys compare ignoring case and surrounding spaces, never leading zeros (`0012` is not `12`);
-* no event with the key → the row is invalid ("no event with serial '…'");
+* no event with the key → the row is invalid ("no event with serial '…'"); when the key is
+  digits that match a key of the tenant once its leading zeros are put back (`24486700` and
+  `0024486700`), the message says that Excel looks to have dropped them. Such a row stays
+  invalid even with `--accept-lost-zeros`: guessing which event a damaged key meant is not
+  sending a value as the file says, and the file's other serials are as damaged;
 * several events with the key → the row is invalid, listing the candidate ids and their
   eventDateTime, unless `--pick latest`: the newest eventDateTime wins (a tie stays invalid).
 
@@ -77,6 +81,8 @@ class KeyResolver:
         self.events_read = 0
         self.from_cache = False
         self._matches: dict[str, list[_Candidate]] = {}
+        # Key without its leading zeros → the tenant's keys that have them (Excel's damage).
+        self._padded: dict[str, list[str]] = {}
         self._wanted: set[str] | None = None
         self._loaded = False
 
@@ -91,9 +97,10 @@ class KeyResolver:
         """The event id for a (trimmed) key cell, or the `Problem` that makes the row invalid."""
         if not self._loaded:
             raise RuntimeError("KeyResolver.resolve() called before load()")
-        candidates = self._matches.get(fold_key(text), [])
+        folded = fold_key(text)
+        candidates = self._matches.get(folded, [])
         if not candidates:
-            return Problem("", "", f"no event with {self.label} {text!r}")
+            return Problem("", "", self._no_match(text, folded))
         if len(candidates) == 1:
             return candidates[0][0]
         ordered = sorted(candidates, key=_sort_key)
@@ -116,6 +123,18 @@ class KeyResolver:
             "pass --pick latest to take the newest",
         )
 
+    def _no_match(self, text: str, folded: str) -> str:
+        unknown = f"no event with {self.label} {text!r}"
+        padded = self._padded.get(folded.lstrip("0"), []) if _digits(folded) else []
+        padded = [p for p in padded if len(p) > len(folded)]
+        if not padded:
+            return unknown
+        shown = " or ".join(sorted(set(padded))[:_SHOWN_CANDIDATES])
+        return (
+            f"{unknown}, but the tenant has {shown}: looks like Excel dropped the leading zeros "
+            "(format the column as Text and type the keys again)"
+        )
+
     def add(self, event: Mapping[str, JSON], wanted: set[str] | None = None) -> None:
         """Index one event (from Graph) under its key, if it has one (and it is `wanted`)."""
         value = event.get(self.key)
@@ -123,6 +142,10 @@ class KeyResolver:
         if not isinstance(value, str) or not isinstance(event_id, str) or not event_id:
             return
         folded = fold_key(value)
+        if folded.startswith("0") and _digits(folded):
+            stripped = folded.lstrip("0")
+            if wanted is None or stripped in wanted:
+                self._padded.setdefault(stripped, []).append(value.strip())
         if not folded or (wanted is not None and folded not in wanted):
             return
         when = event.get("eventDateTime")
@@ -143,6 +166,7 @@ class KeyResolver:
             "key": self.key,
             "events_read": self.events_read,
             "matches": {k: [list(c) for c in v] for k, v in sorted(self._matches.items())},
+            "padded": {k: sorted(v) for k, v in sorted(self._padded.items())},
         }
 
     def restore(self, data: object) -> bool:
@@ -166,7 +190,13 @@ class KeyResolver:
                     return False
                 pairs.append((candidate[0], candidate[1]))
             restored[str(folded)] = pairs
+        padded = data.get("padded", {})  # absent from caches written before it existed
+        if not isinstance(padded, dict) or not all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in padded.values()
+        ):
+            return False
         self._matches = restored
+        self._padded = {str(k): list(v) for k, v in padded.items()}
         read = data.get("events_read")
         self.events_read = read if isinstance(read, int) else 0
         self._loaded = True
@@ -242,6 +272,11 @@ class KeyResolver:
         write_json_atomic(out_dir / KEYS_FILE, data)
         if ledger is not None:
             ledger.set_cache(self.cache_key, data)
+
+
+def _digits(text: str) -> bool:
+    """Plain ASCII digits: the only text Excel reads as a number and strips of leading zeros."""
+    return text.isascii() and text.isdigit()
 
 
 def _sort_key(candidate: _Candidate) -> tuple[int, int, str, str]:

@@ -1,14 +1,17 @@
 """`revert RUN_DIR`: put back what one run changed, from its before-images, as a run of its own.
 
-The plan comes from the reverted run's ledger (`state.sqlite`): for every row that run `updated`,
-the properties it really changed (`changed_fields`), their before-image values, and what the run
-wrote (kept by the engine under `changes.written_key`). Each becomes a `Restore` row, and the
+The plan comes from the reverted run's ledger (`state.sqlite`): for every row that run wrote
+(`updated`, or `conflict` with fields written besides the conflicting ones), the properties it
+really changed (`changed_fields`), their before-image values, and what the run wrote (kept by the
+engine under `changes.written_key`). Each becomes a `Restore` row, and the
 engine runs them like any input file, with `--only-changed` semantics: its own run folder, results,
 ledger, before-images (so a revert can be reverted) and `--resume`.
 
-A row whose event no longer holds what the run wrote was changed by someone else since: the engine
-reports it as `conflict` and leaves it alone, unless `--force`. A property already back at its old
-value needs nothing (`unchanged`).
+Conflicts are per field: a field that no longer holds what the run wrote was changed by someone
+else since and is left alone (unless `--force`), while the row's other fields are restored; the
+row is then `conflict`, its message lists each such field with the value it holds now, what the
+run wrote and what the revert would write, and it goes to `failures.csv` like a failed row. A
+property already back at its old value needs nothing (`unchanged`).
 
 The ledger is read directly with SQL, read-only, streaming in row order: `Ledger.finished()` would
 hold every finished row in memory, which a million-row run cannot afford.
@@ -34,13 +37,15 @@ __all__ = ["RevertPlan", "recorded_endpoint", "revert_out_dir"]
 
 _NULL_TEXT: Final = "<null>"
 
-# Every row the run updated, with its before-image and the body it sent, in row order.
+# Every row the run wrote, with its before-image and the body it sent, in row order. A conflict
+# row with changed fields had its other fields written (field-level conflicts: batch.changes).
 _QUERY: Final = """
 SELECT r.number, r.event_id, r.changed_fields, b.body, c.value
 FROM rows AS r
 LEFT JOIN before AS b ON b.number = r.number
 LEFT JOIN cache AS c ON c.key = ? || r.number
 WHERE r.state = 'updated'
+   OR (r.state = 'conflict' AND COALESCE(r.changed_fields, '') != '')
 ORDER BY r.number
 """
 _WRITTEN_PREFIX: Final = written_key(0)[:-1]
@@ -88,6 +93,9 @@ class RevertPlan:
     `sha256` digests the whole plan: `--resume` of the revert refuses a plan that changed (the
     reverted run was resumed meanwhile).
     """
+
+    #: Restore rows carry no export stamps (see `engine.RowPlan`).
+    stamped = False
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir

@@ -10,12 +10,25 @@ Two directions of checking live here:
 
 `canonical` turns a wire value into something comparable, so `--only-changed` treats the same
 instant in two offsets, or an enum in two spellings, as equal.
+
+Limits and character rules every cell obeys (`cell_problem`, checked first by `coerce_text`):
+
+* a value holds at most `MAX_VALUE_LENGTH` (32,767) characters, Excel's own limit for a cell;
+* no control character anywhere in a value (C0 including tab and line breaks, DEL, C1): such a
+  byte is damage from a binary file or a bad export, never something Graph should store;
+* typed values (Int32, DateTimeOffset, Duration) are ASCII: full-width forms as an East Asian
+  input method types them (an offset +01:00 in FULLWIDTH DIGITs) are read as their ASCII twins,
+  any other non-ASCII character (Arabic-Indic digits, U+2212 MINUS SIGN, ...) is refused by
+  name. NFKC is not used: it would also turn a superscript `²` into the digit `2`;
+* no number is converted from more digits than its type could ever hold, so Python's limit on
+  integer-string conversion (4,300 digits) is never reached.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
@@ -26,14 +39,17 @@ from batch.model import JSON
 __all__ = [
     "ALIASES",
     "ENUMS",
+    "MAX_VALUE_LENGTH",
     "PROPERTIES",
     "WRITABLE",
     "EdmType",
     "Property",
     "ValueProblem",
     "canonical",
+    "cell_problem",
     "check_wire",
     "coerce_text",
+    "describe_char",
     "normalize_header",
 ]
 
@@ -218,17 +234,78 @@ def normalize_header(text: str) -> str:
     return _HEADER_JUNK.sub("", text).casefold()
 
 
+# --- limits and characters ---------------------------------------------------------------------
+
+MAX_VALUE_LENGTH: Final = 32_767
+"""The most characters a value may have: Excel's limit for the text of one cell."""
+
+# C0 (tab and line breaks too: no property is multi-line text), DEL and C1.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Full-width forms (U+FF01..U+FF5E) and the ideographic space, as East Asian input methods type
+# them, map one to one onto ASCII; nothing else is folded (see the module docstring).
+_WIDE_TO_ASCII: Final = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+
+
+def describe_char(char: str) -> str:
+    """`U+0661 ARABIC-INDIC DIGIT ONE` (control characters have no name: just the code point)."""
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X} {name}" if name else f"U+{ord(char):04X}"
+
+
+def cell_problem(text: str) -> str | None:
+    """Why a cell's text can never be a value (too long, a control character), or None.
+
+    The mapper calls this for every non-empty cell, string columns included, so it is one
+    length test and one C-level regex search.
+    """
+    if len(text) > MAX_VALUE_LENGTH:
+        return (
+            f"longer than {MAX_VALUE_LENGTH:,} characters ({len(text):,}), "
+            "the most one value may have (Excel's limit for a cell)"
+        )
+    found = _CONTROL.search(text)
+    if found is not None:
+        return (
+            f"contains a control character {describe_char(found.group())} "
+            f"at character {found.start() + 1}"
+        )
+    return None
+
+
+def _ascii_text(text: str, type_name: str) -> str:
+    """The text with full-width forms folded to ASCII; `ValueProblem` naming any other non-ASCII.
+
+    Typed values go to the wire in the canonical ASCII form, so nothing else may pass through.
+    """
+    if text.isascii():
+        return text
+    folded = text.translate(_WIDE_TO_ASCII)
+    for char in folded:
+        if not char.isascii():
+            raise ValueProblem(
+                f"contains {char!r} ({describe_char(char)}): write {type_name} values "
+                "with the digits 0-9 and ASCII signs"
+            )
+    return folded
+
+
 # --- Int32 -----------------------------------------------------------------------------------
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
-_INT_TEXT = re.compile(r"^[+-]?\d+(?:\.0*)?$")
+_INT_TEXT = re.compile(r"^[+-]?\d+(?:\.0*)?$", re.ASCII)
+# Significant digits beyond which a number cannot be an Int32 (2147483647 has 10).
+_INT32_DIGITS: Final = 10
 
 
 def _coerce_int32(text: str) -> int:
     s = text.strip()
     if not _INT_TEXT.match(s):
         raise ValueProblem("not a whole number")
-    value = int(s.split(".", 1)[0])
+    digits = s.lstrip("+-").split(".", 1)[0].lstrip("0")
+    # Counted before int(): a 4,301-digit cell would otherwise hit Python's int-string limit.
+    if len(digits) > _INT32_DIGITS:
+        raise ValueProblem(f"out of the Int32 range {_INT32_MIN}..{_INT32_MAX}")
+    value = -int(digits or "0") if s.startswith("-") else int(digits or "0")
     if not _INT32_MIN <= value <= _INT32_MAX:
         raise ValueProblem(f"out of the Int32 range {_INT32_MIN}..{_INT32_MAX}")
     return value
@@ -237,13 +314,29 @@ def _coerce_int32(text: str) -> int:
 # --- DateTimeOffset -----------------------------------------------------------------------------
 
 # What users type: a date, `T` or a space, a time with optional seconds and fraction, an offset.
+# re.ASCII throughout: `\d` would also match Arabic-Indic or full-width digits.
 _DATETIME_TEXT = re.compile(
     r"^(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<hm>\d{2}:\d{2})(?::(?P<sec>\d{2})(?:\.(?P<frac>\d+))?)?"
-    r"\s*(?P<tz>Z|z|[+-]\d{2}(?::?\d{2})?)?$"
+    r"\s*(?P<tz>Z|z|[+-]\d{2}(?::?\d{2})?)?$",
+    re.ASCII,
+)
+# An ISO date alone means its midnight (it has no offset, so it needs --assume-tz).
+_DATE_TEXT = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})$", re.ASCII)
+# Day-first dotted dates as Excel shows them in German, Swiss, Nordic or Russian locales:
+# `01.10.2025`, `1.10.2025 9:30`, `01.10.2025 09:30:15,5`. Dotted dates are never month-first.
+_DOTTED_TEXT = re.compile(
+    r"^(?P<day>\d{1,2})\.(?P<month>\d{1,2})\.(?P<year>\d{4})"
+    r"(?: +(?P<hour>\d{1,2}):(?P<minute>\d{2})(?::(?P<sec>\d{2})(?:[.,](?P<frac>\d+))?)?"
+    r"\s*(?P<tz>Z|z|[+-]\d{2}(?::?\d{2})?)?)?$",
+    re.ASCII,
 )
 # What Graph accepts (GRAPH.md, "Wire formats").
 _DATETIME_WIRE = re.compile(
-    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,12})?(?:Z|[+-]\d{2}:\d{2})$"
+    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,12})?(?:Z|[+-]\d{2}:\d{2})$", re.ASCII
+)
+_DATETIME_FORMATS: Final = (
+    "ISO 8601 (2024-05-01T09:30:00+02:00, 2024-05-01 09:30, 2024-05-01) "
+    "or day.month.year (01.10.2025 09:30:15, 01.10.2025 09:30, 01.10.2025)"
 )
 
 
@@ -264,22 +357,36 @@ def _offset_text(offset: dt.timedelta) -> str:
     return f"{sign}{hours:02d}:{minutes:02d}"
 
 
+def _datetime_fields(text: str) -> tuple[str, str, str | None]:
+    """(`YYYY-MM-DDThh:mm:ss`, fraction digits, offset text or None) of a typed date and time."""
+    m = _DATETIME_TEXT.match(text)
+    if m:
+        # The matched text, not strftime: faster, and %Y drops the zeros of year 0001 on Linux.
+        return f"{m['date']}T{m['hm']}:{m['sec'] or '00'}", m["frac"] or "", m["tz"]
+    m = _DATE_TEXT.match(text)
+    if m:
+        return f"{m['date']}T00:00:00", "", None
+    m = _DOTTED_TEXT.match(text)
+    if m:
+        day, month, hour = int(m["day"]), int(m["month"]), int(m["hour"] or 0)
+        stamp = f"{m['year']}-{month:02d}-{day:02d}T{hour:02d}:{m['minute'] or '00'}"
+        return f"{stamp}:{m['sec'] or '00'}", m["frac"] or "", m["tz"]
+    raise ValueProblem(
+        f"not a date and time: write it as {_DATETIME_FORMATS} "
+        "(a value without Z or +hh:mm needs --assume-tz ZONE)"
+    )
+
+
 def _coerce_datetime(text: str, assume_tz: str | None) -> str:
-    s = text.strip()
-    m = _DATETIME_TEXT.match(s)
-    if not m:
-        raise ValueProblem("not an ISO 8601 date and time, e.g. 2024-05-01T09:30:00+02:00")
-    frac = m["frac"] or ""
+    stamp, frac, tz = _datetime_fields(text.strip())
     if len(frac) > 12:
         raise ValueProblem("more than 12 fractional second digits")
-    # The matched text, not strftime: it is faster, and %Y drops the zeros of year 0001 on Linux.
-    stamp = f"{m['date']}T{m['hm']}:{m['sec'] or '00'}"
     try:
         naive = dt.datetime.fromisoformat(stamp)
     except ValueError:
         raise ValueProblem("not a real calendar date and time") from None
-    if m["tz"]:
-        offset = _normalize_offset(m["tz"])
+    if tz:
+        offset = _normalize_offset(tz)
     elif assume_tz:
         try:
             zone = ZoneInfo(assume_tz)
@@ -314,7 +421,11 @@ def _datetime_instant(value: str) -> tuple[dt.datetime, str]:
             * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
         )
     )
-    base = dt.datetime.fromisoformat(f"{m['date']}T{m['hm']}:{m['sec'] or '00'}")
+    try:
+        base = dt.datetime.fromisoformat(f"{m['date']}T{m['hm']}:{m['sec'] or '00'}")
+    except ValueError:
+        # canonical() and check_wire() meet values nobody checked yet (2024-02-30 from a file).
+        raise ValueProblem("not a real calendar date and time") from None
     aware = base.replace(microsecond=int(frac[:6]), tzinfo=tz)
     try:
         # .NET's DateTimeOffset, like Python, needs the UTC instant within years 1..9999.
@@ -328,13 +439,37 @@ def _datetime_instant(value: str) -> tuple[dt.datetime, str]:
 _DURATION_WIRE = re.compile(
     r"^-?P(?:[0-9]+D)?(?:T(?:[0-9]+H)?(?:[0-9]+M)?(?:[0-9]+(?:[.][0-9]+)?S)?)?$"
 )
+# ISO 8601 allows a decimal comma as well as a point.
 _DURATION_ISO = re.compile(
-    r"^(?P<sign>-)?P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+    r"^(?P<sign>-)?P(?:(?P<d>\d+)D)?"
+    r"(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)(?:[.,](?P<f>\d+))?S)?)?$",
+    re.ASCII,
 )
-# .NET TimeSpan text as PowerShell prints it: [-][d.]hh:mm:ss[.fffffff]
+# .NET TimeSpan text: `c` as PowerShell prints it, [-][d.]hh:mm:ss[.fffffff]; and `g`/`G` as
+# a German or French culture formats it, [-][d:]hh:mm:ss[,fffffff] (decimal comma, `d:`).
 _TIMESPAN = re.compile(
-    r"^(?P<sign>-)?(?:(?P<d>\d+)\.)?(?P<h>\d{1,2}):(?P<m>\d{1,2}):(?P<s>\d{1,2}(?:\.\d{1,7})?)$"
+    r"^(?P<sign>-)?(?:(?P<d>\d+)[.:])?(?P<h>\d{1,2}):(?P<m>\d{1,2}):(?P<s>\d{1,2})"
+    r"(?:[.,](?P<f>\d{1,7}))?$",
+    re.ASCII,
 )
+_DURATION_FORMATS: Final = (
+    "ISO 8601 (PT3M21.5S) or TimeSpan text ([-][d.]hh:mm:ss[.fffffff], "
+    "a decimal comma is fine: 00:03:21,5549443)"
+)
+_TIMESPAN_TOO_LONG: Final = "longer than a .NET TimeSpan can hold (about 29,000 years)"
+# Significant digits beyond which a day, hour, minute or second count exceeds every TimeSpan
+# (its maximum is 922,337,203,685 seconds: 12 digits). Checked before int(), which refuses
+# more than 4,300 digits with a ValueError of its own.
+_DURATION_PART_DIGITS: Final = 20
+
+
+def _count(digits: str | None) -> int:
+    if not digits:
+        return 0
+    significant = digits.lstrip("0")
+    if len(significant) > _DURATION_PART_DIGITS:
+        raise ValueProblem(_TIMESPAN_TOO_LONG)
+    return int(significant or "0")
 
 
 def _duration_parts(text: str) -> tuple[bool, int, str]:
@@ -344,30 +479,26 @@ def _duration_parts(text: str) -> tuple[bool, int, str]:
     million-row file, and it keeps every digit exactly (7 for .NET ticks, or more).
     """
     s = text.strip()
+    if not s.isascii():
+        # Also keeps str.upper() honest: it turns U+017F LATIN SMALL LETTER LONG S into "S".
+        raise ValueProblem(f"not a duration: use {_DURATION_FORMATS}")
     upper = s.upper()
     m = _DURATION_ISO.match(upper)
     if m and upper not in ("P", "-P") and not upper.endswith("T"):
         days, hours, minutes, seconds = m["d"], m["h"], m["m"], m["s"]
         if days or hours or minutes or seconds:
-            whole, _, frac = (seconds or "0").partition(".")
             total = (
-                int(days or 0) * 86400
-                + int(hours or 0) * 3600
-                + int(minutes or 0) * 60
-                + int(whole)
+                _count(days) * 86400 + _count(hours) * 3600 + _count(minutes) * 60 + _count(seconds)
             )
-            return bool(m["sign"]), total, frac.rstrip("0")
+            return bool(m["sign"]), total, (m["f"] or "").rstrip("0")
     m = _TIMESPAN.match(s)
     if m:
-        whole, _, frac = m["s"].partition(".")
-        hours, minutes, seconds = int(m["h"]), int(m["m"]), int(whole)
+        hours, minutes, seconds = int(m["h"]), int(m["m"]), int(m["s"])
         if hours > 23 or minutes > 59 or seconds > 59:
             raise ValueProblem("TimeSpan hours must be 0-23, minutes and seconds 0-59")
-        total = int(m["d"] or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
-        return bool(m["sign"]), total, frac.rstrip("0")
-    raise ValueProblem(
-        "not a duration: use ISO 8601 (PT3M21.5S) or TimeSpan text ([-][d.]hh:mm:ss[.fffffff])"
-    )
+        total = _count(m["d"]) * 86400 + hours * 3600 + minutes * 60 + seconds
+        return bool(m["sign"]), total, (m["f"] or "").rstrip("0")
+    raise ValueProblem(f"not a duration: use {_DURATION_FORMATS}")
 
 
 def _duration_seconds(text: str) -> Decimal:
@@ -405,7 +536,7 @@ _TIMESPAN_MAX_SECONDS = Decimal("922337203685.4775807")
 def _coerce_duration(text: str) -> str:
     negative, whole, frac = _duration_parts(text)
     if whole >= int(_TIMESPAN_MAX_SECONDS) and abs(_duration_seconds(text)) > _TIMESPAN_MAX_SECONDS:
-        raise ValueProblem("longer than a .NET TimeSpan can hold (about 29,000 years)")
+        raise ValueProblem(_TIMESPAN_TOO_LONG)
     return _format_duration(negative, whole, frac)
 
 
@@ -429,21 +560,27 @@ def coerce_text(
     """Turn a cell's text into the exact wire value for `prop`, or raise `ValueProblem`.
 
     The caller drops empty cells before calling (an empty cell leaves the property unchanged).
+    Every text gives a value or a `ValueProblem`, never another exception (tests/test_schema.py
+    feeds arbitrary text to every property to keep it so).
     """
+    reason = cell_problem(text)
+    if reason is not None:
+        raise ValueProblem(reason)
     if text == null_token:
         if not prop.nullable:
             raise ValueProblem(f"{prop.name} is not nullable, so {null_token} is not allowed")
         return None
     if prop.edm == EdmType.STRING:
         return text
-    if prop.edm == EdmType.INT32:
-        return _coerce_int32(text)
-    if prop.edm == EdmType.DATETIMEOFFSET:
-        return _coerce_datetime(text, assume_tz)
-    if prop.edm == EdmType.DURATION:
-        return _coerce_duration(text)
     if prop.edm == EdmType.ENUM:
         return _coerce_enum(prop, text)
+    typed = _ascii_text(text, prop.edm)
+    if prop.edm == EdmType.INT32:
+        return _coerce_int32(typed)
+    if prop.edm == EdmType.DATETIMEOFFSET:
+        return _coerce_datetime(typed, assume_tz)
+    if prop.edm == EdmType.DURATION:
+        return _coerce_duration(typed)
     raise AssertionError(f"unhandled EDM type {prop.edm}")  # pragma: no cover
 
 
@@ -469,14 +606,18 @@ def check_wire(prop: Property, value: object) -> str | None:
         return None
     if prop.edm == EdmType.DURATION:
         # "P", "-PT", "P1DT": the pattern alone accepts designators with no number after them.
+        rejected = f"Cannot convert the literal '{value}' to the expected type 'Edm.Duration'"
         if (
             not _DURATION_WIRE.match(value)
             or value.lstrip("-") in ("P", "PT")
             or value.endswith("T")
-            or abs(_duration_seconds(value)) > _TIMESPAN_MAX_SECONDS
         ):
-            return f"Cannot convert the literal '{value}' to the expected type 'Edm.Duration'"
-        return None
+            return rejected
+        try:
+            seconds = _duration_seconds(value)
+        except ValueProblem:  # more digits than any TimeSpan
+            return rejected
+        return rejected if abs(seconds) > _TIMESPAN_MAX_SECONDS else None
     if value not in prop.members:
         return f"Requested value '{value}' was not found in enum 'microsoft.graph.{prop.enum_type}'"
     return None

@@ -22,10 +22,13 @@ from batch.changes import (
     Restore,
     current_values,
     describe_conflicts,
+    excel_damage,
     judge,
+    lost_zeros,
     read_request,
     render_diff,
     same_value,
+    scientific_form,
     use_list_walk,
     written_key,
 )
@@ -40,6 +43,7 @@ from batch.limiter import FakeClock, Limiter
 from batch.model import JSON, Invalid, Outcome, Rate, RowResult, Skipped, Update
 from batch.revert import RevertPlan, revert_out_dir
 from batch.schema import PROPERTIES, coerce_text
+from batch.stamp import Stamper, parse_stamp
 from tests.e2e import read_csv, write_csv
 
 TOKEN = "test-token"
@@ -128,7 +132,10 @@ def test_equal_by_wire_meaning(name: str, current: JSON, given: JSON) -> None:
 )
 def test_different_values_are_changes(name: str, current: JSON, given: JSON) -> None:
     assert not same_value(name, current, given)
-    verdict = judge(Update(2, "e1", {name: given}), {name: current}, only_changed=True)
+    # Different values; stripping leading zeros is refused by default (test_excel_damage_*).
+    verdict = judge(
+        Update(2, "e1", {name: given}), {name: current}, only_changed=True, accept_lost_zeros=True
+    )
     assert verdict.action == "write"
     assert verdict.body == {name: given}
     assert verdict.before == {name: current}
@@ -186,22 +193,33 @@ def test_restore_conflicts_unchanged_and_force() -> None:
     someone_else = {"deploymentDuration": "PT9M"}
     conflict = judge(restore, someone_else, only_changed=True)
     assert conflict.action == "conflict"
-    assert conflict.conflicts == (Conflict("deploymentDuration", "PT6M", "PT9M"),)
+    assert conflict.conflicts == (Conflict("deploymentDuration", "PT6M", "PT9M", wanted="PT5M"),)
     forced = judge(restore, someone_else, only_changed=True, force=True)
     assert (forced.action, forced.body) == ("write", {"deploymentDuration": "PT5M"})
     unknown = Restore(3, "e1", {"deploymentDuration": "PT5M"})
     assert judge(unknown, holds_written, only_changed=True).conflicts == (
-        Conflict("deploymentDuration", None, "PT360S", known=False),
+        Conflict("deploymentDuration", None, "PT360S", known=False, wanted="PT5M"),
     )
 
 
 def test_conflict_and_diff_text() -> None:
     text = describe_conflicts(
-        [Conflict("enrollmentState", "enrolled", "failed"), Conflict("osVersion", None, "", False)]
+        [
+            Conflict("enrollmentState", "enrolled", "failed", wanted="notContacted"),
+            Conflict("osVersion", None, "", False, wanted=None),
+        ]
     )
     assert text == (
-        "changed since the run: enrollmentState is failed (the run wrote enrolled); "
-        'osVersion is "" (what the run wrote is not recorded) (--force overwrites)'
+        "changed since the run, not restored: enrollmentState is failed (the run wrote "
+        'enrolled, the revert would write notContacted); osVersion is "" (what the run wrote '
+        "is not recorded; the revert would write null) (--force overwrites)"
+    )
+    exported = describe_conflicts(
+        [Conflict("userPrincipalName", None, "b@x.com", False, "a@x.com", since="export")]
+    )
+    assert exported == (
+        "changed in the tenant since the export, not written: userPrincipalName is b@x.com in "
+        "the tenant, a@x.com in the file (--force writes the file's values)"
     )
     diff = render_diff(
         9,
@@ -218,6 +236,230 @@ def test_conflict_and_diff_text() -> None:
         "  managedDeviceName  null → PC-1",
         '  osVersion          (not returned) → " 10"',
     ]
+
+
+# --- Excel's damage (issue 12, item 2) ----------------------------------------------------------
+
+SERIAL_NOW = {"deviceSerialNumber": "0024486700", "managedDeviceName": "936382000000"}
+
+
+@pytest.mark.parametrize(
+    ("name", "given", "message"),
+    [
+        pytest.param(
+            "deviceSerialNumber",
+            "24486700",
+            "deviceSerialNumber: looks like Excel dropped the leading zeros of 0024486700 "
+            "(file has 24486700); --accept-lost-zeros sends it anyway",
+            id="lost-zeros",
+        ),
+        pytest.param(
+            "deviceSerialNumber",
+            "024486700",
+            "deviceSerialNumber: looks like Excel dropped the leading zeros of 0024486700 "
+            "(file has 024486700); --accept-lost-zeros sends it anyway",
+            id="some-zeros",
+        ),
+        pytest.param(
+            "managedDeviceName",
+            "9.36382E+11",
+            "managedDeviceName: looks like Excel turned 936382000000 into scientific notation "
+            "(file has 9.36382E+11); --accept-lost-zeros sends it anyway",
+            id="scientific",
+        ),
+        pytest.param(
+            "managedDeviceName",
+            "9,36E+11",
+            "managedDeviceName: looks like Excel turned 936382000000 into scientific notation "
+            "(file has 9,36E+11); --accept-lost-zeros sends it anyway",
+            id="scientific-rounded-decimal-comma",
+        ),
+    ],
+)
+@pytest.mark.parametrize("only_changed", [True, False])
+def test_excel_damage_makes_the_row_invalid(
+    name: str, given: str, message: str, only_changed: bool
+) -> None:
+    update = Update(4, "e1", {name: given, "osVersion": "10"})
+    verdict = judge(update, SERIAL_NOW, only_changed=only_changed)
+    assert (verdict.action, verdict.body, verdict.problems) == ("invalid", {}, (message,))
+    accepted = judge(update, SERIAL_NOW, only_changed=only_changed, accept_lost_zeros=True)
+    assert accepted.action == "write" and accepted.body[name] == given
+
+
+@pytest.mark.parametrize(
+    ("name", "current", "given"),
+    [
+        pytest.param("deviceSerialNumber", "0024486700", "124486700", id="other-digits"),
+        pytest.param("deviceSerialNumber", "00AB12", "AB12", id="not-digits"),
+        pytest.param("deviceSerialNumber", "24486700", "0024486700", id="zeros-added"),
+        pytest.param("managedDeviceName", "936382000001", "9.36383E+11", id="other-number"),
+        pytest.param("managedDeviceName", "5CG0501UDL", "9.36382E+11", id="not-a-number-before"),
+        pytest.param("targetedAppCount", 7, 8, id="int32"),
+        pytest.param("deviceSerialNumber", None, "24486700", id="was-null"),
+    ],
+)
+def test_real_changes_are_not_taken_for_damage(name: str, current: JSON, given: JSON) -> None:
+    verdict = judge(Update(4, "e1", {name: given}), {name: current}, only_changed=True)
+    assert (verdict.action, verdict.body) == ("write", {name: given})
+
+
+def test_a_revert_may_put_back_a_value_without_zeros() -> None:
+    # The run padded the serial; the before-image (from Graph, not Excel) has no zeros.
+    restore = Restore(
+        2,
+        "e1",
+        {"deviceSerialNumber": "24486700"},
+        expected={"deviceSerialNumber": "0024486700"},
+    )
+    verdict = judge(restore, SERIAL_NOW, only_changed=True)
+    assert (verdict.action, verdict.body) == ("write", {"deviceSerialNumber": "24486700"})
+
+
+def test_damage_helpers() -> None:
+    assert lost_zeros("0024486700", "24486700")
+    assert lost_zeros("000", "0")
+    assert not lost_zeros("24486700", "24486700")
+    assert not lost_zeros("0024486700", "24486701")
+    assert not lost_zeros("0\uff1012", "12")  # a full-width zero is no digit Excel reads
+    assert scientific_form("1200000000000000", "1.2E+15")
+    assert scientific_form("936382000000", "9.36382e11")
+    assert not scientific_form("936382000000", "9.36382E+10")
+    assert not scientific_form("930004000000", "9.30000E+11")  # shown digits must all agree
+    assert not scientific_form("93", "93")
+    assert excel_damage("enrollmentState", "0012", "12") is None  # only text properties
+
+
+# --- three values per cell: export, file, tenant (issue 12, item 6) ------------------------------
+
+EXPORTED: dict[str, JSON] = {
+    "id": "e1",
+    "userPrincipalName": "adele@contoso.com",
+    "osVersion": "10.0.1",
+    "deviceSerialNumber": "0024486700",
+    "enrollmentState": "enrolled",
+    "eventDateTime": "2024-05-01T07:30:00.1234567+02:00",
+    "managedDeviceName": None,
+}
+EXPORT_COLUMNS = tuple(EXPORTED)
+
+
+def exported_row(body: dict[str, JSON], event_id: str = "e1") -> Update:
+    """A row of an export of EXPORTED, the file holding `body`, as the mapper hands it on."""
+    stamp = parse_stamp(Stamper(EXPORT_COLUMNS)(EXPORTED))
+    return Update(9, event_id, body, exported=stamp)
+
+
+def test_cells_not_edited_since_the_export_are_never_written() -> None:
+    # The tenant changed everything since; the file still says what the export saw (spelt
+    # differently: the same instant in UTC, the enum in capitals).
+    update = exported_row(
+        {
+            "userPrincipalName": "adele@contoso.com",
+            "enrollmentState": "ENROLLED",
+            "eventDateTime": "2024-05-01T05:30:00.1234567Z",
+            "managedDeviceName": None,
+        }
+    )
+    tenant: dict[str, JSON] = {
+        "userPrincipalName": "new.owner@contoso.com",
+        "enrollmentState": "failed",
+        "eventDateTime": "2025-01-01T00:00:00Z",
+        "managedDeviceName": "PC-9",
+    }
+    for only_changed in (True, False):
+        verdict = judge(update, tenant, only_changed=only_changed)
+        assert (verdict.action, verdict.body, verdict.conflicts) == ("unchanged", {}, ())
+
+
+def test_an_edited_cell_is_written_when_the_tenant_kept_the_exported_value() -> None:
+    update = exported_row({"userPrincipalName": "b@contoso.com", "osVersion": "10.0.1"})
+    tenant: dict[str, JSON] = {"userPrincipalName": "adele@contoso.com", "osVersion": "11"}
+    verdict = judge(update, tenant, only_changed=True)
+    assert (verdict.action, verdict.body) == ("write", {"userPrincipalName": "b@contoso.com"})
+    assert verdict.before == {"userPrincipalName": "adele@contoso.com"}
+    assert verdict.conflicts == ()
+
+
+def test_a_cell_edited_in_both_places_is_a_conflict_the_rest_is_written() -> None:
+    update = exported_row(
+        {"userPrincipalName": "b@contoso.com", "osVersion": "10.0.2", "enrollmentState": "failed"}
+    )
+    tenant: dict[str, JSON] = {
+        "userPrincipalName": "new.owner@contoso.com",  # changed since the export: conflict
+        "osVersion": "10.0.1",
+        "enrollmentState": "failed",  # the same change in both places: no conflict
+    }
+    verdict = judge(update, tenant, only_changed=True)
+    assert verdict.action == "write"
+    assert verdict.body == {"osVersion": "10.0.2"}
+    assert verdict.changed_fields == ("osVersion",)
+    assert verdict.conflicts == (
+        Conflict(
+            "userPrincipalName",
+            None,
+            "new.owner@contoso.com",
+            False,
+            wanted="b@contoso.com",
+            since="export",
+        ),
+    )
+    # Without --only-changed the same-change cell is sent again (harmless), the conflict is not.
+    full = judge(update, tenant, only_changed=False)
+    assert full.body == {"osVersion": "10.0.2", "enrollmentState": "failed"}
+    assert [c.name for c in full.conflicts] == ["userPrincipalName"]
+    # Only conflicting cells: nothing to write, the row is a conflict.
+    alone = judge(exported_row({"userPrincipalName": "b@contoso.com"}), tenant, only_changed=True)
+    assert (alone.action, alone.body, len(alone.conflicts)) == ("conflict", {}, 1)
+    # --force writes the file's value.
+    forced = judge(update, tenant, only_changed=True, force=True)
+    assert forced.body == {"userPrincipalName": "b@contoso.com", "osVersion": "10.0.2"}
+    assert forced.conflicts == ()
+
+
+def test_an_export_cell_that_lost_its_zeros_is_invalid_even_if_the_tenant_changed() -> None:
+    update = exported_row({"deviceSerialNumber": "24486700"})
+    message = (
+        "deviceSerialNumber: looks like Excel dropped the leading zeros of 0024486700 "
+        "(file has 24486700); --accept-lost-zeros sends it anyway"
+    )
+    for tenant in ("0024486700", "5CG0000001"):
+        verdict = judge(update, {"deviceSerialNumber": tenant}, only_changed=True)
+        assert (verdict.action, verdict.problems) == ("invalid", (message,))
+    accepted = judge(
+        update, {"deviceSerialNumber": "0024486700"}, only_changed=True, accept_lost_zeros=True
+    )
+    assert (accepted.action, accepted.body) == ("write", {"deviceSerialNumber": "24486700"})
+
+
+def test_columns_the_export_did_not_have_behave_as_in_any_file() -> None:
+    update = exported_row({"deploymentDuration": "PT9M"})
+    verdict = judge(update, {"deploymentDuration": "PT5M"}, only_changed=True)
+    assert (verdict.action, verdict.body, verdict.conflicts) == (
+        "write",
+        {"deploymentDuration": "PT9M"},
+        (),
+    )
+
+
+def test_a_revert_restores_the_fields_nobody_changed_and_reports_the_others() -> None:
+    restore = Restore(
+        3,
+        "e1",
+        {"osVersion": "10", "userPrincipalName": "a@contoso.com"},
+        expected={"osVersion": "11", "userPrincipalName": "b@contoso.com"},
+    )
+    tenant: dict[str, JSON] = {"osVersion": "11", "userPrincipalName": "c@contoso.com"}
+    verdict = judge(restore, tenant, only_changed=True)
+    assert (verdict.action, verdict.body, verdict.before) == (
+        "write",
+        {"osVersion": "10"},
+        {"osVersion": "11"},
+    )
+    assert verdict.changed_fields == ("osVersion",)
+    assert verdict.conflicts == (
+        Conflict("userPrincipalName", "b@contoso.com", "c@contoso.com", wanted="a@contoso.com"),
+    )
 
 
 def test_read_request_and_annotations() -> None:

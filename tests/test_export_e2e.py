@@ -34,6 +34,7 @@ from batch.mapper import InputOptions, prepare, template_columns
 from batch.model import Rate, Skipped, Update
 from batch.reader import open_input
 from batch.schema import PROPERTIES, canonical
+from batch.stamp import NOT_EDITED, STAMP_COLUMN, Stamper
 from tests.conftest import EmulatorFactory
 from tests.e2e import cli, cli_here, read_csv
 
@@ -212,11 +213,17 @@ async def test_exported_values_read_back_as_the_wire_values(tmp_path: Path, suff
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # noqa: ASYNC240 (no .partial)
 
     source = open_input(out)
-    assert source.headers == template_columns()
+    assert source.headers == [*template_columns(), STAMP_COLUMN]
     rows = list(source)
     excel = suffix == ".xlsx"
     for row, event in zip(rows, SPECIAL, strict=True):
-        for header in source.headers:
+        # The stamp records what the file shows (the workbook cannot hold the bell character).
+        shown = {
+            k: v.replace("\x07", "") if excel and isinstance(v, str) else v
+            for k, v in event.items()
+        }
+        assert row.cells[STAMP_COLUMN] == Stamper(template_columns())(shown)
+        for header in template_columns():
             wire = event.get(header)
             expected = "" if wire is None else str(wire)
             if excel:
@@ -224,8 +231,20 @@ async def test_exported_values_read_back_as_the_wire_values(tmp_path: Path, suff
             assert row.cells[header] == expected, header
     assert result.altered_cells == (1 if excel else 0)
 
-    # Valid input as it is: each row maps to exactly the event's (non-null) values.
+    if not excel:
+        # Formula-looking cells are neutralised in the CSV; the reader took the ' off again.
+        text = out.read_text(encoding="utf-8-sig")
+        assert "'=HYPERLINK(" in text and "'-PT1M2.5S" in text and "'+ 1 - @ odd" in text
+
+    # Valid input as it is: untouched, no row has anything to write (its stamp says so) ...
     prepared = prepare(out, InputOptions())
+    assert [m for _, m in prepared.rows()] == [
+        Skipped(2, "0001-aaaa", NOT_EDITED),
+        Skipped(3, "0002-bbbb", NOT_EDITED),
+        Skipped(4, "0003-cccc"),
+    ]
+    # ... and without the stamps each row maps to exactly the event's (non-null) values.
+    prepared.stamp_column = None
     for (_, mapped), event in zip(prepared.rows(), SPECIAL, strict=True):
         body = {
             k: v for k, v in event.items() if k in source.headers and k != "id" and v is not None
@@ -261,7 +280,8 @@ async def test_columns_and_client_side_filters(tmp_path: Path) -> None:
     query = parse_qs(urlsplit(str(pages.requests[0].url)).query)
     assert query["$select"] == ["id,osVersion,deviceSerialNumber,eventDateTime"]
     # 0001 happened at 2023-12-31T23:00Z (before --since); 0003 has no serial.
-    assert read_csv(out) == [{"id": "0002-bbbb", "osVersion": ""}]
+    stamp = Stamper(("id", "osVersion"))(SPECIAL[1])
+    assert read_csv(out) == [{"id": "0002-bbbb", "osVersion": "", STAMP_COLUMN: stamp}]
     assert (result.read, result.written) == (3, 1)
     assert result.unmatched_serials == ("absent",)
 
@@ -357,9 +377,13 @@ def test_round_trip_of_5000_events(emulator_factory: EmulatorFactory, tmp_path: 
         summary = json.loads(done.stdout)
         assert summary["events_written"] == 5000
         assert summary["pages"] == 6  # 999 a page
+        reads = server.stats()["reads"]
         results = _run_only_changed(server, out, tmp_path / f"run{suffix}")
         assert [r["id"] for r in results] == ids
-        assert {r["outcome"] for r in results} == {"unchanged"}
+        # Every row's stamp says it was not edited: not written, and not even read.
+        assert {r["outcome"] for r in results} == {"skipped"}
+        assert {r["error_message"] for r in results} == {NOT_EDITED}
+        assert server.stats()["reads"] == reads
     stats = server.stats()
     assert stats["writes"] == 0
     assert stats["patches"] == {}
@@ -409,7 +433,7 @@ def test_editing_one_cell_writes_exactly_that_cell(
     edit = _edit_csv if suffix == ".csv" else _edit_xlsx
     event_id = edit(out, 77, column, value)
     results = _run_only_changed(server, out, tmp_path / "run")
-    changed = [r for r in results if r["outcome"] != "unchanged"]
+    changed = [r for r in results if r["outcome"] != "skipped"]
     assert [(r["row"], r["id"], r["outcome"], r["changed_fields"]) for r in changed] == [
         ("77", event_id, "updated", column)
     ]
@@ -456,7 +480,12 @@ def test_export_filters_and_errors_through_the_cli(
     expected = [e for e in events[:3] if recent(e)]
     rows = list(open_input(out))
     assert [r.cells for r in rows] == [
-        {"id": e["id"], "deviceSerialNumber": e["deviceSerialNumber"], "osVersion": e["osVersion"]}
+        {
+            "id": e["id"],
+            "deviceSerialNumber": e["deviceSerialNumber"],
+            "osVersion": e["osVersion"],
+            STAMP_COLUMN: Stamper(("id", "deviceSerialNumber", "osVersion"))(e),
+        }
         for e in expected
         if e is not None
     ]

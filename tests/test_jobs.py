@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -26,6 +28,7 @@ from batch.jobs import (
     JobLock,
     JobState,
     candidates,
+    file_digest,
     input_keys,
     job_exit_code,
     load_job,
@@ -669,3 +672,117 @@ def test_a_job_killed_with_sigkill_leaves_a_lock_the_next_start_takes_over(
     assert set(patches) == set(ids)
     # Only the requests in flight at the kill can have been sent twice.
     assert sum(patches.values()) - len(ids) <= 4 * 20
+
+
+# --- a drop folder takes only regular files really in it (issue 19) -----------------------------
+
+
+def _secret(tmp_path: Path) -> Path:
+    """A file only the job's account may read, whose first line must never be echoed."""
+    secret = tmp_path / "private" / "secret.csv"
+    secret.parent.mkdir()
+    secret.write_text("TOPSECRET-hunter2,x\n1,2\n", encoding="utf-8")
+    secret.chmod(0o600)
+    return secret
+
+
+def _special_files(drop: Path, tmp_path: Path) -> dict[str, str]:
+    """Links, a FIFO, a device node and a socket in `drop`: name → what the refusal says."""
+    expected = {}
+    (drop / "evil.csv").symlink_to(_secret(tmp_path))
+    expected["evil.csv"] = "a symbolic link"
+    (drop / "dangling.csv").symlink_to(tmp_path / "nowhere.csv")
+    expected["dangling.csv"] = "a symbolic link"
+    os.mkfifo(drop / "pipe.csv")
+    expected["pipe.csv"] = "a named pipe (FIFO)"
+    try:
+        os.mknod(drop / "null.csv", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        expected["null.csv"] = "a device"
+    except (PermissionError, OSError):
+        pass  # no CAP_MKNOD here: the other kinds still cover the rule
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(drop / "sock.csv"))
+        expected["sock.csv"] = "a socket"
+    except OSError:
+        pass  # the path may be longer than a socket address allows
+    finally:
+        sock.close()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "linked.csv").write_text("id\n", encoding="utf-8")
+    (drop / "sub").symlink_to(outside, target_is_directory=True)
+    expected["linked.csv"] = "outside the folder"
+    return expected
+
+
+def test_the_folder_scan_refuses_links_fifos_devices_and_sockets_by_name(tmp_path: Path) -> None:
+    from batch.jobs.plan import scan_folder
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "good.csv").write_text("id\n", encoding="utf-8")
+    expected = _special_files(drop, tmp_path)
+    job = load_job(
+        _job(
+            tmp_path, '[input]\nfolder = "drop"\nglob = ["*.csv", "sub/*.csv"]\nsettle_seconds = 0'
+        )
+    )
+    scan = scan_folder(job)
+    assert [p.name for p in scan.ready] == ["good.csv"]
+    refused = {p.name: why for p, why in scan.refused}
+    assert set(refused) == set(expected)
+    for name, kind in expected.items():
+        assert kind in refused[name]
+        assert "not opened" in refused[name]
+    assert candidates(job) == (scan.ready, [])
+
+
+def test_file_digest_refuses_what_was_swapped_in_after_the_scan(tmp_path: Path) -> None:
+    target = _secret(tmp_path)
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    with pytest.raises(OSError):
+        file_digest(link, follow_symlinks=False)
+    assert file_digest(link) == file_digest(target)  # a one-off job's own path may be a link
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        file_digest(fifo)  # opened non-blocking: no hang, and not read
+
+
+def test_a_job_refuses_a_linked_secret_without_reading_it(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    write_csv(drop / "good.csv", update_rows(_ids(2)))
+    expected = _special_files(drop, tmp_path)
+    job_file = _dry_job(
+        tmp_path, '[input]\nfolder = "drop"\nglob = ["*.csv", "sub/*.csv"]\nsettle_seconds = 0'
+    )
+    for command in ("run", "check"):
+        proc = start_cli(["job", command, str(job_file)], cli_env(None))
+        try:
+            out, err = proc.communicate(timeout=60)  # a FIFO that was opened would hang here
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"job {command} hung on the drop folder")
+        assert proc.returncode == 0, err
+        assert "Traceback" not in out + err
+        for name in expected:
+            assert name in out + err, (command, name)
+        assert "TOPSECRET" not in out + err
+        if command == "run":
+            assert f"{len(expected)} refused (not regular files in the folder)" in out
+    state_files = list(tmp_path.rglob("job.log")) + list(tmp_path.rglob("files.sqlite*"))
+    assert any(p.name == "job.log" for p in state_files)
+    assert any(p.name == "files.sqlite" for p in state_files)
+    for path in state_files:
+        assert b"TOPSECRET" not in path.read_bytes(), path
+    log = next(p for p in state_files if p.name == "job.log").read_text(encoding="utf-8")
+    assert all(name in log for name in expected)
+    run_dirs = [p for p in (tmp_path / "out").iterdir() if not p.name.startswith("_job")]
+    assert [p.name.split("-", 1)[1] for p in run_dirs] == ["good"]
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert b"TOPSECRET" not in path.read_bytes(), path

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import anyio
 import pytest
 
-from batch.limiter import FakeClock, Limiter, SystemClock
+from batch.limiter import Carried, FakeClock, Limiter, Sent, SystemClock
 from batch.model import Rate
 
 pytestmark = pytest.mark.anyio
@@ -440,3 +440,160 @@ async def test_refunded_write_slots_are_free_again() -> None:
     limiter.refund_writes(4)  # a batch found only 6 rows for its 10 slots
     assert await limiter.acquire_writes(10) == 4
     assert clock.now() == 0  # no waiting: the refunded slots were free at once
+
+
+# -- carried over from an interrupted process ----------------------------------------------------
+
+
+class _Spy:
+    """A `Journal` that records what it hears."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float, int]] = []
+
+    def granted(self, writes: int, reads: int) -> None:
+        self.calls.append(("granted", writes, reads))
+
+    def refunded(self, writes: int) -> None:
+        self.calls.append(("refunded", writes, 0))
+
+    def throttled(self, paused_for: float, write_limit: int) -> None:
+        self.calls.append(("throttled", paused_for, write_limit))
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        pytest.param("burst", id="one-burst-just-before"),
+        pytest.param("steady", id="steady-full-speed"),
+        pytest.param("batches", id="batches-of-20"),
+    ],
+)
+async def test_no_window_across_the_resume_holds_more_than_n(pattern: str) -> None:
+    """The earlier process's sends plus the new one's: never more than N in any window."""
+    rng = random.Random(pattern)
+    # What the interrupted process sent, as ages when the new process starts (it took 0.7 s).
+    if pattern == "burst":
+        earlier = [Sent(0.7, 100, 0)]
+    elif pattern == "steady":
+        earlier = [Sent(0.7 + i * 0.19, 1, 0) for i in range(100)]  # the last 19.5 s ago
+    else:
+        earlier = [Sent(0.7 + rng.uniform(0, 15), 20, 0) for _ in range(5)]
+    clock = FakeClock(start=1000.0)  # another process: its clock has another origin
+    limiter = Limiter(write=WRITE, clock=clock)
+    assert limiter.carry_over(Carried(sends=earlier)) == 100
+    grants = [(clock.now() - s.ago, s.writes) for s in earlier]
+
+    async def sender(want: int) -> None:
+        while sum(n for t, n in grants if t >= 1000.0) < 250:
+            n = await limiter.acquire_writes(want)
+            grants.append((clock.now(), n))
+
+    async with anyio.create_task_group() as tg:
+        for want in (1, 7, 20, 20):
+            tg.start_soon(sender, want)
+    assert max_in_any_window(grants, WRITE.seconds) <= WRITE.count
+    # ...and the new process waited no longer than needed: it went as soon as room freed.
+    first = min(t for t, _ in grants if t >= 1000.0)
+    oldest = min(t for t, _ in grants)
+    assert first == pytest.approx(oldest + WINDOW)
+
+
+async def test_without_carry_over_the_resume_would_overrun_the_window() -> None:
+    """The failure the carry-over prevents: an empty log sends a second full window at once."""
+    clock = FakeClock(start=1000.0)
+    limiter = Limiter(write=WRITE, clock=clock)
+    grants = [(1000.0 - 0.7, 100), (1000.0, await limiter.acquire_writes(100))]
+    assert max_in_any_window(grants, WRITE.seconds) == 200
+
+
+async def test_carried_sends_out_of_the_window_are_ignored_and_reads_count_for_requests() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(10, 20.0), read=Rate(30, 20.0), clock=clock)
+    carried = Carried(sends=[Sent(25.0, 10, 0), Sent(5.0, 4, 20), Sent(1.0, 2, 0)])
+    assert limiter.carry_over(carried) == 6  # the 10 of 25 s ago left the 20.6 s window
+    # 6 writes and 20 reads are in the any-request window: 4 requests left, fewer than 4 writes.
+    assert await limiter.acquire_writes(10) == 4
+    assert clock.now() == 0.0
+    assert limiter.stats["writes"] == 4  # carried sends are not this process's
+
+
+async def test_a_negative_age_counts_as_just_sent() -> None:
+    """A wall clock set back between the processes: waiting too long is the safe error."""
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(5, 10.0), clock=clock)
+    assert limiter.carry_over(Carried(sends=[Sent(-30.0, 5, 0)])) == 5
+    assert await limiter.acquire_writes(1) == 1
+    assert clock.now() == pytest.approx(10.3)
+
+
+async def test_a_carried_pause_holds_the_gate_and_a_lowered_rate_stays_lowered() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    limiter.carry_over(Carried(pause_ends_in=3.0, write_limit=60))
+    assert limiter.paused_for == pytest.approx(3.0)
+    assert limiter.effective_write_limit == 60
+    assert await limiter.acquire_writes(100) == 60
+    assert clock.now() == pytest.approx(3.0)
+    # It recovers as it would have in the earlier process: +5 % per quiet window from the pause.
+    clock.advance(WINDOW)
+    assert limiter.effective_write_limit == 65
+
+    # A 429 soon after the carried pause means 429s keep coming: the rate steps down again.
+    again = Limiter(write=WRITE, clock=clock)
+    again.carry_over(Carried(pause_ends_in=-1.0, write_limit=100))
+    again.throttled(1.0)
+    assert again.stats["decreases"] == 1
+
+
+async def test_a_pause_that_ended_leaves_the_gate_open() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    limiter.carry_over(Carried(pause_ends_in=-2.0, write_limit=250))  # above N: ignored
+    assert limiter.paused_for == 0.0
+    assert limiter.effective_write_limit == 100
+    assert await limiter.acquire_writes(5) == 5 and clock.now() == 0.0
+
+
+async def test_the_journal_hears_every_grant_refund_and_pause() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    spy = _Spy()
+    limiter.attach(spy)
+    await limiter.acquire_writes(20)
+    limiter.refund_writes(3)
+    await limiter.acquire_reads(7)
+    limiter.throttled(4.0)
+    limiter.throttled(None)  # the same episode, no longer: nothing new to keep
+    clock.advance(1.0)
+    limiter.throttled(10.0)  # a longer pause: kept
+    assert spy.calls == [
+        ("granted", 20, 0),
+        ("refunded", 3, 0),
+        ("granted", 0, 7),
+        ("throttled", 4.0, 100),
+        ("throttled", 10.0, 100),
+    ]
+    limiter.attach(None)
+    await limiter.acquire_writes(1)
+    assert len(spy.calls) == 5
+
+
+async def test_window_gives_back_what_carry_over_takes() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(10, 20.0), read=Rate(30, 20.0), clock=clock)
+    await limiter.acquire_writes(4)
+    clock.advance(3.0)
+    await limiter.acquire_reads(5)
+    await limiter.acquire_writes(6)
+    limiter.throttled(2.0)
+    window = limiter.window()
+    assert list(window.sends) == [(3.0, 4, 0), (0.0, 6, 5)]
+    assert window.pause_ends_in == 2.0 and window.write_limit == 10
+
+    twin = Limiter(write=Rate(10, 20.0), read=Rate(30, 20.0), clock=FakeClock(start=50.0))
+    assert twin.carry_over(window) == 10
+    assert twin.paused_for == 2.0
+    assert await twin.acquire_writes(10) == 4  # the 4 of "3 s ago" leave first
+    assert twin.window().sends[-1].ago == 0.0
+    assert Limiter(write=WRITE, clock=FakeClock()).window() == Carried()

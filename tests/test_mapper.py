@@ -6,15 +6,22 @@ import csv
 import hashlib
 import importlib.util
 import json
+import time
+import tracemalloc
+from array import array
 from pathlib import Path
 
 import openpyxl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batch.errors import ConfigError, InputFileError, UsageError
 from batch.mapper import (
     InputOptions,
     Prepared,
+    _duplicate_reason,
+    _find_duplicates,
     prepare,
     resolve_header,
     suggest_property,
@@ -65,8 +72,10 @@ def test_docs_example_as_one_csv_row_gives_exactly_that_body(tmp_path: Path) -> 
     assert result.body == body
     assert json.dumps(result.body) == json.dumps(body)  # same order too
     legacy = {"devicePreparationDuration", "targetedAppCount", "targetedPolicyCount"}
-    assert len(result.warnings) == 3
+    # Three legacy columns, and the docs' placeholder UPN "User Principal Name value".
+    assert len(result.warnings) == 4
     assert all(any(name in w for w in result.warnings) for name in legacy)
+    assert any("does not look like a user principal name" in w for w in result.warnings)
     assert sum("legacy property" in w for w in prepared.warnings) == 3
 
 
@@ -269,9 +278,9 @@ def test_null_token(tmp_path: Path) -> None:
         ),
     )
     first, second = mapped(path, null_token="NULL")
-    assert first == Update(
-        2, ID1, {"deviceSerialNumber": "<null>", "userPrincipalName": " <null> "}
-    )
+    # Surrounding spaces are trimmed from every value, this one too.
+    assert isinstance(first, Update)
+    assert first.body == {"deviceSerialNumber": "<null>", "userPrincipalName": "<null>"}
     # With another token, "<null>" is just text: not an enrollmentState value.
     assert isinstance(second, Invalid)
     assert [(p.column, p.value) for p in second.problems] == [("enrollmentState", "<null>")]
@@ -470,3 +479,119 @@ def test_bad_rows_sample_fails_exactly_as_its_notes_say() -> None:
                 assert column in {p.column for p in result.problems}, note
                 kinds.add(result.problems[0].reason.split(" (")[0][:25])
     assert len(kinds) >= 12
+
+
+# --- hostile ids and huge duplicate groups (issue 19) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "named"),
+    [
+        pytest.param(".", "'.' is a path step", id="dot"),
+        pytest.param("..", "'..' is a path step", id="dot-dot"),
+        pytest.param("a/b", "contains '/'", id="slash"),
+        pytest.param("a\\b", "contains '\\\\'", id="backslash"),
+        pytest.param("a?b", "contains '?'", id="query"),
+        pytest.param("a#b", "contains '#'", id="fragment"),
+        pytest.param("a%2Fb", "contains '%'", id="encoded-slash"),
+        pytest.param(f"{ID1}\u200b", "U+200B ZERO WIDTH SPACE", id="zwsp"),
+        pytest.param(f"\u200c{ID1}", "U+200C ZERO WIDTH NON-JOINER", id="zwnj"),
+        pytest.param(f"{ID1[:8]}\u200d{ID1[8:]}", "U+200D ZERO WIDTH JOINER", id="zwj"),
+        pytest.param(f"{ID1}\u2060", "U+2060 WORD JOINER", id="word-joiner"),
+        pytest.param(f"\ufeff{ID1}", "U+FEFF ZERO WIDTH NO-BREAK SPACE", id="bom"),
+        pytest.param(f"\u200e{ID1}", "U+200E LEFT-TO-RIGHT MARK", id="lrm"),
+        pytest.param(f"{ID1}\u200f", "U+200F RIGHT-TO-LEFT MARK", id="rlm"),
+        pytest.param(f"\u202a{ID1}", "U+202A LEFT-TO-RIGHT EMBEDDING", id="lre"),
+        pytest.param(f"\u202e{ID1}", "U+202E RIGHT-TO-LEFT OVERRIDE", id="rlo"),
+        pytest.param(f"\u2066{ID1}", "U+2066 LEFT-TO-RIGHT ISOLATE", id="lri"),
+        pytest.param(f"{ID1}\u2069", "U+2069 POP DIRECTIONAL ISOLATE", id="pdi"),
+        pytest.param(f"{ID1[:8]}\u00a0{ID1[8:]}", "U+00A0 NO-BREAK SPACE", id="nbsp"),
+    ],
+)
+def test_an_id_must_be_a_plain_key_segment(tmp_path: Path, key: str, named: str) -> None:
+    path = write_csv(tmp_path, ["id", "osVersion"], [key, "10"], [key, "11"])
+    for result in mapped(path):
+        assert isinstance(result, Invalid)
+        # Only that reason: an id that is wrong anyway is not also a "duplicate".
+        (problem,) = result.problems
+        assert problem.column == "id"
+        assert problem.reason.startswith("not a valid event id")
+        assert named in problem.reason
+        assert "an id must be one plain URL path segment" in problem.reason
+
+
+def test_ids_with_ordinary_unicode_letters_are_left_to_the_tenant(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, ["id", "osVersion"], ["événement-1", "10"])
+    assert one(path) == Update(2, "événement-1", {"osVersion": "10"})
+
+
+def test_a_group_of_100000_duplicate_ids_takes_flat_memory() -> None:
+    count = 100_000
+    digests = bytearray(hashlib.blake2b(b"same id", digest_size=16).digest() * count)
+    numbers = array("q", range(2, count + 2))
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        found = _find_duplicates(digests, numbers)
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Listing every other row per row needed ~80 GB here; the index needs ~16 bytes per row.
+    assert peak < 32 * 2**20, f"peak {peak:,} bytes"
+    assert elapsed < 2.0, f"{elapsed:.2f} s"
+    assert len(found) == count
+    expected = {
+        2: "id also on rows 3, 4, 5 and 99,996 more (duplicate ids are never sent)",
+        4: "id also on rows 2, 3, 5 and 99,996 more (duplicate ids are never sent)",
+        50_000: "id also on rows 2, 3, 4 and 99,996 more (duplicate ids are never sent)",
+        count + 1: "id also on rows 2, 3, 4 and 99,996 more (duplicate ids are never sent)",
+    }
+    for number, reason in expected.items():
+        others = found.get(number, ())
+        assert len(others) == 3
+        assert _duplicate_reason(others) == reason
+    assert found.get(1) is None and found.get(count + 2, ()) == ()
+    assert "deviceSerialNumber also on rows 3, 4, 5 and 99,996 more" in _duplicate_reason(
+        found[2], "deviceSerialNumber"
+    )
+
+
+def test_every_row_of_a_100000_row_group_is_invalid_through_prepare(tmp_path: Path) -> None:
+    path = tmp_path / "same.csv"
+    path.write_text("id,osVersion\n" + f"{ID1},10\n" * 100_000, encoding="utf-8")
+    prepared = prepare(path, InputOptions())
+    results = [m for _, m in prepared.rows()]
+    assert len(results) == 100_000
+    assert all(isinstance(m, Invalid) for m in results)
+    last = results[-1]
+    assert isinstance(last, Invalid)
+    assert last.problems[-1].reason == (
+        "id also on rows 2, 3, 4 and 99,996 more (duplicate ids are never sent)"
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 6), max_size=40))
+def test_duplicate_groups_match_a_plain_count(ids: list[int]) -> None:
+    # Row numbers with gaps (blank rows are not in the arrays), in file order.
+    numbers = array("q", [2 + 3 * i for i in range(len(ids))])
+    digests = bytearray(
+        b"".join(hashlib.blake2b(str(i).encode(), digest_size=16).digest() for i in ids)
+    )
+    found = _find_duplicates(digests, numbers)
+    for number, key in zip(numbers, ids, strict=True):
+        others = [n for n, k in zip(numbers, ids, strict=True) if k == key and n != number]
+        got = found.get(number)
+        if not others:
+            assert got is None
+            continue
+        assert got is not None
+        assert list(got) == others[:3]
+        more = f" and {len(others) - 3:,} more" if len(others) > 3 else ""
+        rows = "row" if len(others) == 1 else "rows"
+        assert _duplicate_reason(got) == (
+            f"id also on {rows} {', '.join(map(str, others[:3]))}{more} "
+            "(duplicate ids are never sent)"
+        )
+    assert sorted(found) == sorted(n for n, k in zip(numbers, ids, strict=True) if ids.count(k) > 1)

@@ -58,9 +58,32 @@ def test_leading_zeros_are_never_ignored() -> None:
     resolver = loaded(ev("zeros", "00012345"), ev("plain", "12345"))
     assert resolver.resolve("00012345") == "zeros"
     assert resolver.resolve("12345") == "plain"
-    missing = resolver.resolve("012345")
+    missing = resolver.resolve("0123")
     assert isinstance(missing, Problem)
-    assert missing.reason == "no event with serial '012345'"
+    assert missing.reason == "no event with serial '0123'"
+
+
+def test_a_key_that_lost_its_leading_zeros_says_so() -> None:
+    """Issue 12: Excel turned the serial 0024486700 into 24486700; the row says so."""
+    resolver = KeyResolver(SERIAL)
+    wanted = {"24486700", "5cg1"}
+    for event in (ev("zeros", "0024486700"), ev("other", "5CG1"), ev("far", "0099")):
+        resolver.add(event, wanted)
+    resolver.mark_loaded()
+    problem = resolver.resolve("24486700")
+    assert problem == Problem(
+        "",
+        "",
+        "no event with serial '24486700', but the tenant has 0024486700: looks like Excel "
+        "dropped the leading zeros (format the column as Text and type the keys again)",
+    )
+    assert resolver.resolve("5CG1") == "other"
+    # --resume resolves from the cache exactly the same way.
+    again = KeyResolver(SERIAL)
+    assert again.restore(json.loads(json.dumps(resolver.to_json())))
+    assert again.resolve("24486700") == problem
+    # Only digits lose zeros in Excel, and only keys the file holds are kept.
+    assert resolver.resolve("99") == Problem("", "", "no event with serial '99'")
 
 
 def test_no_match_is_a_problem_naming_the_key() -> None:
@@ -193,6 +216,7 @@ def test_cache_round_trip() -> None:
         {"version": 1, "key": SERIAL, "matches": []},
         {"version": 1, "key": SERIAL, "matches": {"x": [["only-id"]]}},
         {"version": 1, "key": SERIAL, "matches": {"x": "id"}},
+        {"version": 1, "key": SERIAL, "matches": {}, "padded": {"1": "0001"}},
     ],
 )
 def test_a_cache_that_does_not_fit_is_not_used(data: object) -> None:

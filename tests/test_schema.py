@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,14 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batch.model import JSON
 from batch.schema import (
     ALIASES,
     ENUMS,
+    MAX_VALUE_LENGTH,
     PROPERTIES,
     WRITABLE,
     EdmType,
+    Property,
     ValueProblem,
     canonical,
+    cell_problem,
     check_wire,
     coerce_text,
     normalize_header,
@@ -297,7 +302,7 @@ def test_any_int32_parses_back_to_itself(value: int) -> None:
     assert coerce_text(prop, f"{value}.0") == value
 
 
-@given(st.text(min_size=1).filter(lambda s: s != "<null>"))
+@given(st.text(min_size=1).filter(lambda s: s != "<null>" and cell_problem(s) is None))
 def test_any_string_is_sent_verbatim(text: str) -> None:
     prop = P["deviceSerialNumber"]
     assert coerce_text(prop, text) == text
@@ -339,3 +344,223 @@ def test_any_duration_wire_value_keeps_its_length(wire: str) -> None:
     assert canonical(prop, sent) == canonical(prop, wire)
     assert check_wire(prop, sent) is None
     assert coerce_text(prop, sent) == sent  # canonical form is a fixed point
+
+
+# --- hostile values (issue 19): limits, control characters, digits -------------------------------
+
+_HUGE = "9" * 5_000
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "reason"),
+    [
+        pytest.param("targetedAppCount", "9" * 4_301, "Int32 range", id="int32-4301-digits"),
+        pytest.param("targetedAppCount", "-" + "9" * 4_301, "Int32 range", id="int32-negative"),
+        pytest.param("deploymentDuration", f"P{_HUGE}D", "TimeSpan", id="iso-days"),
+        pytest.param("deploymentDuration", f"PT{_HUGE}S", "TimeSpan", id="iso-seconds"),
+        pytest.param("deploymentDuration", f"PT{_HUGE}H", "TimeSpan", id="iso-hours"),
+        pytest.param("deploymentDuration", f"{_HUGE}.00:00:00", "TimeSpan", id="timespan-days"),
+        pytest.param("deploymentDuration", f"{_HUGE}:00:00:00", "TimeSpan", id="timespan-g-days"),
+    ],
+)
+def test_very_long_digit_strings_are_problems_not_crashes(
+    name: str, text: str, reason: str
+) -> None:
+    with pytest.raises(ValueProblem, match=reason):
+        coerce(name, text)
+    # The same text arriving on the wire (the emulator) or compared (--only-changed).
+    assert check_wire(P[name], text) is not None
+    assert canonical(P[name], text) == text
+
+
+def test_leading_zeros_do_not_count_as_digits() -> None:
+    assert coerce("targetedAppCount", "0" * 5_000 + "7") == 7
+    assert coerce("deploymentDuration", f"PT{'0' * 5_000}90S") == "PT1M30S"
+
+
+def test_a_value_may_hold_as_many_characters_as_an_excel_cell() -> None:
+    assert MAX_VALUE_LENGTH == 32_767
+    longest = "x" * MAX_VALUE_LENGTH
+    assert coerce("enrollmentFailureDetails", longest) == longest
+    with pytest.raises(ValueProblem, match=r"longer than 32,767 characters \(32,768\)"):
+        coerce("enrollmentFailureDetails", longest + "x")
+    with pytest.raises(ValueProblem, match="32,767"):
+        coerce("deploymentDuration", "P" + "0" * MAX_VALUE_LENGTH + "1D")
+
+
+@pytest.mark.parametrize(
+    ("char", "code"),
+    [
+        ("\x00", "U+0000"),
+        ("\t", "U+0009"),
+        ("\n", "U+000A"),
+        ("\r", "U+000D"),
+        ("\x1b", "U+001B"),
+        ("\x7f", "U+007F"),
+        ("\x85", "U+0085"),
+        ("\x9f", "U+009F"),
+    ],
+)
+@pytest.mark.parametrize("name", ["deviceSerialNumber", "targetedAppCount", "enrollmentState"])
+def test_a_control_character_anywhere_is_a_problem_naming_it(
+    name: str, char: str, code: str
+) -> None:
+    with pytest.raises(
+        ValueProblem, match=re.escape(f"contains a control character {code} at character 4")
+    ):
+        coerce(name, f"123{char}4")
+    assert cell_problem(f"123{char}") is not None
+
+
+def test_printable_unicode_in_strings_is_fine() -> None:
+    for text in ("Zoë's PC", "東京-PC-01", "\u00a0NBSP", "😀"):
+        assert cell_problem(text) is None
+        assert coerce("managedDeviceName", text) == text
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "wire"),
+    [
+        pytest.param(
+            "eventDateTime",
+            "2024-05-01T09:30:00+\uff10\uff11:\uff10\uff10",
+            "2024-05-01T09:30:00+01:00",
+            id="full-width-offset",
+        ),
+        pytest.param(
+            "eventDateTime",
+            "\uff12\uff10\uff12\uff14-05-01\u300009:30\uff3a",
+            "2024-05-01T09:30:00Z",
+            id="full-width-year-space-z",
+        ),
+        pytest.param("targetedAppCount", "\uff14\uff12", 42, id="full-width-int"),
+        pytest.param("deploymentDuration", "\uff30\uff34\uff15\uff33", "PT5S", id="full-width-iso"),
+    ],
+)
+def test_full_width_forms_are_read_as_ascii(name: str, text: str, wire: JSON) -> None:
+    value = coerce(name, text)
+    assert value == wire
+    assert check_wire(P[name], value) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "named"),
+    [
+        ("eventDateTime", "2024-05-01T09:30:00+\u0660\u0661:00", "U+0660 ARABIC-INDIC DIGIT ZERO"),
+        ("eventDateTime", "2024-05-01T09:30:00\u221202:00", "U+2212 MINUS SIGN"),
+        ("targetedAppCount", "\u0967", "U+0967 DEVANAGARI DIGIT ONE"),
+        ("targetedAppCount", "\u00b2", "U+00B2 SUPERSCRIPT TWO"),
+        ("deploymentDuration", "PT1.\u0665S", "U+0665 ARABIC-INDIC DIGIT FIVE"),
+        ("deploymentDuration", "PT5\u017f", "U+017F LATIN SMALL LETTER LONG S"),
+    ],
+)
+def test_other_non_ascii_in_typed_values_is_refused_by_name(
+    name: str, text: str, named: str
+) -> None:
+    with pytest.raises(ValueProblem, match=re.escape(named)):
+        coerce(name, text)
+
+
+def test_non_ascii_wire_values_are_what_graph_rejects() -> None:
+    assert check_wire(P["eventDateTime"], "2024-05-01T09:30:00+\uff10\uff11:00") is not None
+    assert check_wire(P["deploymentDuration"], "PT\u0665S") is not None
+    assert canonical(P["deploymentDuration"], "PT5\u017f") == "PT5\u017f"
+
+
+@pytest.mark.parametrize(
+    ("text", "wire"),
+    [
+        pytest.param("00:03:21,5549443", "PT3M21.5549443S", id="decimal-comma"),
+        pytest.param("-1.00:00:01,5", "-P1DT1.5S", id="comma-with-days"),
+        pytest.param("1:02:03:04,5", "P1DT2H3M4.5S", id="g-format-days"),
+        pytest.param("PT21,5S", "PT21.5S", id="iso-comma"),
+    ],
+)
+def test_timespan_with_a_decimal_comma(text: str, wire: str) -> None:
+    assert coerce("deploymentDuration", text) == wire
+    assert check_wire(P["deploymentDuration"], wire) is None
+    # The wire stays strict: Graph wants the point.
+    assert check_wire(P["deploymentDuration"], "PT21,5S") is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "wire"),
+    [
+        ("01.10.2025 09:30", "2025-10-01T09:30:00+02:00"),
+        ("01.10.2025 09:30:15", "2025-10-01T09:30:15+02:00"),
+        ("01.10.2025 09:30:15,25", "2025-10-01T09:30:15.25+02:00"),
+        ("01.10.2025", "2025-10-01T00:00:00+02:00"),
+        ("1.1.2025 9:30", "2025-01-01T09:30:00+01:00"),
+        ("2025-10-01", "2025-10-01T00:00:00+02:00"),
+        ("01.10.2025 09:30 Z", "2025-10-01T09:30:00Z"),
+    ],
+)
+def test_day_first_dotted_dates_with_assume_tz(text: str, wire: str) -> None:
+    assert coerce("eventDateTime", text, assume_tz="Europe/Berlin") == wire
+    assert check_wire(P["eventDateTime"], wire) is None
+
+
+def test_dotted_dates_need_an_offset_like_other_local_times() -> None:
+    with pytest.raises(ValueProblem, match=r"no UTC offset.*--assume-tz"):
+        coerce("eventDateTime", "01.10.2025 09:30")
+    with pytest.raises(ValueProblem, match="calendar"):
+        coerce("eventDateTime", "31.02.2025", assume_tz="UTC")
+
+
+@pytest.mark.parametrize("text", ["10/01/2025 09:30", "Oct 1 2025", "2025-10-01T9:30", "01.10.25"])
+def test_an_unreadable_date_names_the_accepted_formats(text: str) -> None:
+    with pytest.raises(ValueProblem) as caught:
+        coerce("eventDateTime", text, assume_tz="UTC")
+    reason = str(caught.value)
+    assert "ISO 8601 (2024-05-01T09:30:00+02:00" in reason
+    assert "day.month.year (01.10.2025 09:30:15, 01.10.2025 09:30, 01.10.2025)" in reason
+
+
+def test_canonical_and_check_wire_never_raise_on_a_bad_calendar_date() -> None:
+    assert canonical(P["eventDateTime"], "2024-02-30T09:30:00Z") == "2024-02-30T09:30:00Z"
+    assert check_wire(P["eventDateTime"], "2024-02-30T09:30:00Z") is not None
+
+
+# --- hypothesis: any text, every property: a value or a ValueProblem -----------------------------
+
+_DIGITS_AND_SIGNS = [
+    *"0123456789.:,+-PTDHMSZzT ",
+    "\uff10",  # FULLWIDTH DIGIT ZERO
+    "\uff1a",  # FULLWIDTH COLON
+    "\u0662",  # ARABIC-INDIC DIGIT TWO
+    "\u2212",  # MINUS SIGN
+    "\u00b2",  # SUPERSCRIPT TWO
+    "\x00",
+]
+_digit_heavy = st.text(st.sampled_from(_DIGITS_AND_SIGNS), max_size=40)
+_huge_digits = st.builds(
+    lambda head, digit, count, tail: head + digit * count + tail,
+    st.sampled_from(["", "-", "+", "P", "PT", "-P", "PT1.", "1.", "2024-05-01T09:30:00."]),
+    st.sampled_from("0917"),
+    st.integers(4_000, 40_000),
+    st.sampled_from(["", "D", "S", "H", "M", ".00:00:00", ":00:00:00", "Z", ".0", "DT1S"]),
+)
+_any_text = st.one_of(st.text(), _digit_heavy, _huge_digits)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(list(P.values())), _any_text, st.sampled_from([None, "Europe/Berlin", "UTC"])
+)
+def test_any_text_gives_a_value_or_a_problem_never_another_exception(
+    prop: Property, text: str, assume_tz: str | None
+) -> None:
+    try:
+        value = coerce_text(prop, text, assume_tz=assume_tz)
+    except ValueProblem as problem:
+        assert str(problem)  # a reason to show
+    else:
+        # What coerce_text gives, Graph takes, and it reads back as itself.
+        assert check_wire(prop, value) is None
+        if value is not None:
+            again = value if isinstance(value, str) else str(value)
+            assert coerce_text(prop, again) == value
+            assert canonical(prop, value) == canonical(prop, coerce_text(prop, again))
+    # The wire side never raises either: Graph's judgement and the comparison form.
+    assert check_wire(prop, text) is None or isinstance(check_wire(prop, text), str)
+    canonical(prop, text)

@@ -141,7 +141,7 @@ def check_job(job: Job, *, env: Mapping[str, str] = os.environ) -> CheckReport:
         report.files.append(FileCheck(path, "done", note=f"{record.finished} {record.run_dir}"))
     for path in plan.waiting:
         report.files.append(FileCheck(path, "waiting", note="modified within settle_seconds"))
-    for path, why in plan.skipped:
+    for path, why in [*plan.skipped, *plan.refused]:
         report.files.append(FileCheck(path, "skipped", note=why))
     map_dir = tempfile.TemporaryDirectory(prefix="autopilot-batch-job-") if job.columns else None
     try:

@@ -33,7 +33,8 @@ from batch.jobs.state import JobState
 
 if typing.TYPE_CHECKING:
     from batch.auth import TokenProvider
-    from batch.engine import RunSummary
+    from batch.engine import RunOptions, RunSummary
+    from batch.limiter import Limiter
     from batch.mapper import Prepared
 
 log = logging.getLogger("batch.jobs")
@@ -91,6 +92,7 @@ class JobReport:
     files: list[FileResult] = field(default_factory=list)
     skipped: int = 0
     waiting: int = 0
+    refused: int = 0
     interrupted: bool = False
     started: str = field(default_factory=now_iso)
     ended: str = ""
@@ -128,6 +130,8 @@ class JobReport:
             extras.append(f"{self.skipped} already processed")
         if self.waiting:
             extras.append(f"{self.waiting} still being written")
+        if self.refused:
+            extras.append(f"{self.refused} refused (not regular files in the folder)")
         if extras:
             text += f", {', '.join(extras)}"
         rows = ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()) if v)
@@ -148,6 +152,7 @@ class JobReport:
             "counts": dict(self.counts()),
             "skipped": self.skipped,
             "waiting": self.waiting,
+            "refused": self.refused,
             "interrupted": self.interrupted,
             "exit_code": self.exit_code,
             "summary": self.line(),
@@ -166,6 +171,8 @@ class _JobRun:
         self.report = JobReport(job)
         self.signal_name: str | None = None
         self.map_file: Path | None = None
+        # One budget for all the files of this job run (see `_limiter`).
+        self.limiter: Limiter | None = None
 
     # Signals: the engine watches SIGINT/SIGTERM while a file's rows are being sent (and stops
     # that run cleanly, exit 130). Around it (hashing, reading a file, resolving keys) the job
@@ -226,6 +233,10 @@ class _JobRun:
                 state.finish(record.sha256, "abandoned", error=why)
             for path, why in plan.skipped:
                 log.warning("skipped %s: %s", path, why, extra={"file": str(path)})
+            # By name only: what a link points at, or a FIFO holds, is never read or shown.
+            for path, why in plan.refused:
+                log.warning("refused %s: %s", path, why, extra={"file": str(path)})
+            self.report.refused = len(plan.refused)
             for path in plan.waiting:
                 log.info(
                     "not yet: %s was modified less than %g s ago (settle_seconds)",
@@ -282,6 +293,7 @@ class _JobRun:
                     tokens=self.tokens,
                     progress=make_progress(quiet=self.quiet),
                     on_prepared=started,
+                    limiter=self._limiter(options),
                 )
         except InputFileError as error:
             # The file itself cannot be used (unreadable, unknown column, ...). It stays where it
@@ -331,6 +343,19 @@ class _JobRun:
             extra={"file": str(item.path), **result.to_json()},
         )
         return result
+
+    def _limiter(self, options: RunOptions) -> Limiter:
+        """The job run's one limiter: Graph throttles per app and tenant, not per file.
+
+        A file started right after another must not spend the budget that one just used (with
+        a limiter per file, the second of two 100-row files met 100 429s at 100/5 s). The
+        first file's options set the budgets; a job's files share its [run] table.
+        """
+        if self.limiter is None:
+            from batch.limiter import Limiter
+
+            self.limiter = Limiter(write=options.write_limit, read=options.reads)
+        return self.limiter
 
     def _fresh_run_dir(self, path: Path) -> Path:
         from batch.engine import default_out_dir

@@ -29,10 +29,10 @@ DEFAULT_GLOBS: Final = ("*.csv", "*.xlsx", "*.xlsm")
 #: A drop-folder file modified less than this many seconds ago may still be being written.
 DEFAULT_SETTLE_SECONDS: Final = 30.0
 
-# RunOptions fields a job sets from elsewhere than its [run] table (input, output, graph), or
-# that belong to other commands (`revert --force`).
+# RunOptions fields a job sets from elsewhere than its [run] table (input, output, graph).
+# (`force` is a [run] key: `run --force` overrides the conflicts of an exported file.)
 _RUN_FIELDS_ELSEWHERE: Final = frozenset(
-    {"input", "out", "resume", "input_options", "graph_root", "cloud", "runs_root", "force"}
+    {"input", "out", "resume", "input_options", "graph_root", "cloud", "runs_root"}
 )
 # InputOptions fields under another name in [input] (the CLI's spelling: --map).
 _INPUT_RENAMES: Final = {"map_file": "map"}

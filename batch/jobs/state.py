@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import sqlite3
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,10 +154,21 @@ class JobState:
         )
 
 
-def file_digest(path: Path) -> str:
-    """The SHA-256 of a file's bytes (the identity of a dropped file)."""
+def file_digest(path: Path, *, follow_symlinks: bool = True) -> str:
+    """The SHA-256 of a regular file's bytes (the identity of a dropped file).
+
+    Raises `OSError` for anything but a regular file. The drop folder scan refuses links,
+    FIFOs and devices from `lstat` already; this closes the gap when one is swapped in after
+    the scan: opened non-blocking (a FIFO does not hang the job), checked with `fstat` before
+    a byte is read, and with `follow_symlinks=False` a symbolic link fails to open at all.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open(os.open(path, flags), "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()

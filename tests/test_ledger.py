@@ -1,0 +1,169 @@
+"""The ledger's last window of sends: kept as the limiter grants, carried into a resumed process."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from batch.ledger import Ledger
+from batch.limiter import FakeClock, Limiter
+from batch.model import Rate
+from tests.test_limiter import max_in_any_window
+
+pytestmark = pytest.mark.anyio
+
+WRITE = Rate(100, 20.0)
+WINDOW = 20.0 * 1.03
+EPOCH = 1_800_000_000.0  # a Unix time; the two "processes" below see the same wall clock
+
+
+def _wall_of(clock: FakeClock, wall_at_start: float) -> Callable[[], float]:
+    """A wall clock that moves with `clock` (which started at its own origin)."""
+    origin = clock.now()
+    return lambda: wall_at_start + (clock.now() - origin)
+
+
+def _sends(path: Path) -> list[tuple[float, int, int]]:
+    """The committed rows, read as another process would read them."""
+    db = sqlite3.connect(path)
+    try:
+        return [tuple(r) for r in db.execute("SELECT at, writes, reads FROM sends ORDER BY at")]
+    finally:
+        db.close()
+
+
+async def _full_speed(limiter: Limiter, clock: FakeClock, until: float, want: int) -> list[float]:
+    """Four senders taking `want` slots each until the clock reaches `until`; grant times."""
+    grants: list[float] = []
+
+    async def sender() -> None:
+        while clock.now() < until:
+            n = await limiter.acquire_writes(want)
+            grants.extend([clock.now()] * n)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(sender)
+    return grants
+
+
+async def test_a_grant_is_committed_before_the_request_can_leave(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "state.sqlite")
+    limiter = Limiter(write=WRITE, clock=FakeClock())
+    ledger.keep_window(limiter, resume=False, wall=lambda: EPOCH)
+    ledger.mark_in_flight([(2, "a")])  # an open transaction of the senders' (not committed)
+    assert await limiter.acquire_writes(20) == 20
+    # Another connection (a resumed process after kill -9) already sees it.
+    assert _sends(tmp_path / "state.sqlite") == [(EPOCH, 20, 0)]
+    limiter.refund_writes(5)  # the batch found 15 rows: the row is amended at once
+    await limiter.acquire_reads(7)
+    assert _sends(tmp_path / "state.sqlite") == [(EPOCH, 15, 0), (EPOCH, 0, 7)]
+    ledger.close()
+
+
+async def test_a_resumed_process_never_overruns_the_window_the_interrupted_one_left(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.sqlite"
+    # The interrupted process: 45 s at full speed in batches of 20, then SIGINT.
+    clock_a = FakeClock(start=12.0)
+    wall_a = _wall_of(clock_a, EPOCH)
+    ledger = Ledger(path)
+    limiter = Limiter(write=WRITE, clock=clock_a)
+    ledger.keep_window(limiter, resume=False, wall=wall_a)
+    sent = [wall_a() - clock_a.now() + t for t in await _full_speed(limiter, clock_a, 45.0, 20)]
+    ledger.close()
+    interrupted_at = wall_a()
+
+    # The resumed process starts 0.8 s later; its monotonic clock has another origin.
+    clock_b = FakeClock(start=73_000.0)
+    wall_b = _wall_of(clock_b, interrupted_at + 0.8)
+    ledger = Ledger(path)
+    limiter = Limiter(write=WRITE, clock=clock_b)
+    with caplog.at_level(logging.INFO, logger="batch.ledger"):
+        carried = ledger.keep_window(limiter, resume=True, wall=wall_b)
+    assert carried is not None
+    in_window = sum(s.writes for s in carried.sends if s.ago < WINDOW)
+    assert in_window == sum(1 for t in sent if t > interrupted_at + 0.8 - WINDOW) > 0
+    assert f"resumed: {in_window} writes of the last 20 s window carried over" in caplog.text
+    offset = wall_b() - clock_b.now()
+    sent += [offset + t for t in await _full_speed(limiter, clock_b, 73_060.0, 7)]
+    ledger.close()
+
+    assert max_in_any_window([(t, 1) for t in sent], WRITE.seconds) <= WRITE.count
+    # Only about one window of rows is kept, however long the run.
+    assert len(_sends(path)) <= 2 * WRITE.count
+
+
+async def test_a_pause_and_a_lowered_rate_carry_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.sqlite"
+    clock_a = FakeClock()
+    ledger = Ledger(path)
+    limiter = Limiter(write=WRITE, clock=clock_a)
+    ledger.keep_window(limiter, resume=False, wall=_wall_of(clock_a, EPOCH))
+    await limiter.acquire_writes(60)
+    limiter.throttled(2.0)
+    clock_a.advance(3.0)
+    limiter.throttled(30.0)  # 429s keep coming: the rate steps down, a long pause begins
+    assert limiter.effective_write_limit == 59
+    ledger.close()
+
+    clock_b = FakeClock(start=500.0)
+    ledger = Ledger(path)
+    resumed = Limiter(write=WRITE, clock=clock_b)
+    with caplog.at_level(logging.INFO, logger="batch.ledger"):
+        ledger.keep_window(resumed, resume=True, wall=_wall_of(clock_b, EPOCH + 13.0))
+    assert resumed.paused_for == pytest.approx(20.0)
+    assert resumed.effective_write_limit == 59
+    assert "its 429 pause goes on 20.0 s" in caplog.text
+    ledger.close()
+
+
+async def test_a_new_run_starts_empty_and_an_old_window_carries_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    clock = FakeClock()
+    ledger = Ledger(path)
+    limiter = Limiter(write=WRITE, clock=clock)
+    assert ledger.keep_window(limiter, resume=False, wall=lambda: EPOCH) is None
+    await limiter.acquire_writes(100)
+    ledger.close()
+
+    ledger = Ledger(path)
+    later = Limiter(write=WRITE, clock=FakeClock())
+    carried = ledger.keep_window(later, resume=True, wall=lambda: EPOCH + WINDOW + 1)
+    assert carried is not None and not carried.sends and carried.pause_ends_in is None
+    assert await later.acquire_writes(100) == 100
+    ledger.close()
+
+
+async def test_the_next_file_of_a_job_run_keeps_what_the_shared_limiter_already_sent(
+    tmp_path: Path,
+) -> None:
+    """One limiter, two run folders: the second ledger holds the first run's window too."""
+    clock = FakeClock()
+    wall = _wall_of(clock, EPOCH)
+    limiter = Limiter(write=WRITE, clock=clock)
+    first = Ledger(tmp_path / "a.sqlite")
+    first.keep_window(limiter, resume=False, wall=wall)
+    await limiter.acquire_writes(100)
+    first.close()
+    await limiter.acquire_reads(3)  # between the runs: no ledger hears it, none fails
+    clock.advance(1.0)
+
+    second = Ledger(tmp_path / "b.sqlite")
+    second.keep_window(limiter, resume=False, wall=wall)
+    second.close()  # interrupted at once, before it sent anything itself
+    assert _sends(tmp_path / "b.sqlite") == [(EPOCH, 100, 3)]
+
+    resumed = Limiter(write=WRITE, clock=FakeClock())
+    again = Ledger(tmp_path / "b.sqlite")
+    again.keep_window(resumed, resume=True, wall=lambda: EPOCH + 2.0)
+    assert resumed.window().sends == ((2.0, 100, 3),)
+    again.close()
