@@ -56,6 +56,9 @@ __all__ = [
     "ListWalk",
     "Restore",
     "Verdict",
+    "conflicts_from_json",
+    "conflicts_key",
+    "conflicts_to_json",
     "current_values",
     "describe_conflicts",
     "excel_damage",
@@ -87,6 +90,11 @@ _ACCEPT: Final = "--accept-lost-zeros sends it anyway"
 def written_key(number: int) -> str:
     """The ledger cache key under which a row's sent body is kept (revert checks against it)."""
     return f"written:{number}"
+
+
+def conflicts_key(number: int) -> str:
+    """The ledger cache key of the conflicts a written row left alone (`--resume` reports them)."""
+    return f"conflicts:{number}"
 
 
 # --- comparing ----------------------------------------------------------------------------------
@@ -323,13 +331,54 @@ def _against_export(
     return kept
 
 
-def resumed_verdict(written: dict[str, JSON], image: dict[str, JSON]) -> Verdict:
+def resumed_verdict(
+    written: dict[str, JSON], image: dict[str, JSON], conflicts: object = None
+) -> Verdict:
     """A resumed row whose body and before-image were committed: write that body again.
 
     Its PATCH may already have gone out, so the event may hold the new values: what changes is
-    told against the committed before-image, not against the event.
+    told against the committed before-image, not against the event. `conflicts` is what
+    `conflicts_to_json` stored for the row (the fields the first verdict left alone), if any.
     """
-    return Verdict("write", written, image, _changes(written, image))
+    return Verdict(
+        "write", written, image, _changes(written, image), conflicts_from_json(conflicts)
+    )
+
+
+def conflicts_to_json(conflicts: Iterable[Conflict]) -> list[JSON]:
+    """Conflicts as JSON for the ledger's cache (see `resumed_verdict`)."""
+    return [
+        {
+            "name": c.name,
+            "expected": c.expected,
+            "found": c.found,
+            "known": c.known,
+            "wanted": c.wanted,
+            "since": c.since,
+        }
+        for c in conflicts
+    ]
+
+
+def conflicts_from_json(data: object) -> tuple[Conflict, ...]:
+    """What `conflicts_to_json` stored; () for anything else (nothing stored)."""
+    if not isinstance(data, list):
+        return ()
+    found: list[Conflict] = []
+    for item in data:
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            since: Literal["run", "export"] = "export" if item.get("since") == "export" else "run"
+            found.append(
+                Conflict(
+                    item["name"],
+                    item.get("expected"),
+                    item.get("found"),
+                    bool(item.get("known", True)),
+                    item.get("wanted"),
+                    since,
+                )
+            )
+    return tuple(found)
 
 
 def _changes(body: Mapping[str, JSON], current: Mapping[str, JSON]) -> tuple[Change, ...]:

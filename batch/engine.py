@@ -38,6 +38,8 @@ from batch.changes import (
     BeforeImages,
     ListWalk,
     Verdict,
+    conflicts_key,
+    conflicts_to_json,
     current_values,
     describe_conflicts,
     judge,
@@ -516,7 +518,8 @@ class _Run:
         written = self.ledger.get_cache(written_key(work.raw.number))
         if not isinstance(written, dict):
             return self._judge(work.update, image)
-        return resumed_verdict(written, image)
+        conflicts = self.ledger.get_cache(conflicts_key(work.raw.number))
+        return resumed_verdict(written, image, conflicts)
 
     async def read_sender(self) -> None:
         """Read the current values of up to 20 rows per `$batch`, under the read budget."""
@@ -659,6 +662,9 @@ class _Run:
         for w, v in writes:
             # set_cache commits, the before-images with it; revert checks against these bodies.
             self.ledger.set_cache(written_key(w.raw.number), v.body)
+            if v.conflicts:
+                # A resumed row must still report the fields it left alone.
+                self.ledger.set_cache(conflicts_key(w.raw.number), conflicts_to_json(v.conflicts))
         self.ledger.commit()
         for w, v in writes:
             self.before_images.write(w.raw.number, w.update.event_id, v.before)

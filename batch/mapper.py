@@ -441,8 +441,10 @@ class _RowMapper:
         key = _unquote(raw_key.strip())
         # A --key value is not an event id: the row has one only once the resolver found it.
         event_id = key if self.key_name is None else ""
-        reason = self.key_problem(key)
-        if reason:
+        reason = None if problems else self.key_problem(key)
+        if problems:
+            pass  # the id cell itself is the problem (an error cell, a formula): said once
+        elif reason:
             problems.append(Problem(self.id_header, raw_key if key else "", reason))
         elif self.resolve is not None:
             resolved = self.resolve(key)

@@ -23,7 +23,7 @@ Decisions worth knowing:
 * A CSV row with more cells than the header is an error naming the row; a shorter row is padded
   with empty cells (empty means "leave unchanged").
 * Iterating a `RowSource` re-opens the file, so a source can be read any number of times with
-  flat memory (pandas chunks for CSV, calamine's lazy row iterator for Excel).
+  flat memory (pandas chunks for CSV, `batch.xlsx`'s streaming parse and its spool for Excel).
 """
 
 from __future__ import annotations
@@ -124,13 +124,13 @@ def _blank(cell: str) -> bool:
     return not cell or cell.isspace()
 
 
-def _likely_header(rows: Iterator[Sequence[str]], header_number: int) -> int | None:
+def _likely_header(rows: Iterator[tuple[int, Sequence[str]]], header_number: int) -> int | None:
     """The first row below a one-cell header row with two or more filled cells (a title hint)."""
-    for offset, cells in enumerate(rows, start=1):
-        if offset > _HEADER_SEARCH_ROWS:
+    for number, cells in rows:
+        if number > header_number + _HEADER_SEARCH_ROWS:
             return None
         if sum(1 for c in cells if not _blank(c)) >= 2:
-            return header_number + offset
+            return number
     return None
 
 
@@ -309,7 +309,7 @@ class _CsvSource(RowSource):
         if sum(1 for c in header if not _blank(c)) == 1:
             self.title_hint = _likely_header(self._first_lines(), header_row)
 
-    def _first_lines(self) -> Iterator[Sequence[str]]:
+    def _first_lines(self) -> Iterator[tuple[int, Sequence[str]]]:
         """The rows below the header as the csv module splits them (only for the title hint)."""
         with contextlib.suppress(OSError, UnicodeDecodeError, csv.Error):
             with self.path.open("rb") as handle:
@@ -317,7 +317,7 @@ class _CsvSource(RowSource):
             rows = csv.reader(io.StringIO(head), delimiter=self._delimiter)
             for number, cells in enumerate(rows, start=1):
                 if number > self.header_number:
-                    yield cells
+                    yield number, cells
 
     def _records(self) -> Iterator[_Record]:
         skip = self._skip
@@ -385,10 +385,10 @@ class _ExcelSource(RowSource):
             )
         raise InputFileError(path, f"sheet {sheet.sheet.name!r} has no header row (it is empty)")
 
-    def _texts_below(self, header_number: int) -> Iterator[Sequence[str]]:
+    def _texts_below(self, header_number: int) -> Iterator[tuple[int, Sequence[str]]]:
         for row in self._sheet.rows(self._first_column, MAX_COLUMNS - 1):
             if row.number > header_number:
-                yield list(row.texts.values())
+                yield row.number, list(row.texts.values())
 
     def _records(self) -> Iterator[_Record]:
         width, first = self._width, self._first_column

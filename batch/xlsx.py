@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import marshal
 import math
 import posixpath
@@ -325,13 +326,48 @@ def excel_cell_text(value: object) -> str:
 # --- number formats ------------------------------------------------------------------------------
 
 _QUOTED: Final = re.compile(r'"[^"]*"|\\.')
-_FORMAT_TOKENS: Final = re.compile(r'("[^"]*")|(\\.)|([0#?,.]+)|(.)')
+# One token of a format section: "literal", \x, _x (a space as wide as x), *x (fill with x),
+# [Red] or [>100] (colour, condition), a run of digit placeholders, or any other character.
+_FORMAT_TOKENS: Final = re.compile(r'"([^"]*)"|\\(.)|[_*].|\[[^\]]*\]|([0#?,.]+)|(.)', re.S)
+_PLACEHOLDER: Final = re.compile(r"[0#?]")
 
 
 def _code_of(section: str) -> str:
     """A format section without its quoted literals, escapes, colours and conditions."""
     bare = _QUOTED.sub("", section)
     return re.sub(r"\[[^\]]*\]", "", bare)
+
+
+@functools.lru_cache(maxsize=256)
+def _format_kind(code: str) -> str:
+    """general, scientific, digits or other (see `format_number`) for a whole format code."""
+    bare = _code_of(code.split(";")[0])
+    if code.strip().lower() in ("general", ""):
+        return "general"
+    if "E+" in bare.upper() or "E-" in bare.upper():
+        return "scientific"
+    if "%" in bare or "/" in bare or "@" in bare or not _PLACEHOLDER.search(bare):
+        return "other"
+    return "digits"
+
+
+@functools.lru_cache(maxsize=256)
+def _section_plan(section: str) -> tuple[tuple[bool, str], ...]:
+    """A `digits` format section as (is the number, text) parts; parsed once per section."""
+    plan: list[tuple[bool, str]] = []
+    placed = False
+    for quoted, escaped, digits, other in _FORMAT_TOKENS.findall(section):
+        if quoted or escaped:
+            plan.append((False, quoted or escaped))
+        elif digits and not placed and _PLACEHOLDER.search(digits):
+            plan.append((True, digits))
+            placed = True
+        elif digits:
+            plan.append((False, digits.replace(",", "")))
+        elif other:
+            plan.append((False, other))
+        # Spacing (_x), fills (*x), colours and conditions show no text.
+    return tuple(plan)
 
 
 def format_number(value: str, code: str) -> tuple[str, str]:
@@ -343,38 +379,21 @@ def format_number(value: str, code: str) -> tuple[str, str]:
     percent, fractions, text `@`: the value is shown as plain digits, but it was not typed as
     text either).
     """
-    sections = code.split(";")
+    kind = _format_kind(code)
     number = _decimal(value)
+    if number is None or kind in ("general", "other"):
+        return _general(value), "general" if number is None else kind
+    sections = code.split(";")
     section = sections[0]
-    if number is not None and number < 0 and len(sections) > 1 and sections[1]:
+    if number < 0 and len(sections) > 1 and sections[1]:
         section = sections[1]
         number = -number
-    bare = _code_of(section)
-    if code.strip().lower() in ("general", "") or number is None:
-        return _general(value), "general"
-    if "E+" in bare.upper() or "E-" in bare.upper():
-        return _scientific(number, bare), "scientific"
-    if "%" in bare or "/" in bare or "@" in bare or not re.search(r"[0#?]", bare):
-        return _general(value), "other"
-    out: list[str] = []
-    placed = False
-    for quoted, escaped, digits, other in _FORMAT_TOKENS.findall(section):
-        if quoted:
-            out.append(quoted[1:-1])
-        elif escaped:
-            out.append(escaped[1:])
-        elif digits and not placed and re.search(r"[0#?]", digits):
-            out.append(_digits(number, digits))
-            placed = True
-        elif digits:
-            out.append(digits.replace(",", ""))
-        elif other in ("_", "*", "["):
-            continue  # spacing and fill characters, or a condition: nothing Excel shows as text
-        else:
-            out.append(other)
-    text = "".join(out)
-    # Colours and conditions ([Red], [>100]) were kept by the tokenizer: take them off again.
-    return re.sub(r"\[[^\]]*\]", "", text).strip(), "digits"
+    if kind == "scientific":
+        return _scientific(number, _code_of(section)), kind
+    parts = [
+        _digits(number, text) if is_number else text for is_number, text in _section_plan(section)
+    ]
+    return "".join(parts).strip(), kind
 
 
 def _decimal(value: str) -> Decimal | None:
@@ -581,9 +600,11 @@ class XlsxSheet:
         """One cell's text (and note) from what its XML held."""
         if inline is not None and kind == "inlineStr":
             return "".join(inline), None
+        # A formula without a saved value: no <v>, or an empty one where the result is a number
+        # (openpyxl and other writers leave `<v></v>`); an empty text result is a real value.
+        if formula is not None and (value is None or (not value and kind in ("n", "e", "b"))):
+            return "", CellNote("formula", "", "=" + formula)
         if value is None:
-            if formula is not None:
-                return "", CellNote("formula", "", "=" + formula)
             return "", None
         if kind == "s":
             try:

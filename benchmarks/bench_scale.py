@@ -1,14 +1,17 @@
 """Benchmark 5: `validate` and `run --dry-run` on big files — wall time and peak RSS.
 
     .venv/bin/python benchmarks/bench_scale.py [--csv-rows 1000000] [--xlsx-rows 100000]
-        [--only validate-csv,dry-run-csv,validate-xlsx,dry-run-xlsx] [--regenerate]
+        [--only validate-csv,dry-run-csv,validate-xlsx,dry-run-xlsx,validate-xlsx-formats]
+        [--regenerate]
 
 Inputs are generated once into benchmarks/out/ (the CSV with bench_validate.generate — GUID
 ids, serials with leading zeros, mixed-case enums, dates with offsets, ISO and TimeSpan
 durations, some `<null>`s — and the XLSX with the same columns and values, written by openpyxl
-in write-only mode). Each command runs the real CLI as a child process; its peak RSS is that
-child's `ru_maxrss` from `os.wait4`. Target: flat memory, under 300 MB. A dry run also writes
-`requests.jsonl` and `results.csv` for every row (the run folder is deleted afterwards).
+in write-only mode; `validate-xlsx-formats` has the serials as number cells with the format
+`0000000000`, as admins type them, so every row's number format is applied). Each command
+runs the real CLI as a child process; its peak RSS is that child's `ru_maxrss` from
+`os.wait4`. Target: flat memory, under 300 MB. A dry run also writes `requests.jsonl` and
+`results.csv` for every row (the run folder is deleted afterwards).
 """
 
 from __future__ import annotations
@@ -25,20 +28,30 @@ from _bench import OUT, cli, machine, machine_line, run_measured, save, table
 from bench_validate import generate
 
 TARGET_MB = 300.0
-CASES = ("validate-csv", "dry-run-csv", "validate-xlsx", "dry-run-xlsx")
+CASES = ("validate-csv", "dry-run-csv", "validate-xlsx", "dry-run-xlsx", "validate-xlsx-formats")
 
 
-def generate_xlsx(path: Path, rows: int) -> None:
-    """The same rows as the CSV generator's, as an .xlsx (every cell text, as admins paste)."""
+def generate_xlsx(path: Path, rows: int, *, formats: bool = False) -> None:
+    """The same rows as the CSV generator's, as an .xlsx (every cell text, as admins paste).
+
+    With `formats`, the serial (column B, ten digits with leading zeros) is a number cell with
+    the number format `0000000000` instead, so the reader has a format to apply on every row.
+    """
     from openpyxl import Workbook  # type: ignore[import-untyped]
+    from openpyxl.cell import WriteOnlyCell  # type: ignore[import-untyped]
 
     source = OUT / f"scale-xlsx-source-{rows}.csv"
     generate(source, rows)
     book = Workbook(write_only=True)
     sheet = book.create_sheet("Updates")
     with source.open(encoding="utf-8-sig", newline="") as handle:
-        for record in csv.reader(handle):
-            sheet.append(record)
+        for number, record in enumerate(csv.reader(handle)):
+            if formats and number:
+                serial = WriteOnlyCell(sheet, value=int(record[1]))
+                serial.number_format = "0000000000"
+                sheet.append([record[0], serial, *record[2:]])
+            else:
+                sheet.append(record)
     partial = path.with_suffix(".partial.xlsx")
     book.save(partial)
     partial.replace(path)
@@ -50,7 +63,7 @@ def ensure(path: Path, rows: int, *, regenerate: bool) -> Path:
     if regenerate or not path.exists():
         started = time.perf_counter()
         if path.suffix == ".xlsx":
-            generate_xlsx(path, rows)
+            generate_xlsx(path, rows, formats="formats" in path.name)
         else:
             generate(path, rows)
         print(f"generated {path} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -100,9 +113,14 @@ def main() -> int:
     info = machine()
     results = []
     for case in cases:
-        rows = args.xlsx_rows if case.endswith("xlsx") else args.csv_rows
+        rows = args.csv_rows if case.endswith("csv") else args.xlsx_rows
         # The CSV name is bench_validate's, so both benchmarks share one generated file.
-        path = OUT / (f"validate-{rows}.csv" if case.endswith("csv") else f"scale-{rows}.xlsx")
+        if case.endswith("csv"):
+            path = OUT / f"validate-{rows}.csv"
+        elif case.endswith("formats"):
+            path = OUT / f"scale-formats-{rows}.xlsx"
+        else:
+            path = OUT / f"scale-{rows}.xlsx"
         ensure(path, rows, regenerate=args.regenerate)
         print(f"running {case} ...", file=sys.stderr, flush=True)
         results.append(measure(case, path, rows))

@@ -20,6 +20,8 @@ from batch.changes import (
     Conflict,
     ListWalk,
     Restore,
+    conflicts_from_json,
+    conflicts_to_json,
     current_values,
     describe_conflicts,
     excel_damage,
@@ -27,6 +29,7 @@ from batch.changes import (
     lost_zeros,
     read_request,
     render_diff,
+    resumed_verdict,
     same_value,
     scientific_form,
     use_list_walk,
@@ -459,6 +462,22 @@ def test_a_revert_restores_the_fields_nobody_changed_and_reports_the_others() ->
     assert verdict.changed_fields == ("osVersion",)
     assert verdict.conflicts == (
         Conflict("userPrincipalName", "b@contoso.com", "c@contoso.com", wanted="a@contoso.com"),
+    )
+
+
+def test_conflicts_survive_the_ledger_for_a_resume() -> None:
+    conflicts = (
+        Conflict("osVersion", "11", "12", wanted="10"),
+        Conflict("userPrincipalName", None, "b@x.com", False, "a@x.com", since="export"),
+    )
+    stored = json.loads(json.dumps(conflicts_to_json(conflicts)))
+    assert conflicts_from_json(stored) == conflicts
+    assert conflicts_from_json(None) == () == conflicts_from_json([{"no": "name"}])
+    verdict = resumed_verdict({"osVersion": "10"}, {"osVersion": "11"}, stored)
+    assert (verdict.action, verdict.changed_fields, verdict.conflicts) == (
+        "write",
+        ("osVersion",),
+        conflicts,
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import openpyxl
@@ -275,3 +277,29 @@ def test_revert_restores_every_field_nobody_changed_since(
     assert _event(server, changed)["osVersion"] == "10.0.9999.2"
     assert _event(server, changed)["managedDeviceName"] == "RUN-2"
     assert _event(server, changed)["userPrincipalName"] == "someone.else@contoso.com"
+
+
+def test_a_resumed_row_still_reports_the_fields_it_left_alone(
+    emulator_factory: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Killed after the PATCH left, before its answer was recorded: the resume says the same."""
+    server, ids = _emulator(emulator_factory, 5, seed=53)
+    export = tmp_path / "tenant.csv"
+    _export(server, export)
+    event_id = ids[1]
+    server.store.patch(event_id, {"userPrincipalName": "new.owner@contoso.com"})
+    _edit(export, {event_id: {"osVersion": "11", "userPrincipalName": "admin@contoso.com"}})
+    out = tmp_path / "run"
+    first = cli_here("run", export, "--graph-url", server.url, *LIMITS, "--out", out)
+    assert first.returncode == 1, first.stderr[-2000:]
+    before = read_csv(out / "results.csv")
+    with closing(sqlite3.connect(out / "state.sqlite")) as db, db:
+        db.execute("UPDATE rows SET state = 'in_flight' WHERE number = 3")
+    resumed = cli_here("run", export, "--graph-url", server.url, *LIMITS, "--out", out, "--resume")
+    assert resumed.returncode == 1, resumed.stderr[-2000:]
+    after = read_csv(out / "results.csv")
+    kept = ("row", "id", "outcome", "error_code", "error_message", "changed_fields")
+    assert [{k: r[k] for k in kept} for r in after] == [{k: r[k] for k in kept} for r in before]
+    assert (after[1]["outcome"], after[1]["changed_fields"]) == ("conflict", "osVersion")
+    assert server.stats()["patches"] == {event_id: 2}
+    assert _event(server, event_id)["userPrincipalName"] == "new.owner@contoso.com"

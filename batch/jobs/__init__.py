@@ -11,6 +11,9 @@ root, an archive folder and how to report. A job run:
    each new input file once, oldest first (modification time, then name), each in its own run
    folder under the output root; files are remembered by content SHA-256 in
    `<state dir>/files.sqlite`, so a file dropped twice, renamed or copied back is not sent again;
+   a drop folder gives only regular files really in it: symbolic links, FIFOs, devices, sockets
+   and files reached through a linked subfolder are refused by name and never opened (a drop
+   folder is often a share others can write to);
 3. archives each finished file, logs JSON lines to the job log and prints one summary line.
 
 The exit code summarises the files (`job_exit_code`): 0 all rows fine, 1 some rows failed or were
