@@ -15,7 +15,9 @@ columns as properties, so the file stays valid input for older versions too.
 
 CSV cells a spreadsheet would run as formulas (`=`, `+`, `-`, `@` first) get a leading `'`
 (`batch.report.neutralise_cell`), which the reader takes off again; negative durations such as
-`-PT5M` are among them and read back unchanged. XLSX cells are text cells and need no guard.
+`-PT5M` are among them and read back unchanged. XLSX cells are text cells and need no guard; only
+a value that itself starts with `'` and then `= + - @` gets one more `'` there too, so that it
+reads back as it was.
 
 Reading: one paged walk of the event list (`$top`, `@odata.nextLink`), each page paced by the read
 budget and retried on 429/503/504/no answer (`batch.retry.graph_retrying`), so a 429 closes the
@@ -94,6 +96,8 @@ _EXCEL_MAX_TEXT: Final = 32_767
 # Text openpyxl stores as it is (a plain string cell): no formula (=...), error code (#...), control
 # character or excess length. Anything else goes through `_XlsxSink._fit`.
 _PLAIN_TEXT: Final = re.compile(r"(?![=#])[^\x00-\x08\x0b\x0c\x0e-\x1f]{0,32767}")
+# A value that starts with `'` and then `= + - @`: the reader takes one `'` off such text.
+_QUOTED_FORMULA: Final = re.compile(r"'+[=+\-@]")
 # How many unmatched serials a warning names before it says "and N more".
 _SHOWN_SERIALS: Final = 5
 
@@ -437,6 +441,18 @@ class _Sink(Protocol):
     def discard(self) -> None: ...
 
 
+def _keep_quote(text: str | None) -> str | None:
+    """An XLSX text cell that reads back as `text`: a value such as `'=x` gets one more `'`.
+
+    Text cells need no guard against formulas, but the reader takes a `'` off a value that
+    starts with `'` and `= + - @` (it is how neutralised CSV cells come back); the extra `'` is
+    the one it takes.
+    """
+    if text is not None and text.startswith("'") and _QUOTED_FORMULA.match(text):
+        return "'" + text
+    return text
+
+
 class _CsvSink:
     """UTF-8 with BOM (Excel then reads it as UTF-8) and RFC 4180 quoting, as every report.
 
@@ -514,7 +530,7 @@ class _XlsxSink:
             append(
                 [
                     text if text is None or _PLAIN_TEXT.fullmatch(text) else fit(text)
-                    for text in values
+                    for text in map(_keep_quote, values)
                 ]
             )
 

@@ -441,12 +441,11 @@ class _RowMapper:
         key = _unquote(raw_key.strip())
         # A --key value is not an event id: the row has one only once the resolver found it.
         event_id = key if self.key_name is None else ""
+        # An id cell that is itself the problem (an error cell, a formula) is said once.
         reason = None if problems else self.key_problem(key)
-        if problems:
-            pass  # the id cell itself is the problem (an error cell, a formula): said once
-        elif reason:
+        if reason:
             problems.append(Problem(self.id_header, raw_key if key else "", reason))
-        elif self.resolve is not None:
+        elif self.resolve is not None and not problems:
             resolved = self.resolve(key)
             if isinstance(resolved, Problem):
                 # The resolver knows keys, not the file: the problem is in the key column.

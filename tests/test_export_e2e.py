@@ -33,6 +33,7 @@ from batch.limiter import FakeClock
 from batch.mapper import InputOptions, prepare, template_columns
 from batch.model import Rate, Skipped, Update
 from batch.reader import open_input
+from batch.report import neutralise_cell
 from batch.schema import PROPERTIES, canonical
 from batch.stamp import NOT_EDITED, STAMP_COLUMN, Stamper
 from tests.conftest import EmulatorFactory
@@ -226,8 +227,8 @@ async def test_exported_values_read_back_as_the_wire_values(tmp_path: Path, suff
         for header in template_columns():
             wire = event.get(header)
             expected = "" if wire is None else str(wire)
-            if excel:
-                expected = expected.replace("\x07", "")  # XML cannot hold it
+            # XML cannot hold the bell; CSV holds '=... for =..., which the mapper reads as =...
+            expected = expected.replace("\x07", "") if excel else neutralise_cell(expected)
             assert row.cells[header] == expected, header
     assert result.altered_cells == (1 if excel else 0)
 
@@ -252,7 +253,9 @@ async def test_exported_values_read_back_as_the_wire_values(tmp_path: Path, suff
         if excel and "userPrincipalName" in body:
             body["userPrincipalName"] = str(body["userPrincipalName"]).replace("\x07", "")
         if body:
-            assert mapped == Update(mapped.number, str(event["id"]), body)
+            # (with validate's warnings, such as a formula-looking text: sent as written)
+            assert isinstance(mapped, Update)
+            assert (mapped.event_id, mapped.body) == (str(event["id"]), body)
         else:  # nothing but an id: nothing to change
             assert mapped == Skipped(mapped.number, str(event["id"]))
 
@@ -506,3 +509,25 @@ def test_export_filters_and_errors_through_the_cli(
     assert "Error: Graph rejected a freshly obtained access token" in refused.stderr
     assert not (tmp_path / "y.csv").exists()
     assert not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the mapper's _unquote to take one ' off any run of 's before = + - @ "
+    "(today only a single ' is taken off): '=x is exported as ''=x",
+)
+async def test_a_value_that_starts_with_a_quote_reads_back_as_it_was(
+    tmp_path: Path, suffix: str
+) -> None:
+    out = tmp_path / f"events{suffix}"
+    events = [{"id": "q-1", "osVersion": "'=not a formula", "managedDeviceName": "'-dash"}]
+    await _export(
+        ExportOptions(out=out, graph_root=ROOT, columns=("id", "osVersion")), Pages(events)
+    )
+    prepared = prepare(out, InputOptions())
+    prepared.stamp_column = None
+    ((_, mapped),) = list(prepared.rows())
+    assert isinstance(mapped, Update)
+    assert mapped.body == {"osVersion": "'=not a formula"}
