@@ -52,6 +52,7 @@ from batch.schema import (
     EdmType,
     Property,
     ValueProblem,
+    cell_problem,
     coerce_text,
     describe_char,
     normalize_header,
@@ -477,7 +478,7 @@ class _RowMapper:
                 self.trimmed += 1
             value = _unquote(value)
             if is_text:
-                reason = _text_problem(value)
+                reason = _text_problem(value) or cell_problem(value, free_text=True)
                 if reason is not None:
                     problems.append(Problem(header, value, reason))
                     continue

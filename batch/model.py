@@ -64,10 +64,20 @@ class Problem:
 
     def __str__(self) -> str:
         if self.column and self.value:
-            return f"{self.column}: {self.reason} (got {self.value!r})"
+            return f"{self.column}: {self.reason} (got {_shown(self.value)})"
         if self.column:
             return f"{self.column}: {self.reason}"
         return self.reason
+
+
+# A message shows this much of a bad value; the value itself stays whole (failures.csv).
+_SHOWN_VALUE = 80
+
+
+def _shown(value: str) -> str:
+    if len(value) <= _SHOWN_VALUE:
+        return repr(value)
+    return f"{value[:_SHOWN_VALUE]!r}… ({len(value):,} characters)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -241,6 +241,9 @@ MAX_VALUE_LENGTH: Final = 32_767
 
 # C0 (tab and line breaks too: no property is multi-line text), DEL and C1.
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# In free text (strings) tabs and line breaks are text: an exported failure detail may hold
+# them, and an export → edit → run cycle must not turn such rows invalid.
+_TEXT_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # Full-width forms (U+FF01..U+FF5E) and the ideographic space, as East Asian input methods type
 # them, map one to one onto ASCII; nothing else is folded (see the module docstring).
 _WIDE_TO_ASCII: Final = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
@@ -252,18 +255,19 @@ def describe_char(char: str) -> str:
     return f"U+{ord(char):04X} {name}" if name else f"U+{ord(char):04X}"
 
 
-def cell_problem(text: str) -> str | None:
+def cell_problem(text: str, *, free_text: bool = False) -> str | None:
     """Why a cell's text can never be a value (too long, a control character), or None.
 
     The mapper calls this for every non-empty cell, string columns included, so it is one
-    length test and one C-level regex search.
+    length test and one C-level regex search. `free_text` (a string property) lets tabs and
+    line breaks through.
     """
     if len(text) > MAX_VALUE_LENGTH:
         return (
             f"longer than {MAX_VALUE_LENGTH:,} characters ({len(text):,}), "
             "the most one value may have (Excel's limit for a cell)"
         )
-    found = _CONTROL.search(text)
+    found = (_TEXT_CONTROL if free_text else _CONTROL).search(text)
     if found is not None:
         return (
             f"contains a control character {describe_char(found.group())} "

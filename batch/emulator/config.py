@@ -1,11 +1,33 @@
-"""How one emulator instance behaves: limits, faults, auth, wire details (keyword-only, frozen)."""
+"""How one emulator instance behaves: limits, faults, auth, wire details (keyword-only, frozen).
+
+Two profiles (issue 13):
+
+* **friendly** (today's field defaults): PATCH answers 200 with the object, the legacy schema,
+  Graph's plain error bodies, pages of 100 with `$top` up to 999, a bad `$batch` item fails
+  alone, every 429 carries a whole-second Retry-After, one Retry-After period holds every
+  request of the app, `client-request-id` is echoed only when sent.
+* **realistic** (`EmulatorConfig.realistic()`, `--profile realistic`): what Intune does, as
+  GRAPH.md ("How Intune really answers") records it — 204, the current schema, Intune's error
+  envelope, pages of at most 50 (`$top` capped, not refused), whole-batch 400s, a seeded mix of
+  Retry-After forms (some absent), separate write and read throttles, `client-request-id`
+  always answered.
+
+Decision: the profile is not a field. It is a named set of field values (`PROFILES`) applied by
+`for_profile`, and every field can still be set on its own afterwards (the softening flags), so a
+test says exactly which friendliness it needs. Flipping the default later means changing the
+field defaults to `REALISTIC`'s values; `friendly()` applies `FRIENDLY` explicitly and keeps
+working unchanged.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from types import MappingProxyType
+from typing import Any, Final, Literal, Self
 
 from batch.errors import ConfigError
 from batch.model import Rate
@@ -15,13 +37,51 @@ __all__ = [
     "GRAPH_TENANT_READ_LIMIT",
     "GRAPH_TENANT_WRITE_LIMIT",
     "GRAPH_WRITE_LIMIT",
+    "PROFILES",
     "RETRY_AFTER_FORMATS",
     "SCHEMAS",
     "EmulatorConfig",
 ]
 
-RETRY_AFTER_FORMATS: Final = ("int", "decimal", "none")
+RETRY_AFTER_FORMATS: Final = ("int", "decimal", "list", "none", "mixed")
 SCHEMAS: Final = ("legacy", "current")
+ERROR_STYLES: Final = ("graph", "intune")
+BATCH_REFUSALS: Final = ("item", "whole")
+DENY_PERMISSION: Final = ("none", "writes", "all")
+
+RetryAfterFormat = Literal["int", "decimal", "list", "none", "mixed"]
+
+# The field values of each profile. FRIENDLY repeats today's field defaults on purpose, so that
+# `friendly()` still means friendly once the defaults are flipped to REALISTIC (phase 2).
+FRIENDLY: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        "patch_status": 200,
+        "schema": "legacy",
+        "error_style": "graph",
+        "page_size": 100,
+        "cap_top": False,
+        "batch_refusal": "item",
+        "retry_after_format": "int",
+        "split_throttles": False,
+        "always_client_request_id": False,
+    }
+)
+REALISTIC: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        "patch_status": 204,
+        "schema": "current",
+        "error_style": "intune",
+        "page_size": 50,
+        "cap_top": True,
+        "batch_refusal": "whole",
+        "retry_after_format": "mixed",
+        "split_throttles": True,
+        "always_client_request_id": True,
+    }
+)
+PROFILES: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
+    {"friendly": FRIENDLY, "realistic": REALISTIC}
+)
 
 # Intune's documented service limits (GRAPH.md, "Throttling").
 GRAPH_WRITE_LIMIT: Final = Rate(100, 20)
@@ -48,7 +108,25 @@ class EmulatorConfig:
     counted as "sent during Retry-After" in the stats.
 
     `schema`: "legacy" accepts the three properties of the older docs page besides the current
-    ones; "current" treats them as unknown (400), as today's Graph may.
+    ones; "current" treats them as unknown (400), as today's Graph does.
+
+    Wire details (see the module docstring for the two profiles they make up):
+
+    * `patch_status`: 200 with the updated object, or 204 No Content (Intune).
+    * `error_style`: "graph" (plain `error.message`) or "intune" (the JSON document Intune puts
+      in `error.message`, `ModelValidationFailure` for body problems; see `wire`).
+    * `page_size`: events per list page without `$top`; with `cap_top` it is also the most a
+      page holds (a larger `$top` is served as `page_size`), else `$top` may go to 999.
+    * `batch_refusal`: "item" fails only a `$batch` item with an absolute URL or a write without
+      a body; "whole" refuses the whole batch with 400 "Invalid batch payload format.".
+    * `retry_after_format`: "int", "decimal" (`2.128`), "list" (`30,120`), "none", or "mixed":
+      a seeded draw per 429 (`throttle.MIXED_SHARES`: some without the header).
+    * `split_throttles`: a write 429 holds only the app's writes (reads go on), as Graph
+      documents; without it, one Retry-After period holds every request of the app.
+    * `always_client_request_id`: answer `client-request-id` (equal to `request-id`) even when
+      the client sent none.
+    * `deny_permission`: "writes" or "all" answers those requests with Intune's 401 for a
+      missing permission (`wire.permission_denied_body`); "none" (default) never does.
     """
 
     host: str = "127.0.0.1"
@@ -65,11 +143,50 @@ class EmulatorConfig:
     ca_file: Path | None = None
     token_ttl: float = 3600.0
     patch_status: Literal[200, 204] = 200
-    retry_after_format: Literal["int", "decimal", "none"] = "int"
+    retry_after_format: RetryAfterFormat = "int"
     schema: Literal["legacy", "current"] = "legacy"
     retry_after_grace: float = 0.2
     page_size: int = 100
     apps: tuple[tuple[str, str], ...] = ()
+    error_style: Literal["graph", "intune"] = "graph"
+    cap_top: bool = False
+    batch_refusal: Literal["item", "whole"] = "item"
+    split_throttles: bool = False
+    always_client_request_id: bool = False
+    deny_permission: Literal["none", "writes", "all"] = "none"
+
+    @classmethod
+    def for_profile(cls, profile: str, **fields: Any) -> Self:
+        """A config with `profile`'s values ("friendly" or "realistic"), then `fields` on top."""
+        values = PROFILES.get(profile)
+        if values is None:
+            raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
+        return cls(**{**values, **fields})
+
+    @classmethod
+    def realistic(cls, **fields: Any) -> Self:
+        """Intune as it really answers (GRAPH.md, "How Intune really answers"), plus `fields`."""
+        return cls.for_profile("realistic", **fields)
+
+    @classmethod
+    def friendly(cls, **fields: Any) -> Self:
+        """The forgiving emulator (200 PATCH, legacy schema, plain errors, ...), plus `fields`."""
+        return cls.for_profile("friendly", **fields)
+
+    def with_profile(self, profile: str) -> Self:
+        """This config with `profile`'s wire values, every other field (limits, auth) kept."""
+        values = PROFILES.get(profile)
+        if values is None:
+            raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
+        return dataclasses.replace(self, **values)
+
+    @property
+    def profile(self) -> str | None:
+        """The profile whose wire values this config has exactly, or None for a mix."""
+        for name, values in PROFILES.items():
+            if all(getattr(self, field) == value for field, value in values.items()):
+                return name
+        return None
 
     def __post_init__(self) -> None:
         for name in ("write_limit", "tenant_write_limit", "read_limit", "tenant_read_limit"):
@@ -98,6 +215,15 @@ class EmulatorConfig:
             raise ConfigError("retry_after_grace cannot be negative")
         if not 1 <= self.page_size <= 999:
             raise ConfigError(f"page_size {self.page_size} is not between 1 and 999")
+        for name, allowed in (
+            ("error_style", ERROR_STYLES),
+            ("batch_refusal", BATCH_REFUSALS),
+            ("deny_permission", DENY_PERMISSION),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}"
+                )
         for client_id, secret in self.apps:
             if not client_id or not secret:
                 raise ConfigError("an app needs a client id and a secret (CLIENT_ID=SECRET)")

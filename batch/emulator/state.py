@@ -75,6 +75,8 @@ class EmulatorState:
             tenant_read_limit=config.tenant_read_limit,
             retry_after_format=config.retry_after_format,
             retry_after_grace=config.retry_after_grace,
+            split=config.split_throttles,
+            seed=config.seed,
             clock=clock,
         )
         self.identity = IdentityProvider(token_ttl=config.token_ttl, static_token=config.token)
@@ -94,7 +96,8 @@ class EmulatorState:
         self._initial = self.store.snapshot()
 
     def reset(self, *, store: bool = False) -> None:
-        """Clear counters and throttle state and restart the seeded sequences (faults, shuffle).
+        """Clear counters and throttle state; restart the seeded sequences (faults, shuffle,
+        Retry-After forms).
 
         With `store`, the events return to what they were when the server started; app
         registrations and disabled apps are kept.

@@ -1,7 +1,26 @@
 """Graph's wire conventions for the emulator: error bodies, PATCH checks, OData query options.
 
 Pure functions; the HTTP layer (`graph_api`, `app`) turns their verdicts into responses.
-Shapes follow GRAPH.md ("Errors and request ids", "The resource").
+Shapes follow GRAPH.md ("Errors and request ids", "The resource", "How Intune really answers").
+
+Error styles. Every refusal is an `ODataError` that says which layer refuses it (`source`),
+because the real service answers differently per layer:
+
+* "graph": Graph's own front door (unknown segment, bad query option, malformed `$batch`, bad
+  token). Always Graph's plain body: `{"error": {"code", "message", "innerError": {"date",
+  "request-id", "client-request-id"}}}`.
+* "model": Intune's OData model validation of a body (unknown property, bad value, bad type).
+  Intune style: code `ModelValidationFailure`, a *plain* message repeated in
+  `innerError.message`, the type named in Intune's namespace — as public reports show it
+  (Intune-PowerShell-SDK#98, OpenIntuneBaseline#207, Win32App-Migration-Tool#23).
+* "intune": Intune's services (not found, rights, their 429s). Intune style: `error.message` is
+  a JSON *document* (CRLF-indented, `_version` 3) whose `Message` ends in " - Operation ID (for
+  customer support): 00000000-… - Activity ID: <client-request-id> - Url: https://fef…" with the
+  text "An error has occurred" for not-found and throttling (IntuneDocumentation#39,
+  IntuneCD#217, microsoft-graph-docs-contrib#4603/#4157), and `innerError` without
+  `client-request-id` when the client sent none.
+
+With `style="graph"` (the friendly default) every layer answers Graph's plain body.
 """
 
 from __future__ import annotations
@@ -11,8 +30,9 @@ import binascii
 import datetime as dt
 import json
 import re
+import uuid
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Literal
 
 from batch.model import JSON
 from batch.schema import PROPERTIES, EdmType, check_wire
@@ -25,14 +45,19 @@ __all__ = [
     "check_patch_body",
     "dump_json",
     "error_body",
+    "intune_document",
     "known_property",
     "parse_filter",
     "parse_select",
     "parse_skiptoken",
     "parse_top",
+    "permission_denied_body",
+    "render_error",
     "shape_event",
     "skiptoken",
 ]
+
+Source = Literal["graph", "model", "intune"]
 
 AUTOPILOT_TYPE: Final = "#microsoft.graph.deviceManagementAutopilotEvent"
 # What Graph sends for JSON bodies; clients must not insist on a bare `application/json`.
@@ -43,13 +68,35 @@ GRAPH_CONTENT_TYPE: Final = (
 MAX_TOP: Final = 999
 
 
-class ODataError(Exception):
-    """A request Graph would refuse: HTTP status, Graph error code, message."""
+# Intune's Operation ID is all zeros in every public report; the Url is illustrative (the real
+# host names a scale unit, e.g. fef.msub06, and the path a service and its api-version).
+_OPERATION_ID: Final = "00000000-0000-0000-0000-000000000000"
+_FEF_ROOT: Final = "https://fef.msua06.manage.microsoft.com/DeviceFE/StatelessDeviceFEService"
+_FEF_API_VERSION: Final = "5025-11-03"
+GENERIC_INTUNE_MESSAGE: Final = "An error has occurred"
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+
+class ODataError(Exception):
+    """A request Graph would refuse: HTTP status, Graph error code, message, refusing layer.
+
+    `source` says which layer refuses (see the module docstring); `intune_message`, when set,
+    is the text Intune's style uses instead of `message` (Intune words some errors its own way).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        source: Source = "graph",
+        intune_message: str | None = None,
+    ) -> None:
         self.status = status
         self.code = code
         self.message = message
+        self.source = source
+        self.intune_message = intune_message
         super().__init__(f"{status} {code}: {message}")
 
 
@@ -81,6 +128,90 @@ def error_body(
     return {"error": {"code": code, "message": message, "innerError": inner}}
 
 
+def intune_document(text: str, *, activity_id: str, path: str, http_headers: str = "{}") -> str:
+    """The JSON document Intune puts in `error.message` (CRLF-indented, as .NET writes it)."""
+    url = f"{_FEF_ROOT}{path}?api-version={_FEF_API_VERSION}"
+    document = {
+        "_version": 3,
+        "Message": f"{text} - Operation ID (for customer support): {_OPERATION_ID} - "
+        f"Activity ID: {activity_id} - Url: {url}",
+        "CustomApiErrorPhrase": "",
+        "RetryAfter": None,
+        "ErrorSourceService": "",
+        "HttpHeaders": http_headers,
+    }
+    return json.dumps(document, indent=2).replace("\n", "\r\n")
+
+
+def _intune_inner(request_id: str, client_request_id: str | None) -> dict[str, JSON]:
+    inner: dict[str, JSON] = {"date": utc_now_text(), "request-id": request_id}
+    if client_request_id:  # Intune leaves it out when the client sent none
+        inner["client-request-id"] = client_request_id
+    return inner
+
+
+def render_error(
+    error: ODataError,
+    *,
+    style: str,
+    request_id: str,
+    client_request_id: str | None,
+    path: str,
+) -> dict[str, JSON]:
+    """The body of `error` in `style` ("graph" or "intune"); `path` names the Graph resource."""
+    if style != "intune" or error.source == "graph":
+        return error_body(
+            error.code,
+            error.message,
+            request_id=request_id,
+            client_request_id=client_request_id,
+            status=error.status,
+        )
+    text = error.intune_message or error.message
+    inner = _intune_inner(request_id, client_request_id)
+    if error.source == "model":
+        inner["message"] = text
+        return {"error": {"code": "ModelValidationFailure", "message": text, "innerError": inner}}
+    # Intune's Activity ID is the client-request-id (or the request-id when none was sent).
+    activity = client_request_id or request_id
+    document = intune_document(text, activity_id=activity, path=path)
+    return {"error": {"code": error.code, "message": document, "innerError": inner}}
+
+
+def permission_denied_body(
+    *, request_id: str, client_request_id: str | None, path: str
+) -> dict[str, JSON]:
+    """Intune's 401 for an app that lacks the permission (not a token problem).
+
+    Based on the bodies quoted in msgraph-sdk-powershell#1257 (GET windowsAutopilotDeviceIdentities,
+    2022) and microsoft-authentication-library-for-js#7007 (GET managedDevices, 2024): code
+    `UnknownError`, and a message that is a JSON object `{"ErrorCode": "Forbidden", "Message":
+    <Intune's _version-3 document, text "An error has occurred">, "Target": null, "Details": null,
+    "InnerError": null, "InstanceAnnotations": []}` — two documents deep, the inner one's
+    `HttpHeaders` naming a `WWW-Authenticate: Bearer realm="urn:intune:service,…"`. It never
+    names the permission; only the status and the inner `Forbidden` tell it from a bad token.
+    """
+    realm = f"urn:intune:service,{uuid.uuid4()},{uuid.uuid4()}"
+    http_headers = json.dumps({"WWW-Authenticate": f'Bearer realm="{realm}"'})
+    inner_document = intune_document(
+        GENERIC_INTUNE_MESSAGE,
+        activity_id=client_request_id or request_id,
+        path=path,
+        http_headers=http_headers,
+    )
+    wrapper = {
+        "ErrorCode": "Forbidden",
+        "Message": inner_document,
+        "Target": None,
+        "Details": None,
+        "InnerError": None,
+        "InstanceAnnotations": [],
+    }
+    message = json.dumps(wrapper, separators=(",", ":"))
+    inner = _intune_inner(request_id, client_request_id)
+    return {"error": {"code": "UnknownError", "message": message, "innerError": inner}}
+
+
 def known_property(name: str, schema: str) -> bool:
     """Whether `name` exists on the resource under this schema ("legacy" or "current")."""
     prop = PROPERTIES.get(name)
@@ -94,34 +225,38 @@ def _unknown(name: str) -> ODataError:
         f"The property '{name}' does not exist on type "
         "'microsoft.graph.deviceManagementAutopilotEvent'. Make sure to only use property names "
         "that are defined by the type or mark the type as open type.",
+        source="model",
+        # Intune-PowerShell-SDK#98: Intune names the type in its own namespace.
+        intune_message=f"The property '{name}' does not exist on type "
+        "'microsoft.management.services.api.deviceManagementAutopilotEvent'. Make sure to only "
+        "use property names that are defined by the type.",
     )
+
+
+def _model(message: str) -> ODataError:
+    """A body Intune's model validation refuses (ModelValidationFailure in Intune's style)."""
+    return ODataError(400, "BadRequest", message, source="model")
 
 
 def check_patch_body(body: object, schema: str) -> dict[str, JSON]:
     """The properties to apply, or `ODataError` for the first thing Graph would reject."""
     if not isinstance(body, dict):
-        raise ODataError(
-            400, "BadRequest", "The request body must be a JSON object (a partial update)."
-        )
+        raise _model("The request body must be a JSON object (a partial update).")
     changes: dict[str, JSON] = {}
     for name, value in body.items():
         if name == "@odata.type":
             if value not in (AUTOPILOT_TYPE, AUTOPILOT_TYPE[1:]):
-                raise ODataError(
-                    400, "BadRequest", f"A type named '{value}' could not be resolved by the model."
-                )
+                raise _model(f"A type named '{value}' could not be resolved by the model.")
             continue
         if name == "id":
-            raise ODataError(
-                400,
-                "BadRequest",
-                "The key property 'id' cannot be changed; the id goes in the URL, not the body.",
+            raise _model(
+                "The key property 'id' cannot be changed; the id goes in the URL, not the body."
             )
         if not known_property(name, schema):
             raise _unknown(name)
         reason = check_wire(PROPERTIES[name], value)
         if reason:
-            raise ODataError(400, "BadRequest", reason)
+            raise _model(reason)
         changes[name] = value
     return changes
 
@@ -162,13 +297,19 @@ def parse_select(text: str | None, schema: str) -> tuple[str, ...] | None:
     return names
 
 
-def parse_top(text: str | None, default: int) -> int:
-    """`$top`: a whole number 1..999 (Graph's limit for this list)."""
+def parse_top(text: str | None, default: int, *, cap: int | None = None) -> int:
+    """`$top`: a whole number 1..999 (Graph's limit for this list).
+
+    With `cap`, a larger `$top` is served as `cap` instead of refused: autopilotEvents pages hold
+    at most 50 events since late 2024, whatever the client asks for (GRAPH.md, "Paging").
+    """
     if text is None:
-        return default
+        return default if cap is None else min(default, cap)
     if not text.strip().isdigit():
         raise ODataError(400, "BadRequest", f"Invalid value '{text}' for $top query option.")
     top = int(text)
+    if cap is not None and top >= 1:
+        return min(top, cap)
     if top > MAX_TOP:
         raise ODataError(
             400,

@@ -99,8 +99,13 @@ class JobReport:
 
     @property
     def exit_code(self) -> int:
-        """The job's exit code (see `job_exit_code`)."""
-        return job_exit_code(self.files, interrupted=self.interrupted)
+        """The job's exit code (see `job_exit_code`); a refused drop-folder entry makes it 1.
+
+        A link or a FIFO in a drop folder others can write to needs someone to look at it,
+        like a rejected file does.
+        """
+        code = job_exit_code(self.files, interrupted=self.interrupted)
+        return 1 if code == 0 and self.refused else code
 
     def counts(self) -> Counter[str]:
         """Row outcomes over all files."""
