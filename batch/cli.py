@@ -1205,16 +1205,21 @@ Examples:
   GRAPH_ACCESS_TOKEN=local-token autopilot-batch run events.csv --graph-url http://127.0.0.1:8765
   autopilot-batch emulator --events export.csv --write-limit 100/2 --fault-rate 0.05
   autopilot-batch emulator --tls --ca-file emulator-ca.pem --app my-client-id=made-up-secret
+  autopilot-batch emulator --profile realistic --seed 7 --deny-permission writes
 """
 
 
 # The typed values of the emulator's choice options (typed for EmulatorConfig's Literals).
 _PATCH_STATUSES: dict[int, Literal[200, 204]] = {200: 200, 204: 204}
-_RETRY_AFTER_FORMATS: dict[str, Literal["int", "decimal", "none"]] = {
+_RETRY_AFTER_FORMATS: dict[str, Literal["int", "decimal", "list", "none", "mixed"]] = {
     "int": "int",
     "decimal": "decimal",
+    "list": "list",
     "none": "none",
+    "mixed": "mixed",
 }
+_ERROR_STYLES: dict[str, Literal["graph", "intune"]] = {"graph": "graph", "intune": "intune"}
+_DENY_PERMISSION: dict[str, Literal["writes", "all"]] = {"writes": "writes", "all": "all"}
 _SCHEMAS: dict[str, Literal["legacy", "current"]] = {"legacy": "legacy", "current": "current"}
 
 
@@ -1260,16 +1265,47 @@ def emulator(
         Path | None, typer.Option(help="With --tls: where to write the CA certificate.")
     ] = None,
     token_ttl: Annotated[float, typer.Option(help="Lifetime of issued tokens, seconds.")] = 3600.0,
-    patch_status: Annotated[int, typer.Option(help="Success status of PATCH: 200 or 204.")] = 200,
-    retry_after_format: Annotated[
-        str, typer.Option(help="Retry-After on 429: int, decimal (2.128) or none.")
-    ] = "int",
-    schema: Annotated[
+    profile: Annotated[
         str,
+        typer.Option(
+            envvar="AUTOPILOT_EMULATOR_PROFILE",
+            help="friendly (forgiving) or realistic (answers as Intune really does: 204, current "
+            "schema, Intune errors, pages of 50, whole-batch 400s, mixed Retry-After, split "
+            "throttles). The flags below override single details.",
+        ),
+    ] = "friendly",
+    patch_status: Annotated[
+        int | None, typer.Option(help="Success status of PATCH: 200 or 204 (default: profile's).")
+    ] = None,
+    retry_after_format: Annotated[
+        str | None,
+        typer.Option(
+            help="Retry-After on 429: int, decimal (2.128), list (30,120), none, or mixed "
+            "(a seeded draw, some without the header)."
+        ),
+    ] = None,
+    schema: Annotated[
+        str | None,
         typer.Option(
             "--schema", help="legacy (accepts the 3 legacy properties) or current (rejects them)."
         ),
-    ] = "legacy",
+    ] = None,
+    error_style: Annotated[
+        str | None,
+        typer.Option(help="graph (plain messages) or intune (Intune's JSON-document messages)."),
+    ] = None,
+    page_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=999, help="Events per list page (realistic: at most, $top capped)."
+        ),
+    ] = None,
+    deny_permission: Annotated[
+        str | None,
+        typer.Option(
+            help="Answer writes or all Graph requests with Intune's 401 for a missing permission."
+        ),
+    ] = None,
     app_credentials: Annotated[
         list[str] | None,
         typer.Option(
@@ -1286,21 +1322,45 @@ def emulator(
     try:
         if events is not None and seed_events is not None:
             raise UsageError("--events and --seed-events exclude each other")
-        if patch_status not in _PATCH_STATUSES:
-            raise UsageError(f"--patch-status must be 200 or 204, not {patch_status}")
-        if retry_after_format not in _RETRY_AFTER_FORMATS:
-            raise UsageError(
-                f"--retry-after-format must be int, decimal or none, not {retry_after_format!r}"
-            )
-        if schema not in _SCHEMAS:
-            raise UsageError(f"--schema must be legacy or current, not {schema!r}")
+        if profile not in ("friendly", "realistic"):
+            raise UsageError(f"--profile must be friendly or realistic, not {profile!r}")
+        # Only the flags given override the profile's values.
+        details: dict[str, Any] = {}
+        if patch_status is not None:
+            if patch_status not in _PATCH_STATUSES:
+                raise UsageError(f"--patch-status must be 200 or 204, not {patch_status}")
+            details["patch_status"] = _PATCH_STATUSES[patch_status]
+        if retry_after_format is not None:
+            if retry_after_format not in _RETRY_AFTER_FORMATS:
+                raise UsageError(
+                    "--retry-after-format must be int, decimal, list, none or mixed, "
+                    f"not {retry_after_format!r}"
+                )
+            details["retry_after_format"] = _RETRY_AFTER_FORMATS[retry_after_format]
+        if schema is not None:
+            if schema not in _SCHEMAS:
+                raise UsageError(f"--schema must be legacy or current, not {schema!r}")
+            details["schema"] = _SCHEMAS[schema]
+        if error_style is not None:
+            if error_style not in _ERROR_STYLES:
+                raise UsageError(f"--error-style must be graph or intune, not {error_style!r}")
+            details["error_style"] = _ERROR_STYLES[error_style]
+        if page_size is not None:
+            details["page_size"] = page_size
+        if deny_permission is not None:
+            if deny_permission not in _DENY_PERMISSION:
+                raise UsageError(
+                    f"--deny-permission must be writes or all, not {deny_permission!r}"
+                )
+            details["deny_permission"] = _DENY_PERMISSION[deny_permission]
         apps: list[tuple[str, str]] = []
         for text in app_credentials or []:
             client_id, sep, secret = text.partition("=")
             if not sep or not client_id.strip() or not secret:
                 raise UsageError(f"--app {text!r} is not CLIENT_ID=SECRET")
             apps.append((client_id.strip(), secret))
-        config = EmulatorConfig(
+        config = EmulatorConfig.for_profile(
+            profile,
             host=host,
             port=port,
             write_limit=_parse_rate(write_limit, "--write-limit"),
@@ -1314,10 +1374,8 @@ def emulator(
             tls=tls,
             ca_file=ca_file,
             token_ttl=token_ttl,
-            patch_status=_PATCH_STATUSES[patch_status],
-            retry_after_format=_RETRY_AFTER_FORMATS[retry_after_format],
-            schema=_SCHEMAS[schema],
             apps=tuple(apps),
+            **details,
         )
         store = EventStore()
         if events is not None:

@@ -8,6 +8,8 @@ The tree::
     │   └── ResumeError     (2)     `--resume` cannot continue (input changed, no ledger, ...)
     ├── InputFileError      (2)     the input file cannot be read (missing, empty, bad encoding)
     ├── AuthError           (3)     no token could be obtained, or Graph keeps rejecting the token
+    │   └── PermissionDenied (3)    Graph says the app lacks a permission (a 401 that is no
+    │                               token problem): grant it, no token refresh can help
     ├── RunAborted          (3)     the run stopped before the end (Graph unreachable, auth lost)
     ├── Interrupted       (130)     Ctrl-C / SIGTERM: in-flight work finished, reports flushed
     ├── LockHeld           (75)     another `job run` of the same job holds its lock
@@ -28,6 +30,7 @@ __all__ = [
     "InputFileError",
     "Interrupted",
     "LockHeld",
+    "PermissionDenied",
     "ResumeError",
     "RunAborted",
     "UsageError",
@@ -103,6 +106,8 @@ class GraphError(BatchError):
         request_id: str = "",
         client_request_id: str = "",
         retry_after: float | None = None,
+        permission_denied: bool = False,
+        permission: str = "",
     ) -> None:
         self.status = status
         self.code = code
@@ -110,9 +115,32 @@ class GraphError(BatchError):
         self.request_id = request_id
         self.client_request_id = client_request_id
         self.retry_after = retry_after
+        # A 401 whose body says the app lacks rights (Intune answers those 401 too): no token
+        # refresh helps. `permission`: the scopes the answer names, when it names any.
+        self.permission_denied = permission_denied
+        self.permission = permission
         super().__init__(f"{status} {code}: {message}" if status else f"{code}: {message}")
 
     @property
     def transient(self) -> bool:
         """Whether the same request may succeed later (throttled, unavailable, no answer)."""
         return self.status in (0, 429, 503, 504)
+
+
+class PermissionDenied(AuthError):
+    """Graph refused a request because the app lacks a permission; `error` is its answer.
+
+    Raised for single requests only (a `$batch` item carries `GraphError.permission_denied`).
+    `permission` is what to grant: the scopes the answer named, else the tool's requirement.
+    """
+
+    def __init__(self, error: GraphError, permission: str) -> None:
+        self.error = error
+        self.permission = permission
+        request = error.request_id or error.client_request_id or "none"
+        super().__init__(
+            f"Graph refused the app: it lacks the permission {permission} (this is not a token "
+            f"problem). Grant {permission} to the app (an application permission with admin "
+            f"consent, or the delegated one for a user sign-in), then run again. "
+            f"({error.status} {error.code}: {error.message}; request-id {request})"
+        )

@@ -57,7 +57,7 @@ from batch.schema import (
     describe_char,
     normalize_header,
 )
-from batch.stamp import find_stamp_column, stamp_row
+from batch.stamp import find_stamp_column, parse_stamp, stamp_row
 
 __all__ = [
     "KEY_PROPERTIES",
@@ -288,8 +288,12 @@ _UPN: Final = re.compile(r"[^@\s]+@[^@\s]+")
 
 
 def _unquote(value: str) -> str:
-    """Take off the `'` that neutralised a formula-looking value (`'=x` → `=x`), as Excel does."""
-    if len(value) > 1 and value[0] == "'" and value[1] in _FORMULA_STARTS:
+    """Take off the `'` that neutralised a formula-looking value (`'=x` → `=x`), as Excel does.
+
+    Reports put one `'` before any run of quotes that ends in `= + - @` (`report.neutralise_cell`),
+    so `''=x` (a value that itself began `'=x`) reads back as `'=x`.
+    """
+    if value[:1] == "'" and value.lstrip("'")[:1] in _FORMULA_STARTS and value.lstrip("'"):
         return value[1:]
     return value
 
@@ -325,12 +329,14 @@ class _RowMapper:
         columns: list[_Column],
         options: InputOptions,
         resolve: Resolver | None,
+        stamp_column: str | None = None,
     ) -> None:
         self.id_header = id_header
         self.columns = columns
         self.null_token = options.null_token
         self.resolve = resolve
         self.key_name = options.key
+        self.stamp_column = stamp_column
         self.allow_numeric_text = options.allow_numeric_text
         self.skip_hidden_rows = options.skip_hidden_rows
         #: Values that came with surrounding spaces, trimmed (counted per pass over the file).
@@ -372,6 +378,16 @@ class _RowMapper:
             shown = repr(bad) if bad.isprintable() and not bad.isspace() else describe_char(bad)
             return f"not a valid event id: it contains {shown} ({rule})"
         return None
+
+    def _unedited(self, cells: Mapping[str, str], name: str, value: str) -> bool:
+        """Whether the row's export stamp (`_exported`) says `value` is what the export saw."""
+        if self.stamp_column is None:
+            return False
+        try:
+            stamp = parse_stamp(cells.get(self.stamp_column, ""))
+        except ValueError:
+            return False  # `stamp_row` says what is wrong with the stamp
+        return stamp.holds(name, value)
 
     def _noted(
         self, header: str, text: str, note: CellNote, *, is_text: bool
@@ -479,6 +495,10 @@ class _RowMapper:
             value = _unquote(value)
             if is_text:
                 reason = _text_problem(value) or cell_problem(value, free_text=True)
+                if reason is not None and self._unedited(cells, name, value):
+                    # What the export saw and the admin left alone is never written (and
+                    # `stamp_row` drops it): the tenant's own value is not the admin's problem.
+                    reason = None
                 if reason is not None:
                     problems.append(Problem(header, value, reason))
                     continue
@@ -829,7 +849,9 @@ def prepare(path: Path, options: InputOptions, *, resolve: Resolver | None = Non
             f"{error.reason}; row {source.header_number} has a single filled cell, a title? "
             f"Row {hint} looks like the header: pass --header-row {hint}",
         ) from None
-    mapper = _RowMapper(id_header, columns, options, resolve)
+    mapper = _RowMapper(
+        id_header, columns, options, resolve, stamp_column=find_stamp_column(source.headers)
+    )
     digests = bytearray()
     numbers: array[int] = array("q")
     total = 0

@@ -513,11 +513,6 @@ def test_export_filters_and_errors_through_the_cli(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the mapper's _unquote to take one ' off any run of 's before = + - @ "
-    "(today only a single ' is taken off): '=x is exported as ''=x",
-)
 async def test_a_value_that_starts_with_a_quote_reads_back_as_it_was(
     tmp_path: Path, suffix: str
 ) -> None:

@@ -5,6 +5,12 @@ error body and request ids, 429 with Retry-After from per-app and per-tenant sli
 faults (503, 504, dropped connections), schema checks, and an OAuth token endpoint that MSAL can
 use over TLS. Tests, the demo and the benchmarks run against it.
 
+Two profiles (`EmulatorConfig.friendly()` / `EmulatorConfig.realistic()`, `--profile`): the
+realistic one answers as Intune really does (204 PATCH, current schema, Intune's error envelope,
+pages of 50, whole-batch 400s, 429s without Retry-After or with decimal and list forms, separate
+write and read throttles, `client-request-id` always); see `config`. The field defaults are still
+the friendly profile's.
+
 Modules: `config` (EmulatorConfig), `store` (events), `throttle` (sliding logs), `faults`,
 `oauth` (identity platform and bearer checks), `wire` (Graph conventions), `graph_api` (the
 operations), `app` (ASGI), `tls` (test CA), `server` (EmulatorServer, serve).

@@ -10,8 +10,10 @@ Routes:
   administration, no auth.
 
 Every response carries a fresh `request-id` and echoes `client-request-id` (GRAPH.md, "Errors
-and request ids"). Graph requests first wait `latency_ms`, then may meet a fault; a fault
-happens before anything else (auth, throttle, the write), as a failing gateway would.
+and request ids"); with `always_client_request_id` it answers `client-request-id` equal to
+`request-id` when the client sent none, as Graph does. uvicorn adds `Date` to every answer.
+Graph requests first wait `latency_ms`, then may meet a fault; a fault happens before anything
+else (auth, throttle, the write), as a failing gateway would.
 """
 
 from __future__ import annotations
@@ -89,13 +91,16 @@ class _Middleware:
         )
         scope.setdefault("state", {})
         scope["state"]["request_id"] = request_id
+        answered_id = client_request_id
+        if answered_id is None and self.state.config.always_client_request_id:
+            answered_id = request_id
 
         async def send_with_ids(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 headers["request-id"] = request_id
-                if client_request_id is not None:
-                    headers["client-request-id"] = client_request_id
+                if answered_id is not None:
+                    headers["client-request-id"] = answered_id
             await send(message)
 
         if not str(scope["path"]).startswith(_GRAPH_PREFIX):
@@ -145,8 +150,10 @@ class _Middleware:
             status, code, message = 503, "ServiceUnavailable", "The service is temporarily busy."
             # 1 s with Graph's 20 s window; scaled down with a scaled-down test window.
             wait = min(1.0, self.state.config.write_limit.seconds / 20)
+            # A 503 always says how long (the throttle's forms are for 429s): "none" and
+            # "mixed" fall back to the decimal form.
             style = self.state.config.retry_after_format
-            _, header = format_retry_after(wait, "decimal" if style == "none" else style)
+            _, header = format_retry_after(wait, "decimal" if style in ("none", "mixed") else style)
             headers["Retry-After"] = str(header)
         else:
             status, code, message = 504, "GatewayTimeout", "The gateway timed out."

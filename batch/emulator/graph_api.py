@@ -5,6 +5,13 @@ request sent alone: throttled on its own (GRAPH.md: "every request inside a `$ba
 individually"), its own status, headers and body. Order for one request: the throttle (every
 request reaching Graph costs budget, whatever its answer), then the route, the permission and
 the operation itself.
+
+Error bodies are rendered in the configured style (`wire.render_error`): a refusal says which
+layer refuses it, and Intune's layers answer in Intune's envelope. Two refusals depend on the
+profile: `deny_permission` answers Intune's 401 for a missing permission
+(`wire.permission_denied_body`), and `batch_refusal="whole"` refuses a whole `$batch` that holds
+an absolute item URL or a write without a body, with 400 "Invalid batch payload format."
+(microsoft-graph-docs-contrib#8576, ms-365-mcp-server#683) instead of failing that item alone.
 """
 
 from __future__ import annotations
@@ -19,14 +26,16 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from batch.emulator.oauth import READ_PERMISSION, WRITE_PERMISSION, Principal
 from batch.emulator.state import EmulatorState
 from batch.emulator.wire import (
+    GENERIC_INTUNE_MESSAGE,
     GRAPH_CONTENT_TYPE,
     ODataError,
     check_patch_body,
-    error_body,
     parse_filter,
     parse_select,
     parse_skiptoken,
     parse_top,
+    permission_denied_body,
+    render_error,
     shape_event,
     skiptoken,
 )
@@ -38,6 +47,7 @@ MAX_BATCH: Final = 20
 WRITE_METHODS: Final = frozenset({"PATCH", "POST", "PUT", "DELETE"})
 _COLLECTION: Final = ("deviceManagement", "autopilotEvents")
 _SUPPORTED_OPTIONS: Final = frozenset({"$top", "$skiptoken", "$select", "$filter"})
+BAD_BATCH_PAYLOAD: Final = "Invalid batch payload format."
 
 
 @dataclass(slots=True)
@@ -59,19 +69,9 @@ class Context:
     client_request_id: str | None
 
 
-def _error(status: int, code: str, message: str, ctx: Context, **headers: str) -> Answer:
-    body = error_body(
-        code,
-        message,
-        request_id=ctx.request_id,
-        client_request_id=ctx.client_request_id,
-        status=status,
-    )
-    return Answer(status, body, {"Content-Type": GRAPH_CONTENT_TYPE, **headers})
-
-
-def _odata(error: ODataError, ctx: Context) -> Answer:
-    return _error(error.status, error.code, error.message, ctx)
+def _path_of(target: str) -> str:
+    """The resource path of a request target (no query), for Intune's error Url."""
+    return urlsplit(target).path or "/"
 
 
 def _segments(path: str) -> list[str]:
@@ -103,18 +103,30 @@ class GraphApi:
         """
         state = self.state
         write = method in WRITE_METHODS
+        path = _path_of(target)
         decision = state.throttle.admit(ctx.principal.app_id, ctx.principal.tenant_id, write=write)
         if not decision.admitted:
             state.stats.throttled += 1
             state.stats.during_retry_after += decision.during_retry_after
-            headers = {"Retry-After": decision.header} if decision.header is not None else {}
-            return _error(
-                429,
-                "TooManyRequests",
-                "Too many requests from this application; retry after the time in Retry-After.",
-                ctx,
-                **headers,
-            )
+            if decision.header is not None:
+                headers = {"Retry-After": decision.header}
+                throttled = ODataError(
+                    429,
+                    "TooManyRequests",
+                    "Too many requests from this application; retry after the time in Retry-After.",
+                )
+            else:
+                # Graph's gateway always says how long; the 429s without Retry-After come from
+                # Intune itself, in its envelope (IntuneCD#217).
+                headers = {}
+                throttled = ODataError(
+                    429,
+                    "TooManyRequests",
+                    "Too many requests from this application.",
+                    source="intune",
+                    intune_message=GENERIC_INTUNE_MESSAGE,
+                )
+            return self.error(throttled, ctx, path, **headers)
         if write:
             state.stats.writes += 1
         else:
@@ -122,7 +134,20 @@ class GraphApi:
         try:
             return self._route(method, target, body, ctx)
         except ODataError as error:
-            return _odata(error, ctx)
+            return self.error(error, ctx, path)
+        except _Denied as denied:
+            return denied.answer
+
+    def error(self, error: ODataError, ctx: Context, path: str, **headers: str) -> Answer:
+        """The answer for a refusal, in the configured error style; `path` for Intune's Url."""
+        body = render_error(
+            error,
+            style=self.state.config.error_style,
+            request_id=ctx.request_id,
+            client_request_id=ctx.client_request_id,
+            path=path,
+        )
+        return Answer(error.status, body, {"Content-Type": GRAPH_CONTENT_TYPE, **headers})
 
     def _route(self, method: str, target: str, body: bytes | JSON | None, ctx: Context) -> Answer:
         parts = urlsplit(target)
@@ -141,13 +166,24 @@ class GraphApi:
                 "BadRequest",
                 f"The requested resource does not support http method '{method}'.",
             )
-        permission = WRITE_PERMISSION if method in WRITE_METHODS else READ_PERMISSION
-        if not ctx.principal.may(write=method in WRITE_METHODS):
+        write = method in WRITE_METHODS
+        deny = self.state.config.deny_permission
+        if deny == "all" or (deny == "writes" and write):
+            self.state.stats.denied += 1
+            body = permission_denied_body(
+                request_id=ctx.request_id,
+                client_request_id=ctx.client_request_id,
+                path=parts.path,
+            )
+            raise _Denied(Answer(401, body, {"Content-Type": GRAPH_CONTENT_TYPE}))
+        permission = WRITE_PERMISSION if write else READ_PERMISSION
+        if not ctx.principal.may(write=write):
             raise ODataError(
                 403,
                 "Forbidden",
                 "Application is not authorized to perform this operation. Application must "
                 f"have one of the following scopes: {permission}",
+                source="intune",
             )
         if len(segments) == 2:
             return self._list(query, ctx)
@@ -173,7 +209,8 @@ class GraphApi:
         state = self.state
         schema = state.config.schema
         select = parse_select(query.get("$select"), schema)
-        top = parse_top(query.get("$top"), state.config.page_size)
+        cap = state.config.page_size if state.config.cap_top else None
+        top = parse_top(query.get("$top"), state.config.page_size, cap=cap)
         offset = parse_skiptoken(query.get("$skiptoken"))
         where = parse_filter(query.get("$filter"), schema)
         if where is None:
@@ -228,9 +265,9 @@ class GraphApi:
         """Answer `POST /beta/$batch`: 400 when malformed, else 200 with every item's answer."""
         self.state.stats.batches += 1
         try:
-            items = _parse_batch(raw)
+            items = _parse_batch(raw, whole=self.state.config.batch_refusal == "whole")
         except ODataError as error:
-            return _odata(error, ctx)
+            return self.error(error, ctx, "/$batch")
         self.state.stats.batch_items += len(items)
         responses: list[JSON] = []
         statuses: dict[str, int] = {}
@@ -262,26 +299,42 @@ class GraphApi:
         )
         depends = item.get("dependsOn") or []
         assert isinstance(depends, list)  # checked by _parse_batch
-        if any(not 200 <= statuses[str(d).casefold()] < 300 for d in depends):
-            return _error(
-                424, "FailedDependency", "A request this one depends on failed.", item_ctx
-            )
         url = str(item["url"])
-        if "://" in url or url.startswith("//"):
-            return _error(
+        target = url if url.startswith("/") else "/" + url
+        if any(not 200 <= statuses[str(d).casefold()] < 300 for d in depends):
+            failed = ODataError(424, "FailedDependency", "A request this one depends on failed.")
+            return self.error(failed, item_ctx, _path_of(target))
+        if _absolute(url):
+            relative = ODataError(
                 400,
                 "BadRequest",
                 "Batch request URLs must be relative to the batch's version, e.g. "
                 "/deviceManagement/autopilotEvents/{id}.",
-                item_ctx,
             )
-        target = url if url.startswith("/") else "/" + url
+            return self.error(relative, item_ctx, "/")
         return self.handle(str(item["method"]).upper(), target, item.get("body"), item_ctx)
+
+
+class _Denied(Exception):
+    """Carries a finished answer (Intune's 401 for rights) out of the routing."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__("permission denied")
+        self.answer = answer
+
+
+def _absolute(url: str) -> bool:
+    return "://" in url or url.startswith("//")
 
 
 def _not_found(event_id: str) -> ODataError:
     return ODataError(
-        404, "ResourceNotFound", f"No deviceManagementAutopilotEvent with id '{event_id}'."
+        404,
+        "ResourceNotFound",
+        f"No deviceManagementAutopilotEvent with id '{event_id}'.",
+        source="intune",
+        # What Intune says for a missing object (ThomasKur/IntuneDocumentation#39).
+        intune_message=GENERIC_INTUNE_MESSAGE,
     )
 
 
@@ -289,8 +342,12 @@ def _quote_option(value: str) -> str:
     return quote(value, safe=",'$")
 
 
-def _parse_batch(raw: bytes) -> list[dict[str, JSON]]:
-    """The batch's items, checked as Graph checks the envelope (any fault fails it all)."""
+def _parse_batch(raw: bytes, *, whole: bool) -> list[dict[str, JSON]]:
+    """The batch's items, checked as Graph checks the envelope (any fault fails it all).
+
+    With `whole`, an item with an absolute URL or a write item without a body fails it all too,
+    as the real service does; otherwise those fail only their item (see `GraphApi._item`).
+    """
     try:
         document = json.loads(raw) if raw.strip() else None
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -343,6 +400,11 @@ def _parse_batch(raw: bytes) -> list[dict[str, JSON]]:
                 "BadRequest",
                 f"Write request id : {item_id} does not contain Content-Type header or body.",
             )
+        if whole and (
+            _absolute(str(item["url"]))
+            or (str(item["method"]).upper() in WRITE_METHODS and item.get("body") is None)
+        ):
+            raise ODataError(400, "BadRequest", BAD_BATCH_PAYLOAD)
         depends = item.get("dependsOn")
         earlier = isinstance(depends, list) and all(
             isinstance(d, str) and d.casefold() in seen for d in depends

@@ -297,4 +297,22 @@ def _describe(server: EmulatorServer, echo: Callable[[str], None]) -> None:
         f"Limits: writes {config.write_limit} per app, {config.tenant_write_limit} per tenant; "
         f"requests {config.read_limit} per app, {config.tenant_read_limit} per tenant"
     )
+    echo(f"Answers: {_wire_summary(config)}")
     echo("Stats: GET /_emulator/stats    Press Ctrl-C to stop.")
+
+
+def _wire_summary(config: EmulatorConfig) -> str:
+    """One line naming the profile and how each wire detail is set (what a rehearsal meets)."""
+    top = f"pages of {config.page_size}" + (" ($top capped)" if config.cap_top else "")
+    details = [
+        f"PATCH {config.patch_status}",
+        f"{config.schema} schema",
+        f"{config.error_style} errors",
+        top,
+        f"{config.batch_refusal}-batch refusals",
+        f"Retry-After {config.retry_after_format}",
+        "split write/read throttles" if config.split_throttles else "one throttle per app",
+    ]
+    if config.deny_permission != "none":
+        details.append(f"401 for missing rights on {config.deny_permission}")
+    return f"{config.profile or 'custom'} profile: " + ", ".join(details)

@@ -26,7 +26,8 @@ class Stats:
     `writes` count operations the throttle admitted (single requests and batch items, whatever
     their answer); `throttled` counts 429 answers (items included); `during_retry_after` counts
     requests that arrived while their app's Retry-After was running (after the in-flight grace);
-    `patches` counts successful PATCHes per event id.
+    `patches` counts successful PATCHes per event id; `denied` counts answers of Intune's 401
+    for a missing permission (`deny_permission`).
     """
 
     requests: int = 0
@@ -36,6 +37,7 @@ class Stats:
     during_retry_after: int = 0
     batches: int = 0
     batch_items: int = 0
+    denied: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     patches: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
@@ -50,6 +52,7 @@ class Stats:
             "during_retry_after": self.during_retry_after,
             "batches": self.batches,
             "batch_items": self.batch_items,
+            "denied": self.denied,
             "faults": {kind.value: self.faults[kind.value] for kind in Fault},
             "patches": dict(self.patches),
             "statuses": {str(status): n for status, n in sorted(self.statuses.items())},

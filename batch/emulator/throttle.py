@@ -44,7 +44,12 @@ from batch.model import Rate
 __all__ = ["MIXED_SHARES", "Decision", "SlidingLog", "Throttle", "format_retry_after"]
 
 # The forms of Retry-After under "mixed", with their shares of 429 answers.
-MIXED_SHARES: Final = (("int", 0.50), ("none", 0.25), ("decimal", 0.15), ("list", 0.10))
+MIXED_SHARES: Final[tuple[tuple[str, float], ...]] = (
+    ("int", 0.50),
+    ("none", 0.25),
+    ("decimal", 0.15),
+    ("list", 0.10),
+)
 
 _EDGE = 1e-9
 
@@ -189,7 +194,8 @@ class Throttle:
         """The Retry-After form of the next 429 (a seeded draw under "mixed")."""
         if self._format != "mixed":
             return self._format
-        forms, shares = zip(*MIXED_SHARES, strict=True)
+        forms = [form for form, _ in MIXED_SHARES]
+        shares = [share for _, share in MIXED_SHARES]
         return self._rng.choices(forms, shares)[0]
 
     def admit(self, app: str, tenant: str, *, write: bool) -> Decision:

@@ -199,7 +199,7 @@ def permission_denied_body(
         path=path,
         http_headers=http_headers,
     )
-    wrapper = {
+    wrapper: dict[str, JSON] = {
         "ErrorCode": "Forbidden",
         "Message": inner_document,
         "Target": None,
