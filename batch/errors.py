@@ -141,6 +141,6 @@ class PermissionDenied(AuthError):
         super().__init__(
             f"Graph refused the app: it lacks the permission {permission} (this is not a token "
             f"problem). Grant {permission} to the app (an application permission with admin "
-            f"consent, or the delegated one for a user sign-in), then run again. "
+            f"consent, or the delegated one for a user sign-in), then resume the run. "
             f"({error.status} {error.code}: {error.message}; request-id {request})"
         )

@@ -4,6 +4,21 @@ It knows nothing of rows, budgets or retries. Each call sends one HTTP request (
 401: one token refresh and a resend) and returns a `GraphResponse`, or raises `GraphError`
 carrying Graph's status, code, message, `request-id` and our `client-request-id` — status 0
 when no answer came (connection trouble, timeout), so callers can treat it as transient.
+
+Reading Intune's answers (GRAPH.md, "How Intune really answers"; issue 13):
+
+* **Error messages.** Intune puts a JSON *document* in `error.message` (`{"_version": 3,
+  "Message": "<text> - Operation ID (for customer support): … - Activity ID: … - Url: …", …}`),
+  sometimes wrapped once more (`{"ErrorCode": "Forbidden", "Message": "<that document>", …}`).
+  `GraphError.message` is only the human `<text>`; the Activity ID stands in for `request-id`
+  when the answer has none. The raw document never reaches a message: a document that does not
+  parse yields its `Message` field if one can be found, else the HTTP reason phrase.
+* **A 401 for rights.** Intune answers 401 (`UnknownError` wrapping `Forbidden`) when the app
+  lacks the permission. That is no token problem: such an answer sets
+  `GraphError.permission_denied`, and a single request raises `PermissionDenied` (an
+  `AuthError`, exit 3) at once instead of refreshing the token and trying again.
+* **Retry-After** (`parse_retry_after`): whole or decimal seconds, a list (`30,120`: the first
+  number), or an HTTP-date (RFC 9110), counted from the answer's `Date` when it has one.
 """
 
 from __future__ import annotations
@@ -23,8 +38,8 @@ from urllib.parse import quote
 import httpx
 
 from batch import __version__
-from batch.auth import TokenProvider
-from batch.errors import AuthError, GraphError, RunAborted
+from batch.auth import REQUIRED_PERMISSION, TokenProvider
+from batch.errors import AuthError, GraphError, PermissionDenied, RunAborted
 from batch.model import JSON
 
 __all__ = [
@@ -43,6 +58,18 @@ _MESSAGE_LIMIT = 300  # characters of a non-JSON error body kept as the message
 _CONNECT_TIMEOUT = 10.0
 _REDACT_MIN = 8
 _TAG = re.compile(r"<[^>]*>")
+# Retry-After as seconds or a list of them (`30,120`); an HTTP-date has a comma too, hence the
+# strict shape.
+_SECONDS_LIST = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:,\s*[0-9]+(?:\.[0-9]+)?\s*)*$")
+# The boilerplate Intune appends to its messages, and the ids in it.
+_INTUNE_TAIL = re.compile(r"\s*-\s*Operation ID \(for customer support\):", re.IGNORECASE)
+_ACTIVITY_ID = re.compile(r"Activity ID:\s*([0-9A-Za-z-]+)", re.IGNORECASE)
+# A `"Message": "..."` field inside a document too damaged to parse (e.g. cut short).
+_MESSAGE_FIELD = re.compile(r'"Message"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_SCOPES = re.compile(r"following scopes:\s*(.+?)\s*$", re.IGNORECASE | re.DOTALL)
+_RIGHTS_TEXT = "not authorized to perform this operation"
+_RIGHTS_CODES = frozenset({"forbidden", "authorization_requestdenied", "accessdenied"})
+_NESTING_LIMIT = 3  # public reports show documents nested twice; more is not Intune
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +118,8 @@ class BatchItemResponse:
     @property
     def retry_after(self) -> float | None:
         """The item's own Retry-After in seconds, if it carries a usable one."""
-        return parse_retry_after(_lower(self.headers).get("retry-after"))
+        headers = _lower(self.headers)
+        return parse_retry_after(headers.get("retry-after"), date=headers.get("date"))
 
 
 def event_path(event_id: str) -> str:
@@ -99,26 +127,42 @@ def event_path(event_id: str) -> str:
     return f"{EVENTS_PATH}/{quote(event_id, safe='')}"
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After value: `2`, `2.128` or an HTTP-date; else None."""
+def parse_retry_after(
+    value: str | None, *, date: str | None = None, now: datetime | None = None
+) -> float | None:
+    """Seconds to wait from a Retry-After value; None when absent or unusable.
+
+    Accepted: `2`, `2.128`, a list `30,120` (the first number; seen on Graph, msgraph-sdk-python
+    #1159), or an HTTP-date (RFC 9110 §10.2.3). A date is counted from the answer's `Date`
+    header (`date`) when that parses — both come from the server's clock, so a skewed local clock
+    does not matter — else from `now` (default: the current time); a date already past is 0.
+    """
     if value is None:
         return None
     text = value.strip()
     if not text:
         return None
+    listed = _SECONDS_LIST.match(text)
+    if listed:
+        seconds = float(listed.group(1))
+        return seconds if math.isfinite(seconds) else None
+    when = _http_date(text)
+    if when is None:
+        return None
+    sent = _http_date(date) if date else None
+    origin = sent or now or datetime.now(UTC)
+    return max((when - origin).total_seconds(), 0.0)
+
+
+def _http_date(text: str) -> datetime | None:
+    """An RFC 9110 HTTP-date (IMF-fixdate or the obsolete forms) as an aware datetime."""
     try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
+        when = email.utils.parsedate_to_datetime(text.strip())
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:  # "-0000" means UTC without claiming a zone
         when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    return when
 
 
 class GraphClient:
@@ -296,6 +340,9 @@ class GraphClient:
             )
             if response.status != 401:
                 raise error
+            if error.permission_denied:
+                # A missing permission: a fresh token carries the same rights. Stop here.
+                raise PermissionDenied(error, error.permission or REQUIRED_PERMISSION)
             if refreshed:
                 raise AuthError(
                     f"Graph rejected a freshly obtained access token ({error.code}: "
@@ -387,32 +434,100 @@ def _error_from(
 ) -> GraphError:
     """A `GraphError` from an error answer; tolerant of missing fields and non-JSON bodies."""
     code = f"HTTP{status}"
-    message = ""
+    read = _Message("")
     inner: dict[str, JSON] = {}
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         if isinstance(error.get("code"), str) and error["code"]:
             code = str(error["code"])
         if error.get("message") is not None:
-            message = str(error["message"])
+            read = _read_message(str(error["message"]))
         for key, value in error.items():
             if key.casefold() == "innererror" and isinstance(value, dict):
                 inner = {_fold(k): v for k, v in value.items()}
     elif isinstance(body, str):
         # Proxies and gateways answer with HTML pages: keep the words, drop the markup.
-        message = " ".join(_TAG.sub(" ", body).split())[:_MESSAGE_LIMIT]
-    if not message:
-        message = httpx.codes.get_reason_phrase(status) or "no error message"
+        read = _Message(" ".join(_TAG.sub(" ", body).split())[:_MESSAGE_LIMIT])
+    message = read.text or httpx.codes.get_reason_phrase(status) or "no error message"
+    denied = status == 401 and (
+        read.inner_code.casefold() in _RIGHTS_CODES
+        or code.casefold() in _RIGHTS_CODES
+        or _RIGHTS_TEXT in message.casefold()
+    )
+    scopes = _SCOPES.search(message)
     return GraphError(
         status,
         code,
         _redact(message, token),
-        request_id=headers.get("request-id") or _text(inner.get("requestid")),
+        request_id=headers.get("request-id") or _text(inner.get("requestid")) or read.activity_id,
         client_request_id=headers.get("client-request-id")
         or _text(inner.get("clientrequestid"))
         or client_request_id,
-        retry_after=parse_retry_after(headers.get("retry-after")),
+        retry_after=parse_retry_after(headers.get("retry-after"), date=headers.get("date")),
+        permission_denied=denied,
+        permission=scopes.group(1).rstrip(".") if scopes else "",
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """What an `error.message` says: the human text, an inner error code, Intune's Activity ID."""
+
+    text: str
+    inner_code: str = ""
+    activity_id: str = ""
+
+
+def _read_message(raw: str) -> _Message:
+    """The human text of an `error.message`, unwrapping Intune's JSON documents.
+
+    Graph's own messages are plain text and come back as they are (stripped).
+    """
+    text = raw
+    inner_code = ""
+    for _ in range(_NESTING_LIMIT):
+        candidate = text.strip()
+        if not _looks_like_document(candidate):
+            break
+        try:
+            document = json.loads(candidate)
+        except ValueError:
+            text = _salvage(candidate)
+            break
+        if not isinstance(document, dict):
+            text = ""
+            break
+        wrapped = document.get("ErrorCode")
+        if isinstance(wrapped, str) and not inner_code:
+            inner_code = wrapped
+        inner = document.get("Message", document.get("message"))
+        text = inner if isinstance(inner, str) else ""
+    else:
+        if _looks_like_document(text.strip()):
+            text = ""  # nested deeper than Intune nests: never show a document raw
+    activity = _ACTIVITY_ID.search(text)
+    cut = _INTUNE_TAIL.search(text)
+    if cut:
+        text = text[: cut.start()]
+    return _Message(" ".join(text.split()), inner_code, activity.group(1) if activity else "")
+
+
+def _looks_like_document(text: str) -> bool:
+    """A JSON object, or what is left of one (`{` then a quoted key), not prose in braces."""
+    return text.startswith("{") and ('":' in text or '" :' in text or text == "{}")
+
+
+def _salvage(document: str) -> str:
+    """The `Message` of a JSON document too damaged to parse, or "" (never the raw text)."""
+    found = _MESSAGE_FIELD.search(document)
+    if found is None:
+        return ""
+    try:
+        text = json.loads(f'"{found.group(1)}"')
+    except ValueError:
+        return ""
+    # The field may hold another (escaped) document: one more round of salvage.
+    return _salvage(text) if _looks_like_document(str(text).strip()) else str(text)
 
 
 def _fold(key: str) -> str:

@@ -46,6 +46,11 @@ def test_help_has_an_example() -> None:
         (["--events", "x.csv", "--seed-events", "3"], "exclude each other"),
         (["--events", "/no/such/file.csv"], "no such file"),
         (["--seed-events", "-3"], "--seed-events"),
+        (["--profile", "strict"], "--profile must be friendly or realistic"),
+        (["--error-style", "xml"], "--error-style"),
+        (["--deny-permission", "reads"], "--deny-permission"),
+        (["--page-size", "0"], "--page-size"),
+        (["--retry-after-format", "sometimes"], "int, decimal, list, none or mixed"),
     ],
 )
 def test_bad_options_exit_2(args: list[str], message: str) -> None:
@@ -166,3 +171,30 @@ def test_loads_an_events_file(tmp_path: Path) -> None:
         assert response.json()["osVersion"] == "10.0"
     finally:
         stop(proc, signal.SIGINT)
+
+
+def test_the_profile_can_come_from_the_environment() -> None:
+    result = runner.invoke(app, ["emulator"], env={"AUTOPILOT_EMULATOR_PROFILE": "strict"})
+    assert result.exit_code == 2
+    assert "--profile must be friendly or realistic, not 'strict'" in result.output
+
+
+@pytest.mark.e2e
+def test_realistic_profile_with_a_softening_flag() -> None:
+    args = ["--profile", "realistic", "--patch-status", "200", "--seed-events", "60"]
+    proc, lines = start([*args, "--token", "t", "--deny-permission", "all"])
+    try:
+        url = url_of(lines)
+        answers = next(line for line in lines if line.startswith("Answers: "))
+        assert answers.startswith("Answers: custom profile: PATCH 200, current schema, intune")
+        assert "pages of 50 ($top capped)" in answers and "401 for missing rights" in answers
+        response = httpx.get(
+            f"{url}/beta/deviceManagement/autopilotEvents?$top=999",
+            headers={"Authorization": "Bearer t"},
+        )
+        assert response.status_code == 401  # --deny-permission all
+        assert response.json()["error"]["code"] == "UnknownError"
+        assert response.headers["client-request-id"] == response.headers["request-id"]
+    finally:
+        code, output = stop(proc, signal.SIGINT)
+    assert code == 0, output

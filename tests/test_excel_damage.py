@@ -267,3 +267,36 @@ def test_far_away_cell_costs_nothing(tmp_path: Path) -> None:
     source = open_input(path)
     assert source.headers == ["id", "enrollmentState"]
     assert [r.cells for r in source] == [{"id": ID1, "enrollmentState": "failed"}]
+
+
+# --- local formats ------------------------------------------------------------------------------
+
+
+def test_decimal_comma_timespan_through_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "durations.csv"
+    # A German Excel saves `;`-separated CSV and writes the decimal comma.
+    path.write_text(f"id;deploymentDuration\n{ID1};00:03:21,5549443\n", encoding="cp1252")
+    out = tmp_path / "out"
+    result = invoke("run", path, "--dry-run", "--encoding", "cp1252", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert planned(out)[2] == {"deploymentDuration": "PT3M21.5549443S"}
+
+
+def test_dotted_day_first_dates_through_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "dates.csv"
+    path.write_text(f"id,eventDateTime\n{ID1},01.10.2025 09:30\n{ID2},31.12.2025\n")
+    result = invoke("validate", path)
+    assert result.exit_code == 1  # no offset: the zone must be said
+    assert "row 2: eventDateTime:" in result.stderr
+    assert "--assume-tz" in result.stderr
+    out = tmp_path / "out"
+    result = invoke("run", path, "--dry-run", "--assume-tz", "Europe/Berlin", "--out", out)
+    assert result.exit_code == 0, result.output
+    bodies = planned(out)
+    assert bodies[2]["eventDateTime"].startswith("2025-10-01T09:30:00")  # type: ignore[union-attr]
+    assert str(bodies[2]["eventDateTime"]).endswith("+02:00")
+    assert str(bodies[3]["eventDateTime"]).startswith("2025-12-31T00:00:00")
+    path.write_text(f"id,eventDateTime\n{ID1},1st of October\n")
+    result = invoke("validate", path, "--assume-tz", "UTC")
+    assert result.exit_code == 1
+    assert "01.10.2025" in result.stderr  # the message names the accepted formats

@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import cast
 
 import httpx
 import pytest
 
 from batch import __version__
-from batch.errors import AuthError, GraphError, RunAborted
+from batch.auth import REQUIRED_PERMISSION
+from batch.errors import AuthError, GraphError, PermissionDenied, RunAborted
 from batch.graph import (
     BatchItemResponse,
     BatchRequest,
@@ -21,6 +23,7 @@ from batch.graph import (
     event_path,
     parse_retry_after,
 )
+from batch.model import JSON
 
 pytestmark = pytest.mark.anyio
 
@@ -584,3 +587,270 @@ async def test_an_own_http_client_is_closed() -> None:
     async with client:
         pass
     assert client._http.is_closed
+
+
+# -- Intune's answers (issue 13) ---------------------------------------------------------------
+
+ACTIVITY = "63425837-1eb9-456b-ac28-6ee81d0627f5"
+INTUNE_URL = (
+    "https://fef.msub06.manage.microsoft.com/DeviceFE/StatelessDeviceFEService/"
+    "deviceManagement/autopilotEvents('x')?api-version=2018-05-24"
+)
+
+
+def intune_document(text: str, *, activity: str = ACTIVITY) -> str:
+    """Intune's `error.message` document, CRLF-indented as the service writes it."""
+    document = {
+        "_version": 3,
+        "Message": f"{text} - Operation ID (for customer support): "
+        f"00000000-0000-0000-0000-000000000000 - Activity ID: {activity} - Url: {INTUNE_URL}",
+        "CustomApiErrorPhrase": "",
+        "RetryAfter": None,
+        "ErrorSourceService": "",
+        "HttpHeaders": "{}",
+    }
+    return json.dumps(document, indent=2).replace("\n", "\r\n")
+
+
+MODEL_MESSAGE = (
+    "The property 'targetedAppCount' does not exist on type "
+    "'microsoft.management.services.api.deviceManagementAutopilotEvent'."
+)
+
+
+def rights_401_message() -> str:
+    """The 401 message of msgraph-sdk-powershell#1257: a document wrapping a document."""
+    wrapper: dict[str, object] = {
+        "ErrorCode": "Forbidden",
+        "Message": intune_document("An error has occurred"),
+        "Target": None,
+        "Details": None,
+        "InnerError": None,
+        "InstanceAnnotations": [],
+    }
+    return json.dumps(wrapper, separators=(",", ":"))
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "expected"),
+    [
+        pytest.param(
+            404,
+            graph_error(
+                "ResourceNotFound",
+                intune_document("An error has occurred"),
+                **{"request-id": "r-404", "date": "2026-01-01T00:00:00"},
+            ),
+            {},
+            ("ResourceNotFound", "An error has occurred", "r-404"),
+            id="intune-404",
+        ),
+        pytest.param(
+            400,
+            graph_error(
+                "BadRequest", intune_document("Invalid Device Identifier parameter found!")
+            ),
+            {},
+            ("BadRequest", "Invalid Device Identifier parameter found!", ACTIVITY),
+            id="activity-id-stands-in-for-request-id",
+        ),
+        pytest.param(
+            400,
+            graph_error("BadRequest", intune_document("Bad value")),
+            {"request-id": "r-head"},
+            ("BadRequest", "Bad value", "r-head"),
+            id="graph-request-id-wins",
+        ),
+        pytest.param(
+            400,
+            {
+                "error": {
+                    "code": "ModelValidationFailure",
+                    "message": MODEL_MESSAGE,
+                    "innerError": {"message": MODEL_MESSAGE, "request-id": "r-m"},
+                }
+            },
+            {},
+            ("ModelValidationFailure", MODEL_MESSAGE, "r-m"),
+            id="model-validation-plain",
+        ),
+        pytest.param(
+            400,
+            graph_error("BadRequest", intune_document("Cut short")[:120]),
+            {},
+            ("BadRequest", "Bad Request", ""),
+            id="document-cut-before-its-message-ends",
+        ),
+        pytest.param(
+            400,
+            graph_error("BadRequest", '{"_version": 3, "Message": "Half a message - Operation'),
+            {},
+            ("BadRequest", "Bad Request", ""),
+            id="document-cut-inside-its-message",
+        ),
+        pytest.param(
+            400,
+            graph_error(
+                "BadRequest",
+                '{"_version": 3, "Message": "Readable - Operation ID'
+                ' (for customer support): 0 - Activity ID: a-1 - Url: u", "RetryAfter": nul',
+            ),
+            {},
+            ("BadRequest", "Readable", "a-1"),
+            id="damaged-document-salvaged",
+        ),
+        pytest.param(
+            400,
+            graph_error("BadRequest", "{id} is not a GUID"),
+            {},
+            ("BadRequest", "{id} is not a GUID", ""),
+            id="prose-in-braces-stays",
+        ),
+        pytest.param(
+            500,
+            graph_error("UnknownError", "[1, 2]"),
+            {},
+            ("UnknownError", "[1, 2]", ""),
+            id="not-an-object",
+        ),
+    ],
+)
+async def test_intune_error_documents_become_their_human_text(
+    status: int, body: object, headers: dict[str, str], expected: tuple[str, str, str]
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=body, headers=headers)
+
+    async with graph(handler) as client:
+        with pytest.raises(GraphError) as caught:
+            await client.patch_event("abc", {"osVersion": "1"})
+    error = caught.value
+    assert (error.code, error.message, error.request_id) == expected
+    for boilerplate in ("_version", "Operation ID", "Activity ID", "Url:", "\r"):
+        assert boilerplate not in error.message
+    assert not error.permission_denied
+
+
+async def test_a_401_for_rights_aborts_without_refreshing_the_token() -> None:
+    tokens = Tokens()
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        body = graph_error("UnknownError", rights_401_message(), **{"request-id": "r-401"})
+        return httpx.Response(401, json=body)
+
+    async with graph(handler, tokens) as client:
+        with pytest.raises(PermissionDenied) as caught:
+            await client.patch_event("abc", {"osVersion": "1"})
+    assert len(sent) == 1 and tokens.calls == [False]  # no refresh, no resend
+    denied = caught.value
+    assert isinstance(denied, AuthError) and denied.exit_code == 3
+    assert denied.permission == REQUIRED_PERMISSION
+    assert denied.error.permission_denied
+    assert (denied.error.status, denied.error.code) == (401, "UnknownError")
+    assert denied.error.message == "An error has occurred"
+    text = str(denied)
+    assert REQUIRED_PERMISSION in text and "r-401" in text and "not a token problem" in text
+    assert "_version" not in text
+
+
+async def test_a_401_naming_the_scopes_names_them() -> None:
+    message = intune_document(
+        "Application is not authorized to perform this operation. Application must have one "
+        "of the following scopes: DeviceManagementManagedDevices.ReadWrite.All"
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json=graph_error("Forbidden", message))
+
+    async with graph(handler) as client:
+        with pytest.raises(PermissionDenied) as caught:
+            await client.get_event("abc")
+    assert caught.value.permission == "DeviceManagementManagedDevices.ReadWrite.All"
+    assert caught.value.error.request_id == ACTIVITY
+
+
+async def test_a_token_401_still_refreshes() -> None:
+    tokens = Tokens()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers["authorization"].endswith("-0"):
+            body = graph_error("InvalidAuthenticationToken", "Lifetime validation failed.")
+            return httpx.Response(401, json=body)
+        return httpx.Response(204)
+
+    async with graph(handler, tokens) as client:
+        response = await client.patch_event("abc", {"osVersion": "1"})
+    assert response.status == 204
+    assert tokens.calls == [False, True]
+
+
+def test_a_batch_item_401_for_rights_is_flagged() -> None:
+    item = BatchItemResponse(
+        id="1",
+        status=401,
+        headers={},
+        body=cast(JSON, graph_error("UnknownError", rights_401_message())),
+    )
+    error = item.error()
+    assert error is not None and error.permission_denied
+    assert error.message == "An error has occurred"
+    assert error.request_id == ACTIVITY
+    token_problem = BatchItemResponse(
+        id="2",
+        status=401,
+        headers={},
+        body=cast(JSON, graph_error("InvalidAuthenticationToken", "expired")),
+    )
+    flagged = token_problem.error()
+    assert flagged is not None and not flagged.permission_denied
+
+
+ANSWER_DATE = "Wed, 21 Oct 2026 07:28:00 GMT"
+
+
+@pytest.mark.parametrize(
+    ("value", "date", "expected"),
+    [
+        pytest.param("30,120", None, 30.0, id="list-first-number"),
+        pytest.param(" 2.128 , 5", None, 2.128, id="decimal-list"),
+        pytest.param("30,", None, None, id="list-cut-short"),
+        pytest.param("Wed, 21 Oct 2026 07:28:30 GMT", ANSWER_DATE, 30.0, id="imf-fixdate"),
+        pytest.param("Wednesday, 21-Oct-26 07:28:45 GMT", ANSWER_DATE, 45.0, id="rfc850"),
+        pytest.param("Wed Oct 21 07:29:00 2026", ANSWER_DATE, 60.0, id="asctime"),
+        pytest.param("Wed, 21 Oct 2026 07:27:00 GMT", ANSWER_DATE, 0.0, id="date-already-past"),
+    ],
+)
+def test_parse_retry_after_lists_and_dates(
+    value: str, date: str | None, expected: float | None
+) -> None:
+    assert parse_retry_after(value, date=date) == expected
+
+
+def test_parse_retry_after_date_without_answer_date_counts_from_now() -> None:
+    now = datetime(2026, 10, 21, 7, 28, tzinfo=UTC)
+    assert parse_retry_after("Wed, 21 Oct 2026 07:28:12 GMT", now=now) == 12.0
+    # An unreadable Date header falls back to now as well.
+    assert parse_retry_after("Wed, 21 Oct 2026 07:28:12 GMT", date="garbage", now=now) == 12.0
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        pytest.param("30,120", 30.0, id="list"),
+        pytest.param("Wed, 21 Oct 2026 07:28:09 GMT", 9.0, id="http-date"),
+    ],
+)
+async def test_retry_after_forms_of_errors_and_batch_items(header: str, expected: float) -> None:
+    headers = {"Retry-After": header, "Date": ANSWER_DATE}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json=graph_error("TooManyRequests", "slow"), headers=headers)
+
+    async with graph(handler) as client:
+        with pytest.raises(GraphError) as caught:
+            await client.patch_event("abc", {"osVersion": "1"})
+    assert caught.value.retry_after == expected
+    item = BatchItemResponse(id="1", status=429, headers=headers, body=None)
+    assert item.retry_after == expected

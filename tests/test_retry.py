@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import anyio
@@ -10,7 +11,7 @@ import pytest
 import tenacity
 from tenacity import RetryCallState
 
-from batch.errors import AuthError, GraphError
+from batch.errors import AuthError, GraphError, PermissionDenied
 from batch.graph import GraphClient, GraphResponse
 from batch.limiter import FakeClock, Limiter
 from batch.model import Rate
@@ -224,3 +225,65 @@ def test_bad_settings_are_refused() -> None:
         retry_wait(limiter, base=5.0, cap=1.0)
     with pytest.raises(ValueError):
         graph_retrying(limiter, max_retries=-1, clock=FakeClock())
+
+
+# -- Intune's Retry-After forms and its 401 for rights (issue 13) -------------------------------
+
+
+def throttled(retry_after: str, date: str | None = None) -> httpx.Response:
+    headers = {"Retry-After": retry_after}
+    if date is not None:
+        headers["Date"] = date
+    body = {"error": {"code": "TooManyRequests", "message": "slow down"}}
+    return httpx.Response(429, json=body, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("answer", "second_send"),
+    [
+        pytest.param(throttled("2.128"), 2.128, id="decimal"),
+        pytest.param(throttled("3,120"), 3.0, id="list-first-number"),
+        pytest.param(
+            throttled("Wed, 21 Oct 2026 07:28:05 GMT", date="Wed, 21 Oct 2026 07:28:00 GMT"),
+            5.0,
+            id="http-date-from-the-answer-date",
+        ),
+    ],
+)
+async def test_429_retry_after_forms_hold_the_gate_exactly(
+    answer: httpx.Response, second_send: float
+) -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(100, 20.0), clock=clock)
+    server = Server(clock, answer, httpx.Response(204))
+    resp, attempts = await patch_with_retries(server, limiter, clock)
+    assert (resp.status, attempts) == (204, 2)
+    assert server.sent_at == [0.0, pytest.approx(second_send)]
+
+
+async def test_503_with_a_list_retry_after_waits_the_first_number() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(100, 20.0), clock=clock)
+    server = Server(clock, error(503, "4,30"), httpx.Response(204))
+    resp, _ = await patch_with_retries(server, limiter, clock)
+    assert resp.status == 204
+    assert server.sent_at == [0.0, 4.0]
+
+
+async def test_a_401_for_rights_is_neither_retried_nor_resent() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(100, 20.0), clock=clock)
+    document = json.dumps(
+        {
+            "_version": 3,
+            "Message": "An error has occurred - Operation ID (for customer support): 0 - "
+            "Activity ID: a-1 - Url: https://fef.example/x",
+        }
+    )
+    wrapper = json.dumps({"ErrorCode": "Forbidden", "Message": document})
+    denied = httpx.Response(401, json={"error": {"code": "UnknownError", "message": wrapper}})
+    server = Server(clock, denied, httpx.Response(204))
+    with pytest.raises(PermissionDenied):
+        await patch_with_retries(server, limiter, clock)
+    assert len(server.sent_at) == 1  # a token 401 is resent once; this one is not
+    assert clock.now() == 0.0

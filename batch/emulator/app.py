@@ -150,10 +150,12 @@ class _Middleware:
             status, code, message = 503, "ServiceUnavailable", "The service is temporarily busy."
             # 1 s with Graph's 20 s window; scaled down with a scaled-down test window.
             wait = min(1.0, self.state.config.write_limit.seconds / 20)
-            # A 503 always says how long (the throttle's forms are for 429s): "none" and
-            # "mixed" fall back to the decimal form.
-            style = self.state.config.retry_after_format
-            _, header = format_retry_after(wait, "decimal" if style in ("none", "mixed") else style)
+            # A 503 always says how long (the throttle's forms are for 429s): "none" falls back
+            # to the decimal form, "mixed" to the whole seconds most answers carry.
+            style = {"none": "decimal", "mixed": "int"}.get(
+                self.state.config.retry_after_format, self.state.config.retry_after_format
+            )
+            _, header = format_retry_after(wait, style)
             headers["Retry-After"] = str(header)
         else:
             status, code, message = 504, "GatewayTimeout", "The gateway timed out."
