@@ -81,6 +81,8 @@ Resolver = Callable[[str], str | Problem]
 ID: Final = "id"
 # The properties `--key` may name: they identify an event when the file has no id column.
 KEY_PROPERTIES: Final = ("deviceSerialNumber", "managedDeviceName")
+# How many unknown columns an error names before it says "and N more".
+_SHOWN_UNKNOWN: Final = 10
 # How many other rows a duplicate-id message names before it says "and N more".
 _SHOWN_DUPLICATES: Final = 3
 # Characters that would change the meaning of the PATCH URL if they were in an id (every id is
@@ -773,9 +775,13 @@ def _plan_columns(
     if unknown:
         if not options.ignore_unknown_columns:
             parts = []
-            for header in unknown:
+            # A few are named (with suggestions); a file of junk headers gets a count, not a wall.
+            for header in unknown[:_SHOWN_UNKNOWN]:
                 hint = suggest_property(header)
-                parts.append(f"{header!r} (did you mean {hint}?)" if hint else repr(header))
+                shown = repr(header[:60] + "…" if len(header) > 60 else header)
+                parts.append(f"{shown} (did you mean {hint}?)" if hint else shown)
+            if len(unknown) > _SHOWN_UNKNOWN:
+                parts.append(f"and {len(unknown) - _SHOWN_UNKNOWN:,} more")
             noun, it = ("column", "it") if len(unknown) == 1 else ("columns", "them")
             raise InputFileError(
                 path,

@@ -161,6 +161,12 @@ class RowSource:
         self.path = path
         self.header_number = header_number
         self.hidden_rows = HiddenRows()
+        if len(header_cells) > MAX_COLUMNS:
+            raise InputFileError(
+                path,
+                f"the header (row {header_number}) has {len(header_cells):,} columns; "
+                f"at most {MAX_COLUMNS:,} are read (Excel's limit)",
+            )
         cleaned = [cell.strip() for cell in header_cells]
         if cleaned:
             cleaned[0] = cleaned[0].lstrip("\ufeff").strip()

@@ -300,3 +300,59 @@ def test_dotted_day_first_dates_through_the_cli(tmp_path: Path) -> None:
     result = invoke("validate", path, "--assume-tz", "UTC")
     assert result.exit_code == 1
     assert "01.10.2025" in result.stderr  # the message names the accepted formats
+
+
+# --- stated limits (issue 19) ---------------------------------------------------------------------
+
+
+def test_workbook_limits_are_checked_before_loading(tmp_path: Path) -> None:
+    from batch.errors import InputFileError
+    from batch.xlsx import XlsxLimits, XlsxSheet, list_sheets
+
+    path = workbook(tmp_path / "w.xlsx", [["id", "managedDeviceName"], [ID1, "PC-1"]])
+    with pytest.raises(InputFileError, match=r"workbooks over 0 MiB are not read"):
+        list_sheets(path, XlsxLimits(file_bytes=10))
+    (info,) = list_sheets(path)
+    import zipfile
+
+    with zipfile.ZipFile(path, "a") as archive:  # openpyxl writes inline strings: add a table
+        archive.writestr(
+            "xl/sharedStrings.xml",
+            '<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+            "<si><t>PC-1</t></si></sst>",
+        )
+    with pytest.raises(InputFileError, match=r"shared strings unpack to .* MiB is not read"):
+        XlsxSheet(path, info, XlsxLimits(shared_strings_bytes=10))
+    with pytest.raises(InputFileError, match=r"sheets over 0 GiB are not read"):
+        XlsxSheet(path, info, XlsxLimits(sheet_bytes=10))
+
+
+def test_too_many_columns_is_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(f"c{i}" for i in range(20_000)) + "\n" + "x," * 19_999 + "x\n")
+    result = invoke("validate", path)
+    assert result.exit_code == 2
+    assert "has 20,000 columns; at most 16,384 are read (Excel's limit)" in result.stderr
+    path.write_text("id," + ",".join(f"junk{i}" for i in range(50)) + "\n" + "x," * 50 + "x\n")
+    result = invoke("validate", path)
+    assert result.exit_code == 2
+    assert "and 40 more; rename them" in result.stderr
+    assert len(result.stderr) < 1_000
+
+
+def test_damaged_sheet_xml_is_one_line_error(tmp_path: Path) -> None:
+    import zipfile
+
+    good = workbook(tmp_path / "good.xlsx", [["id"], [ID1]])
+    bad = tmp_path / "bad.xlsx"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bad, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = data[: len(data) // 2]  # cut in the middle of the sheet
+            target.writestr(item, data)
+    result = invoke("validate", bad)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ")
+    assert "the sheet's XML is damaged" in result.stderr
+    assert "Traceback" not in result.output

@@ -595,3 +595,63 @@ def test_duplicate_groups_match_a_plain_count(ids: list[int]) -> None:
             "(duplicate ids are never sent)"
         )
     assert sorted(found) == sorted(n for n, k in zip(numbers, ids, strict=True) if ids.count(k) > 1)
+
+
+# --- arbitrary rows (issue 19): a value or a problem, never an exception --------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from batch.model import CellNote, RawRow  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cells=st.dictionaries(
+        st.sampled_from(
+            [
+                "id",
+                "deviceSerialNumber",
+                "deploymentDuration",
+                "eventDateTime",
+                "enrollmentState",
+                "targetedAppCount",
+                "userPrincipalName",
+            ]
+        ),
+        st.one_of(st.text(max_size=60), st.from_regex(r"[0-9.,:E+\-PTDHMS ]{0,40}")),
+    ),
+    notes=st.dictionaries(
+        st.sampled_from(["id", "deviceSerialNumber", "targetedAppCount"]),
+        st.builds(
+            CellNote,
+            st.sampled_from(["number", "formula", "error", "other"]),
+            st.text(max_size=20),
+            st.sampled_from(["general", "digits", "scientific", "other", "#N/A", "=A1"]),
+        ),
+    ),
+    hidden=st.booleans(),
+)
+def test_any_row_maps_to_a_value_or_problems(
+    tmp_path_factory: pytest.TempPathFactory,
+    cells: dict[str, str],
+    notes: dict[str, CellNote],
+    hidden: bool,
+) -> None:
+    folder = tmp_path_factory.mktemp("rows")
+    header = [
+        "id",
+        "deviceSerialNumber",
+        "deploymentDuration",
+        "eventDateTime",
+        "enrollmentState",
+        "targetedAppCount",
+        "userPrincipalName",
+    ]
+    path = write_csv(folder, header, [ID1, *([""] * (len(header) - 1))])
+    prepared = prepare(path, InputOptions(assume_tz="UTC", skip_hidden_rows=hidden))
+    row = RawRow(2, {h: cells.get(h, "") for h in header}, notes or None, hidden)
+    result = prepared.map_row(row)
+    assert isinstance(result, Update | Invalid | Skipped)
+    if isinstance(result, Update):
+        assert result.body  # an update always changes something
