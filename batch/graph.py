@@ -19,6 +19,8 @@ Reading Intune's answers (GRAPH.md, "How Intune really answers"; issue 13):
   `AuthError`, exit 3) at once instead of refreshing the token and trying again.
 * **Retry-After** (`parse_retry_after`): whole or decimal seconds, a list (`30,120`: the first
   number), or an HTTP-date (RFC 9110), counted from the answer's `Date` when it has one.
+* **Whole-batch refusals.** An absolute item URL or a write item without a body makes the real
+  service refuse the whole `$batch`; `batch()` refuses to send either (ValueError).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ _SCOPES = re.compile(r"following scopes:\s*(.+?)\s*$", re.IGNORECASE | re.DOTALL
 _RIGHTS_TEXT = "not authorized to perform this operation"
 _RIGHTS_CODES = frozenset({"forbidden", "authorization_requestdenied", "accessdenied"})
 _NESTING_LIMIT = 3  # public reports show documents nested twice; more is not Intune
+_WRITE_METHODS = frozenset({"PATCH", "POST", "PUT", "DELETE"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +283,13 @@ class GraphClient:
         folded = {r.id.casefold() for r in requests}
         if len(folded) != len(requests):
             raise ValueError("request ids in a $batch must be unique (case-insensitively)")
+        for r in requests:
+            # Either fault makes the real service refuse the whole batch (400 "Invalid batch
+            # payload format."), failing every row in it: never send one.
+            if "://" in r.url or r.url.startswith("//"):
+                raise ValueError(f"$batch request {r.id}: the url must be version-relative")
+            if r.method.upper() in _WRITE_METHODS and r.body is None:
+                raise ValueError(f"$batch request {r.id}: a {r.method.upper()} needs a body")
         payload: list[JSON] = []
         for r in requests:
             item: dict[str, JSON] = {"id": r.id, "method": r.method.upper(), "url": r.url}

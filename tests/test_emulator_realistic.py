@@ -28,6 +28,7 @@ from batch.emulator.throttle import MIXED_SHARES, Throttle
 from batch.errors import ConfigError, GraphError, PermissionDenied
 from batch.graph import BatchRequest, GraphClient, event_path
 from batch.model import Rate
+from tests import e2e
 
 EmulatorFactory = Callable[..., EmulatorServer]
 
@@ -586,3 +587,44 @@ async def test_client_reads_429s_without_retry_after(emulator_factory: EmulatorF
     error = caught.value
     assert (error.status, error.retry_after, error.message) == (429, None, "An error has occurred")
     assert error.transient
+
+
+# --- a run against the realistic emulator ---------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_single_mode_run_stops_at_the_401_for_rights(
+    emulator_factory: EmulatorFactory, tmp_path: Path
+) -> None:
+    server = realistic(emulator_factory, events=12, token=e2e.TOKEN, deny_permission="writes")
+    src = e2e.write_csv(tmp_path / "in.csv", e2e.update_rows(ids_of(server)))
+    out = tmp_path / "run"
+    result = e2e.cli_here("run", src, "--graph-url", server.url, "--mode", "single", "--out", out)
+    assert result.returncode == 3, result.stderr
+    assert f"it lacks the permission {REQUIRED_PERMISSION}" in result.stdout + result.stderr
+    stats = server.stats()
+    # No refresh-and-resend: at most the writes already in flight (concurrency 4) met the 401.
+    assert 1 <= stats["denied"] <= 4
+    assert stats["statuses"]["401"] == stats["denied"]
+
+
+@pytest.mark.e2e
+def test_reports_carry_intunes_human_text(
+    emulator_factory: EmulatorFactory, tmp_path: Path
+) -> None:
+    server = realistic(emulator_factory, events=3, token=e2e.TOKEN)
+    rows = e2e.update_rows([*ids_of(server), "00000000-0000-0000-0000-00000000dead"])
+    src = e2e.write_csv(tmp_path / "in.csv", rows)
+    out = tmp_path / "run"
+    result = e2e.cli_here("run", src, "--graph-url", server.url, "--out", out)
+    assert result.returncode == 1, result.stderr
+    results = {r["id"]: r for r in e2e.read_csv(out / "results.csv")}
+    missing = results["00000000-0000-0000-0000-00000000dead"]
+    assert (missing["outcome"], missing["error_code"]) == ("failed", "ResourceNotFound")
+    assert missing["error_message"] == "An error has occurred"
+    assert uuid.UUID(missing["request_id"])
+    failures = (out / "failures.csv").read_text(encoding="utf-8-sig")
+    assert "ResourceNotFound: An error has occurred" in failures
+    for text in (failures, result.stdout, result.stderr):
+        assert "_version" not in text and "Operation ID" not in text
+    assert {r["outcome"] for r in results.values()} == {"updated", "failed"}

@@ -484,6 +484,12 @@ async def test_batch_envelope_errors_raise(
             [BatchRequest("a", "GET", event_path("e")), BatchRequest("A", "GET", event_path("f"))],
             id="duplicate-ids",
         ),
+        pytest.param(
+            [BatchRequest("1", "GET", f"{BASE}{event_path('e')}")],
+            id="absolute-url",
+        ),
+        pytest.param([BatchRequest("1", "GET", "//graph.example.test/x")], id="network-path"),
+        pytest.param([BatchRequest("1", "PATCH", event_path("e"))], id="write-without-body"),
     ],
 )
 async def test_bad_batches_are_refused_before_sending(requests: list[BatchRequest]) -> None:

@@ -170,12 +170,12 @@ class GraphApi:
         deny = self.state.config.deny_permission
         if deny == "all" or (deny == "writes" and write):
             self.state.stats.denied += 1
-            body = permission_denied_body(
+            refusal = permission_denied_body(
                 request_id=ctx.request_id,
                 client_request_id=ctx.client_request_id,
                 path=parts.path,
             )
-            raise _Denied(Answer(401, body, {"Content-Type": GRAPH_CONTENT_TYPE}))
+            raise _Denied(Answer(401, refusal, {"Content-Type": GRAPH_CONTENT_TYPE}))
         permission = WRITE_PERMISSION if write else READ_PERMISSION
         if not ctx.principal.may(write=write):
             raise ODataError(
