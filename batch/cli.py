@@ -1205,7 +1205,8 @@ Examples:
   GRAPH_ACCESS_TOKEN=local-token autopilot-batch run events.csv --graph-url http://127.0.0.1:8765
   autopilot-batch emulator --events export.csv --write-limit 100/2 --fault-rate 0.05
   autopilot-batch emulator --tls --ca-file emulator-ca.pem --app my-client-id=made-up-secret
-  autopilot-batch emulator --profile realistic --seed 7 --deny-permission writes
+  autopilot-batch emulator --seed 7 --deny-permission writes
+  autopilot-batch emulator --profile friendly --patch-status 200 --schema legacy
 """
 
 
@@ -1269,11 +1270,11 @@ def emulator(
         str,
         typer.Option(
             envvar="AUTOPILOT_EMULATOR_PROFILE",
-            help="friendly (forgiving) or realistic (answers as Intune really does: 204, current "
-            "schema, Intune errors, pages of 50, whole-batch 400s, mixed Retry-After, split "
-            "throttles). The flags below override single details.",
+            help="realistic (the default: answers as Intune really does: 204, current schema, "
+            "Intune errors, pages of 50, whole-batch 400s, mixed Retry-After, split throttles) "
+            "or friendly (forgiving). The flags below override single details.",
         ),
-    ] = "friendly",
+    ] = "realistic",
     patch_status: Annotated[
         int | None, typer.Option(help="Success status of PATCH: 200 or 204 (default: profile's).")
     ] = None,

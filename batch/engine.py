@@ -32,7 +32,7 @@ import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batch import __version__
-from batch.auth import TokenProvider
+from batch.auth import REQUIRED_PERMISSION, TokenProvider
 from batch.changes import (
     LIST_MAX_EVENTS,
     BeforeImages,
@@ -49,7 +49,14 @@ from batch.changes import (
     use_list_walk,
     written_key,
 )
-from batch.errors import AuthError, GraphError, Interrupted, RunAborted, UsageError
+from batch.errors import (
+    AuthError,
+    GraphError,
+    Interrupted,
+    PermissionDenied,
+    RunAborted,
+    UsageError,
+)
 from batch.graph import BatchItemResponse, GraphClient, GraphResponse
 from batch.ledger import Ledger
 from batch.limiter import Clock, Limiter, SystemClock
@@ -614,6 +621,14 @@ class _Run:
                     await self._complete(w, self._read_failed(w, error), self.read_queue)
             return
         self.answers += 1
+        denied = next(
+            (_item_error(r, envelope) for r in responses.values() if r.status in (401, 403)),
+            None,
+        )
+        if denied is not None and denied.permission_denied:
+            # No read can succeed: stop; the rows stay in flight (not_attempted, resumable).
+            await self.stop(PermissionDenied(denied, denied.permission or REQUIRED_PERMISSION))
+            return
         verdicts: list[tuple[_Work, Verdict]] = []
         throttled_here = False
         for key, w in by_id.items():
@@ -903,11 +918,44 @@ class _Run:
                 await self._requeue_all(works, 0.0)
             elif error.transient:
                 await self._requeue_all(works, self._backoff(error, works[0].attempts))
+            elif error.status == 400 and len(works) > 1:
+                # Intune refuses a whole `$batch` for one bad item ("Invalid batch payload
+                # format."): one bad row must not fail twenty, so each gets its own request.
+                log.warning(
+                    "whole $batch refused (%s %s: %s): sending its %d rows one by one",
+                    error.status,
+                    error.code,
+                    error.message,
+                    len(works),
+                    extra={"event": "batch_refused", "rows": [w.raw.number for w in works]},
+                )
+                await self._send_singly(works)
             else:
                 for w in works:
                     await self._complete(w, self._failed(w, error))
             return
         self.answers += 1
+        denied = next(
+            (_item_error(r, envelope) for r in responses.values() if r.status in (401, 403)),
+            None,
+        )
+        if denied is not None and denied.permission_denied:
+            # The app lacks a permission: no row can succeed. The rows stay in flight (reported
+            # not_attempted, sent again by --resume once the permission is granted).
+            for key, w in by_id.items():
+                item = responses[key]
+                if 200 <= item.status < 300:
+                    await self._complete(
+                        w,
+                        self._updated(
+                            w,
+                            status=item.status,
+                            request_id=_item_request_id(item, envelope),
+                            client_request_id=envelope.client_request_id,
+                        ),
+                    )
+            await self.stop(PermissionDenied(denied, denied.permission or REQUIRED_PERMISSION))
+            return
         throttled_here = False
         for key, w in by_id.items():
             item = responses[key]
@@ -936,6 +984,29 @@ class _Run:
                 await self._requeue(w, self._backoff(item_error, w.attempts))
             else:
                 await self._complete(w, self._failed(w, item_error))
+
+    async def _send_singly(self, works: list[_Work]) -> None:
+        """Send each row of a refused `$batch` as its own request, so each gets its own answer."""
+        for w in works:
+            try:
+                response = await self._patch_with_retries(w)
+            except _Abandon:
+                return  # stopping: these rows stay in flight, reported not_attempted
+            except AuthError as error:
+                await self.stop(error)
+                return
+            except GraphError as error:
+                await self._complete(w, self._failed(w, error))
+            else:
+                await self._complete(
+                    w,
+                    self._updated(
+                        w,
+                        status=response.status,
+                        request_id=response.request_id,
+                        client_request_id=response.client_request_id,
+                    ),
+                )
 
     def _backoff(self, error: GraphError, attempts: int) -> float:
         """A transient error's delay for this request only: its Retry-After, else backoff."""

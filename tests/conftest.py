@@ -2,50 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from batch.emulator import EmulatorConfig, EmulatorServer, EventStore
-from batch.emulator.config import FRIENDLY, REALISTIC
 
 EMULATOR_TOKEN = "test-token"
 EMULATOR_EVENTS = 50
 EMULATOR_SEED = 2026
 
 EmulatorFactory = Callable[..., EmulatorServer]
-
-
-@pytest.fixture(autouse=True)
-def _emulator_profile_preview(monkeypatch: pytest.MonkeyPatch) -> None:
-    """TEMPORARY (issue 13, phase 1): `AUTOPILOT_EMULATOR_PROFILE=realistic pytest ...` previews
-    flipping the emulator's defaults: every emulator the tests start (conftest, e2e helpers, the
-    demo) takes the realistic value of each wire field a test left at the friendly default.
-    A test that set a friendly value on purpose is flipped too; it is a preview, not a verdict.
-    Remove once the defaults are flipped (phase 2).
-    """
-    if os.environ.get("AUTOPILOT_EMULATOR_PROFILE") != "realistic":
-        return
-    original = EmulatorServer.__init__
-
-    def realistic_init(
-        self: EmulatorServer,
-        config: EmulatorConfig | None = None,
-        *,
-        store: EventStore | None = None,
-    ) -> None:
-        config = config or EmulatorConfig()
-        left = {
-            name: REALISTIC[name]
-            for name, value in FRIENDLY.items()
-            if getattr(config, name) == value
-        }
-        original(self, dataclasses.replace(config, **left), store=store)
-
-    monkeypatch.setattr(EmulatorServer, "__init__", realistic_init)
 
 
 @pytest.fixture

@@ -8,12 +8,36 @@ from typing import Any
 import httpx
 import pytest
 
-from batch.emulator import EmulatorServer, EventStore
+from batch.emulator import EmulatorConfig, EmulatorServer, EventStore
 from batch.model import Rate
 
 EmulatorFactory = Callable[..., EmulatorServer]
 BATCH = "/beta/$batch"
 JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+def emulator_factory(emulator_factory: EmulatorFactory) -> EmulatorFactory:
+    """The conftest factory, but a config given by fields starts from the friendly profile.
+
+    This module checks the emulator's Graph mechanics where answers carry bodies to compare
+    (PATCH 200 with the object, per-item `$batch` failures, whole-second Retry-After);
+    tests/test_emulator_realistic.py checks the defaults, Intune's real answers.
+    """
+
+    def start(config: EmulatorConfig | None = None, **kwargs: Any) -> EmulatorServer:
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("store", "events")}
+        if config is None:
+            config = EmulatorConfig.friendly(**fields)
+        return emulator_factory(config, **kwargs)
+
+    return start
+
+
+@pytest.fixture
+def emulator(emulator_factory: EmulatorFactory) -> EmulatorServer:
+    """Conftest's emulator in the friendly profile (see `emulator_factory` above)."""
+    return emulator_factory(token="test-token", seed=2026, events=50)
 
 
 def patch_item(item_id: str, event_id: str, body: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -4,15 +4,34 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 
-from batch.emulator import EmulatorServer
+from batch.emulator import EmulatorConfig, EmulatorServer
 from batch.model import Rate
 
 EmulatorFactory = Callable[..., EmulatorServer]
 EVENTS = "/beta/deviceManagement/autopilotEvents"
+
+
+@pytest.fixture
+def emulator_factory(emulator_factory: EmulatorFactory) -> EmulatorFactory:
+    """The conftest factory, but a config given by fields starts from the friendly profile.
+
+    This module checks the emulator's Graph mechanics where answers carry bodies to compare
+    (PATCH 200 with the object, per-item `$batch` failures, whole-second Retry-After);
+    tests/test_emulator_realistic.py checks the defaults, Intune's real answers.
+    """
+
+    def start(config: EmulatorConfig | None = None, **kwargs: Any) -> EmulatorServer:
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("store", "events")}
+        if config is None:
+            config = EmulatorConfig.friendly(**fields)
+        return emulator_factory(config, **kwargs)
+
+    return start
 
 
 def writer(server: EmulatorServer, token: str = "t") -> httpx.Client:

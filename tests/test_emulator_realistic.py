@@ -84,7 +84,7 @@ def test_profiles_are_named_sets_of_fields() -> None:
     assert all(getattr(real, name) == value for name, value in REALISTIC.items())
     assert real.profile == "realistic"
     assert EmulatorConfig.friendly().profile == "friendly"
-    assert EmulatorConfig().profile == "friendly"  # phase 1: the defaults are still friendly
+    assert EmulatorConfig().profile == "realistic"  # the defaults are Intune's real answers
     assert set(FRIENDLY) == set(REALISTIC) and set(PROFILES) == {"friendly", "realistic"}
     # A softening flag on top of the profile: the rest stays realistic.
     softened = EmulatorConfig.realistic(patch_status=200, token="x")
@@ -233,7 +233,7 @@ def test_pages_of_at_most_50_with_top_capped(emulator_factory: EmulatorFactory) 
 
 
 def test_friendly_pages_refuse_a_top_over_999(emulator_factory: EmulatorFactory) -> None:
-    server = emulator_factory(token=TOKEN, events=3)
+    server = emulator_factory(EmulatorConfig.friendly(token=TOKEN), events=3)
     with client_for(server) as c:
         assert c.get(EVENTS, params={"$top": "1000"}).status_code == 400
 
@@ -287,7 +287,7 @@ def test_one_bad_item_refuses_the_whole_batch(
 
 
 def test_friendly_batches_fail_only_the_bad_item(emulator_factory: EmulatorFactory) -> None:
-    server = emulator_factory(token=TOKEN, events=3)
+    server = emulator_factory(EmulatorConfig.friendly(token=TOKEN), events=3)
     event_id = ids_of(server)[0]
     absolute = {"id": "2", "method": "GET", "url": "https://graph.microsoft.com/beta/x"}
     with client_for(server) as c:
@@ -435,7 +435,9 @@ def test_reads_go_on_while_writes_are_throttled(emulator_factory: EmulatorFactor
         return write, read, listed
 
     assert answers(realistic(emulator_factory, write_limit=Rate(2, 60))) == (429, 200, 200)
-    friendly = emulator_factory(token=TOKEN, write_limit=Rate(2, 60), events=3)
+    friendly = emulator_factory(
+        EmulatorConfig.friendly(token=TOKEN, write_limit=Rate(2, 60)), events=3
+    )
     assert answers(friendly) == (429, 429, 429)  # one Retry-After period holds everything
 
 
@@ -461,7 +463,7 @@ def test_every_answer_has_request_ids_and_a_date(emulator_factory: EmulatorFacto
         assert uuid.UUID(response.headers["request-id"])
         assert response.headers["date"].endswith(" GMT")
     assert echoed.headers["client-request-id"] == "mine-1"
-    friendly = emulator_factory(token=TOKEN, events=1)
+    friendly = emulator_factory(EmulatorConfig.friendly(token=TOKEN), events=1)
     with client_for(friendly) as c:
         assert "client-request-id" not in c.get(EVENTS).headers
 

@@ -2,11 +2,12 @@
 
 Two profiles (issue 13):
 
-* **friendly** (today's field defaults): PATCH answers 200 with the object, the legacy schema,
-  Graph's plain error bodies, pages of 100 with `$top` up to 999, a bad `$batch` item fails
+* **friendly** (`EmulatorConfig.friendly()`, `--profile friendly`): PATCH answers 200 with the
+  object, the legacy schema, Graph's plain error bodies, pages of 100 with `$top` up to 999, a bad `$batch` item fails
   alone, every 429 carries a whole-second Retry-After, one Retry-After period holds every
   request of the app, `client-request-id` is echoed only when sent.
-* **realistic** (`EmulatorConfig.realistic()`, `--profile realistic`): what Intune does, as
+* **realistic** (the field defaults; `EmulatorConfig.realistic()`, `--profile realistic`): what
+  Intune does, as
   GRAPH.md ("How Intune really answers") records it — 204, the current schema, Intune's error
   envelope, pages of at most 50 (`$top` capped, not refused), whole-batch 400s, a seeded mix of
   Retry-After forms (some absent), separate write and read throttles, `client-request-id`
@@ -14,9 +15,8 @@ Two profiles (issue 13):
 
 Decision: the profile is not a field. It is a named set of field values (`PROFILES`) applied by
 `for_profile`, and every field can still be set on its own afterwards (the softening flags), so a
-test says exactly which friendliness it needs. Flipping the default later means changing the
-field defaults to `REALISTIC`'s values; `friendly()` applies `FRIENDLY` explicitly and keeps
-working unchanged.
+test says exactly which friendliness it needs. The field defaults are `REALISTIC`'s values (a
+test in tests/test_emulator_realistic.py keeps them equal); `friendly()` applies `FRIENDLY`.
 """
 
 from __future__ import annotations
@@ -51,8 +51,7 @@ DENY_PERMISSION: Final = ("none", "writes", "all")
 
 RetryAfterFormat = Literal["int", "decimal", "list", "none", "mixed"]
 
-# The field values of each profile. FRIENDLY repeats today's field defaults on purpose, so that
-# `friendly()` still means friendly once the defaults are flipped to REALISTIC (phase 2).
+# The field values of each profile; the field defaults are REALISTIC's.
 FRIENDLY: Final[Mapping[str, Any]] = MappingProxyType(
     {
         "patch_status": 200,
@@ -142,17 +141,19 @@ class EmulatorConfig:
     tls: bool = False
     ca_file: Path | None = None
     token_ttl: float = 3600.0
-    patch_status: Literal[200, 204] = 200
-    retry_after_format: RetryAfterFormat = "int"
-    schema: Literal["legacy", "current"] = "legacy"
+    # The wire details default to the realistic profile (REALISTIC): a rehearsal meets what
+    # Intune answers. `friendly()` or a single field softens them for a test that needs it.
+    patch_status: Literal[200, 204] = 204
+    retry_after_format: RetryAfterFormat = "mixed"
+    schema: Literal["legacy", "current"] = "current"
     retry_after_grace: float = 0.2
-    page_size: int = 100
+    page_size: int = 50
     apps: tuple[tuple[str, str], ...] = ()
-    error_style: Literal["graph", "intune"] = "graph"
-    cap_top: bool = False
-    batch_refusal: Literal["item", "whole"] = "item"
-    split_throttles: bool = False
-    always_client_request_id: bool = False
+    error_style: Literal["graph", "intune"] = "intune"
+    cap_top: bool = True
+    batch_refusal: Literal["item", "whole"] = "whole"
+    split_throttles: bool = True
+    always_client_request_id: bool = True
     deny_permission: Literal["none", "writes", "all"] = "none"
 
     @classmethod
