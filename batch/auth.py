@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from batch import runlog
 from batch.clouds import Endpoints
 from batch.errors import AuthError, ConfigError
 from batch.model import JSON
@@ -56,6 +57,7 @@ __all__ = [
     "describe_token",
     "load_certificate",
     "token_cache_path",
+    "token_tenant",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,11 @@ class StaticTokenProvider:
 
     async def token(self, *, force_refresh: bool = False) -> str:
         """The same token every time (a forced refresh cannot produce a new one)."""
+        return self._token
+
+    @property
+    def current(self) -> str | None:
+        """The token in hand (never signs in)."""
         return self._token
 
 
@@ -386,7 +393,18 @@ class _MsalTokenProvider:
                 return fallback
             self._current = self._remember(result)
             self.acquisitions += 1
+            runlog.token(
+                self.credential,
+                renewal=latest is not None,
+                forced=force_refresh,
+                expires_in=self._current.expires_at - self._clock(),
+            )
             return self._current.value
+
+    @property
+    def current(self) -> str | None:
+        """The token in hand, if any (never signs in: for reports, not for requests)."""
+        return None if self._current is None else self._current.value
 
     async def _run(self, force_refresh: bool) -> dict[str, Any]:
         try:
@@ -740,6 +758,14 @@ class TokenInfo:
             "scopes": list(self.scopes),
             "delegated": self.delegated,
         }
+
+
+def token_tenant(tokens: TokenProvider) -> str | None:
+    """The tenant id the provider's current token names, without signing in (None: no token)."""
+    current = getattr(tokens, "current", None)
+    if not isinstance(current, str):
+        return None
+    return describe_token(current).tenant
 
 
 def describe_token(token: str) -> TokenInfo:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal, InvalidOperation
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import quote
 
+from batch import runlog
 from batch.errors import GraphError
 from batch.graph import BatchRequest, GraphClient, event_path
 from batch.limiter import Clock, Limiter
@@ -79,7 +81,7 @@ log = logging.getLogger("batch.changes")
 LIST_MIN_ROWS: Final = 500
 #: The walk keeps the selected values of every event it sees: this many at most (memory).
 LIST_MAX_EVENTS: Final = 100_000
-# Graph's largest page for this list.
+# What a walk asks for; Intune caps the page (50 for autopilot events) and nothing relies on it.
 _PAGE: Final = 999
 # A number as Excel shows it in scientific notation (also with a decimal comma): 9.36382E+11.
 _SCIENTIFIC: Final = re.compile(r"[+]?(\d+)(?:[.,](\d*))?[eE]([+-]?\d{1,3})")
@@ -510,7 +512,9 @@ class ListWalk:
 
     The rule. Reading by id costs one unit of the read budget per row (Graph counts every item of
     a `$batch`), in requests of 20 that run just ahead of the writes. The list costs one unit per
-    page of up to 999 events, but reads every event of the tenant, page after page.
+    page, but reads every event of the tenant, page after page. It asks for 999 events a page;
+    Intune serves autopilot events in pages of at most 50 (since late 2024), so a page is worth
+    50 reads by id, and nothing here relies on the size a page really has.
 
     * Without `--only-changed` every row is written anyway, and reads by id (budget: 1000 per
       20 s) stay hidden behind the ten times slower writes (100 per 20 s): the list never pays.
@@ -518,7 +522,7 @@ class ListWalk:
       For a file of at least `LIST_MIN_ROWS` rows the tool walks the list, as long as the tenant
       turns out to hold at most twice as many events as the file has rows (the file covers most
       of the tenant) and at most `LIST_MAX_EVENTS` (the walk keeps what it reads in memory). A
-      bigger tenant stops the walk after about 2 x rows / 999 pages, a small price, and every row
+      bigger tenant stops the walk after about 2 x rows / 50 pages, a small price, and every row
       is read by id instead.
 
     The walk only filters: a row it shows as already equal is `unchanged`; every other row still
@@ -545,6 +549,7 @@ class ListWalk:
         self.pages = 0  # list requests sent (retries included)
         self.throttled = 0
         self.retries = 0
+        self.retry_reasons: Counter[str] = Counter()
         self.answers = 0
 
     async def run(self, stopping: Callable[[], bool]) -> dict[str, dict[str, JSON]] | None:
@@ -582,6 +587,7 @@ class ListWalk:
 
     async def _page(self, link: str | None) -> tuple[list[dict[str, JSON]], str | None]:
         attempts = 0
+        last: GraphError | None = None
         async for attempt in graph_retrying(
             self._limiter, max_retries=self._max_retries, clock=self._clock
         ):
@@ -590,14 +596,21 @@ class ListWalk:
                 attempts += 1
                 if attempts > 1:
                     self.retries += 1
+                    if last is not None:
+                        self.retry_reasons[runlog.retry_reason(last)] += 1
+                        runlog.retry(last, kind="list", attempt=attempts)
                 self.pages += 1
                 try:
                     page = await self._client.list_page(link, top=_PAGE, select=self._select)
                 except GraphError as error:
+                    last = error
                     if error.status:
                         self.answers += 1
                     if error.status == 429:
                         self.throttled += 1
+                        runlog.throttled(error, kind="list")
+                    elif error.transient:
+                        runlog.transient(error, kind="list")
                     raise
                 self.answers += 1
                 self._limiter.note_success()

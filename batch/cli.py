@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from batch import __version__
-from batch.errors import BatchError, UsageError
+from batch.errors import EXIT_CODES, BatchError, UsageError
 from batch.logs import setup_console
 from batch.model import Rate
 
@@ -46,7 +46,8 @@ __all__ = ["app", "main"]
 # `--help` lists commands as a user meets them. Typer keeps registration order but always puts
 # sub-apps (`job`) after plain commands, so the order is stated once here.
 _COMMAND_ORDER = (
-    "validate", "run", "revert", "export", "job", "whoami", "schema", "template", "emulator", "demo"
+    "validate", "run", "revert", "report", "export", "job", "whoami", "schema", "template",
+    "emulator", "demo",
 )  # fmt: skip
 
 
@@ -229,8 +230,19 @@ def _root(
     """Bulk-update Windows Autopilot events in Intune through Microsoft Graph from CSV/Excel."""
 
 
-def fail(error: BatchError) -> NoReturn:
-    """Print a domain error as one line on stderr and exit with its code."""
+def error_object(message: str, exit_code: int) -> str:
+    """The one JSON object a `--json` command prints on stdout when it fails."""
+    return json.dumps({"ok": False, "error": message, "exit_code": exit_code}, ensure_ascii=False)
+
+
+def fail(error: BatchError, *, as_json: bool = False) -> NoReturn:
+    """Print a domain error as one line on stderr and exit with its code.
+
+    `as_json` (the command's `--json`): stdout also gets one JSON object saying so, since a
+    script reading stdout must get an answer whatever happened.
+    """
+    if as_json:
+        typer.echo(error_object(str(error), error.exit_code))
     typer.echo(f"Error: {error}", err=True)
     raise typer.Exit(error.exit_code)
 
@@ -259,11 +271,37 @@ def _internal_error_line(error: BaseException) -> str:
     )
 
 
+def _main_for_json() -> int:
+    """`app()` for a command line with `--json`: a usage error is one JSON object too.
+
+    Click reports a bad option itself and exits 2; in standalone mode nothing reaches stdout.
+    Typer vendors click in newer releases (its exception classes moved), so the usage error is
+    recognised by what it offers (`exit_code`, `format_message`, `show`), not by its class.
+    """
+    try:
+        code = app(standalone_mode=False)
+    except Exception as error:
+        exit_code = getattr(error, "exit_code", None)
+        show = getattr(error, "show", None)
+        message = getattr(error, "format_message", None)
+        if isinstance(exit_code, int) and callable(show) and callable(message):
+            typer.echo(error_object(str(message()), exit_code))
+            show()
+            return exit_code
+        raise
+    return code if isinstance(code, int) else 0
+
+
 def main() -> None:
     """Console-script entry point: no traceback ever reaches the user for a known error."""
+    as_json = "--json" in sys.argv[1:]
     try:
+        if as_json:
+            sys.exit(_main_for_json())
         app()
     except BatchError as error:
+        if as_json:
+            typer.echo(error_object(str(error), error.exit_code))
         typer.echo(f"Error: {error}", err=True)
         sys.exit(error.exit_code)
     except BaseException as error:
@@ -279,11 +317,16 @@ def main() -> None:
             if errors is not None and rest is None:
                 leaf = _first_leaf(errors)
                 assert isinstance(leaf, BatchError)
+                if as_json:
+                    typer.echo(error_object(str(leaf), leaf.exit_code))
                 typer.echo(f"Error: {leaf}", err=True)
                 sys.exit(leaf.exit_code)
         if os.environ.get("AUTOPILOT_BATCH_DEBUG"):
             raise
-        typer.echo(_internal_error_line(error), err=True)
+        line = _internal_error_line(error)
+        if as_json:
+            typer.echo(error_object(line, 1))
+        typer.echo(line, err=True)
         sys.exit(1)
 
 
@@ -297,7 +340,9 @@ Examples:
   autopilot-batch run events.csv --out runs/migration --resume
   autopilot-batch run events.csv --only-changed --dry-run
   autopilot-batch run serials.csv --key deviceSerialNumber --pick latest
-"""
+\b
+Exit codes:
+""" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items() if code != 75)
 
 
 def _execute(
@@ -313,21 +358,13 @@ def _execute(
 
 
 def _print_summary(summary: RunSummary, *, as_json: bool) -> None:
-    data = summary.data
+    from batch.report.console import summary_lines
+
     if as_json:
-        typer.echo(json.dumps(data, ensure_ascii=False))
+        typer.echo(json.dumps(summary.data, ensure_ascii=False))
         return
-    counts = ", ".join(f"{k} {v}" for k, v in data["counts"].items() if v) or "no rows"
-    typer.echo(f"{data['rows']} rows: {counts}")
-    typer.echo(
-        f"elapsed {data['elapsed_seconds']:.1f} s ({data['rows_per_second']:.1f} rows/s), "
-        f"requests {data['requests_sent']}, writes {data['writes_sent']}, "
-        f"reads {data.get('reads_sent', 0)}, "
-        f"429s {data['throttled_429']}, retries {data['retries']}"
-    )
-    if data.get("stopped_because"):
-        typer.echo(f"stopped: {data['stopped_because']}")
-    typer.echo(f"run folder: {summary.out_dir}")
+    for line in summary_lines(summary.data, summary.out_dir):
+        typer.echo(line)
 
 
 def _parse_rate(text: str, option: str) -> Rate:
@@ -446,7 +483,7 @@ def run(
         )
         summary = _execute(options, tokens, quiet=quiet or as_json)
     except BatchError as error:
-        fail(error)
+        fail(error, as_json=as_json)
     _print_summary(summary, as_json=as_json)
     raise typer.Exit(summary.exit_code)
 
@@ -520,7 +557,7 @@ def demo(
             )
             stats = server.stats()
     except BatchError as error:
-        fail(error)
+        fail(error, as_json=as_json)
     _print_summary(summary, as_json=as_json)
     if not as_json:
         typer.echo(
@@ -636,9 +673,39 @@ def revert(
         tokens = build_token_provider(endpoints, device_code=device_code, token_cache=token_cache)
         summary = _execute(options, tokens, quiet=quiet or as_json, plan=plan)
     except BatchError as error:
-        fail(error)
+        fail(error, as_json=as_json)
     _print_summary(summary, as_json=as_json)
     raise typer.Exit(summary.exit_code)
+
+
+# --- report -----------------------------------------------------------------------------------
+
+_REPORT_EXAMPLE = """
+\b
+Examples:
+  autopilot-batch report runs/20260301T101500Z-events
+  autopilot-batch report runs/migration && xdg-open runs/migration/report.html
+\b
+Every run writes report.html at its end (each part of a resumed run too); this writes it again
+from the run folder (summary.json, results.csv, the ledger's timeline), e.g. after an upgrade.
+It sends nothing. Exit codes: 0 written, 2 not a run folder (or not a finished one).
+"""
+
+
+@app.command(epilog=_REPORT_EXAMPLE)
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="The run folder to write report.html for.")],
+) -> None:
+    """(Re)write RUN_DIR/report.html: one page with figures, outcomes, timeline and failures."""
+    from batch.report.html import write_report
+
+    try:
+        if not run_dir.is_dir():
+            raise UsageError(f"{run_dir}: no such run folder")
+        target = write_report(run_dir)
+    except BatchError as error:
+        fail(error)
+    typer.echo(f"wrote {target}")
 
 
 # --- whoami -----------------------------------------------------------------------------------
@@ -650,8 +717,11 @@ Examples:
   autopilot-batch whoami --cloud usgov --json
   AZURE_CLIENT_ID=... autopilot-batch whoami --device-code --token-cache
 \b
-Exit codes: 0 signed in with the permission, 2 credential settings wrong or missing,
-3 no token, or the token lacks DeviceManagementManagedDevices.ReadWrite.All.
+Gets a token and reads one event id with it (GET .../autopilotEvents?$top=1&$select=id):
+only Graph can tell whether a token works and the permission is granted.
+Exit codes: 0 Graph accepted the token and nothing says the permission is missing,
+2 credential settings wrong or missing, 3 no token, Graph refused or could not be reached,
+the token expired, or it lacks DeviceManagementManagedDevices.ReadWrite.All.
 """
 
 
@@ -664,75 +734,50 @@ def whoami(
     token_cache: TokenCacheOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Get a token and show tenant, app, cloud, expiry and permission: a pre-flight check."""
-    import datetime as dt
-
-    from batch.auth import (
-        REQUIRED_PERMISSION,
-        build_token_provider,
-        credential_name,
-        describe_token,
-    )
+    """Prove the token with one cheap Graph read; show tenant, app, cloud, expiry, permission."""
+    from batch.auth import REQUIRED_PERMISSION, build_token_provider
     from batch.clouds import resolve_endpoints
-    from batch.errors import AuthError
+    from batch.whoami import check_identity, expiry_text
 
     setup_console(quiet=as_json)
     try:
         endpoints = resolve_endpoints(cloud, graph_url=graph_url, authority_host=authority_host)
         tokens = build_token_provider(endpoints, device_code=device_code, token_cache=token_cache)
-        info = describe_token(anyio.run(lambda: tokens.token()))
+        identity = anyio.run(lambda: check_identity(endpoints, tokens))
     except BatchError as error:
-        if as_json:
-            typer.echo(json.dumps({"ok": False, "error": str(error), "exit_code": error.exit_code}))
-        fail(error)
-    now = dt.datetime.now(dt.UTC)
-    granted = info.grants()
-    expired = info.expires_at is not None and info.expires_at <= now
-    # A cron pre-flight must fail when a run would fail: an expired token, a missing permission.
-    problem: AuthError | None = None
-    if expired:
-        problem = AuthError(f"the token expired at {info.expires_at:%Y-%m-%d %H:%M:%S} UTC")
-    elif granted is False:
-        grant = "a delegated" if info.delegated else "an application"
-        problem = AuthError(
-            f"the token lacks {REQUIRED_PERMISSION}: grant it to the app as {grant} "
-            "permission and give admin consent"
-        )
+        fail(error, as_json=as_json)
     if as_json:
-        data = {
-            "ok": problem is None,
-            **info.to_json(),
-            "cloud": endpoints.cloud,
-            "graph_root": endpoints.graph_root,
-            "authority_host": endpoints.authority_host,
-            "credential": credential_name(tokens),
-            "expires_in_seconds": (
-                int((info.expires_at - now).total_seconds()) if info.expires_at else None
-            ),
-            "permission": REQUIRED_PERMISSION,
-            "permission_granted": granted,
-        }
-        typer.echo(json.dumps(data, ensure_ascii=False))
+        typer.echo(json.dumps(identity.to_json(), ensure_ascii=False))
     else:
-        expiry = "unknown"
-        if info.expires_at is not None:
-            minutes = int((info.expires_at - now).total_seconds() // 60)
-            expiry = f"{info.expires_at:%Y-%m-%d %H:%M:%S} UTC (in {minutes} min)"
+        info = identity.info
         kind = "delegated scope" if info.delegated else "application role"
-        verdict = {True: f"granted ({kind})", False: "MISSING", None: "unknown (opaque token)"}
+        verdict = {
+            True: f"granted ({kind})",
+            False: "MISSING",
+            None: "not named in the token (opaque token); Graph's answer above decides",
+        }
+        graph = identity.graph
+        request = f", request-id {graph.request_id}" if graph.request_id else ""
+        said = (
+            f"read works ({graph.status} {graph.message}, {graph.elapsed_ms} ms)"
+            if graph.ok
+            else f"REFUSED ({graph.status or 'no answer'}: {graph.message}{request})"
+        )
         lines = [
             ("tenant", info.tenant),
             ("app id", info.app_id),
             *([("user", info.user)] if info.user else []),
             ("cloud", f"{endpoints.cloud} ({endpoints.graph_root})"),
-            ("credential", credential_name(tokens)),
-            ("expires", expiry),
-            ("permission", f"{REQUIRED_PERMISSION}: {verdict[granted]}"),
+            ("credential", identity.credential),
+            ("expires", expiry_text(info.expires_at, identity.checked_at)),
+            ("graph", said),
+            ("permission", f"{REQUIRED_PERMISSION}: {verdict[identity.granted]}"),
         ]
         for label, value in lines:
             typer.echo(f"{label:<11} {value}")
-    if problem is not None:
-        fail(problem)
+    if identity.problem is not None:
+        # --json already said it in its one object: the error line goes to stderr only.
+        fail(identity.problem)
 
 
 # --- validate, schema, template ---------------------------------------------------------------
@@ -778,6 +823,7 @@ def validate(
 
     out, err = sys.stdout, sys.stderr
     counts = {"valid": 0, "invalid": 0, "skipped": 0}
+    started_json = False
     try:
         options = _input_options(
             encoding,
@@ -813,6 +859,7 @@ def validate(
                 head["key"] = options.key
             # The head object without its closing brace; the tail closes the list and the object.
             out.write(_json_line(head)[:-1] + ', "invalid_rows": [')
+            started_json = True
         first = True
         file_warnings = set(prepared.warnings)
         for _raw, mapped in prepared.rows():
@@ -843,7 +890,13 @@ def validate(
                     for problem in mapped.problems:
                         err.write(f"row {mapped.number}: {problem}\n")
     except BatchError as error:
-        fail(error)
+        if as_json and started_json:
+            # The object is half written: close it with the error, so stdout stays one object.
+            out.write("], " + error_object(str(error), error.exit_code)[1:] + "\n")
+            out.flush()
+            typer.echo(f"Error: {error}", err=True)
+            raise typer.Exit(error.exit_code) from None
+        fail(error, as_json=as_json)
     exit_code = 1 if counts["invalid"] else 0
     rows = sum(counts.values())
     if as_json:
@@ -1091,7 +1144,7 @@ def export(
         except KeyboardInterrupt:
             raise Interrupted(f"interrupted: {out} was not written") from None
     except BatchError as error:
-        fail(error)
+        fail(error, as_json=as_json)
     if as_json:
         typer.echo(json.dumps(result.data, ensure_ascii=False))
     else:
@@ -1108,6 +1161,8 @@ def export(
 job_app = typer.Typer(
     name="job",
     help="Declarative jobs for cron and systemd timers: run or check a JOB.toml (see jobs/).",
+    epilog="\b\nExamples:\n  autopilot-batch job check jobs/nightly-drop-folder.toml\n"
+    "  autopilot-batch job run jobs/nightly-drop-folder.toml --quiet",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -1148,9 +1203,7 @@ def job_run(
         job = load_job(job_file)
         report = run_job(job, quiet=quiet or as_json)
     except BatchError as error:
-        if as_json:
-            typer.echo(json.dumps({"error": str(error), "exit_code": error.exit_code}))
-        fail(error)
+        fail(error, as_json=as_json)
     if as_json:
         typer.echo(json.dumps(report.to_json(), ensure_ascii=False))
     elif job.notify.stdout:
@@ -1184,9 +1237,7 @@ def job_check(
         job = load_job(job_file)
         report = check_job(job)
     except BatchError as error:
-        if as_json:
-            typer.echo(json.dumps({"error": str(error), "exit_code": error.exit_code}))
-        fail(error)
+        fail(error, as_json=as_json)
     if as_json:
         typer.echo(json.dumps(report.to_json(), ensure_ascii=False))
     else:

@@ -14,6 +14,7 @@ row's before-image before handing it to the senders, so no PATCH ever leaves wit
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import os
@@ -31,11 +32,12 @@ import anyio.abc
 import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from batch import __version__
-from batch.auth import REQUIRED_PERMISSION, TokenProvider
+from batch import __version__, runlog
+from batch.auth import REQUIRED_PERMISSION, TokenProvider, token_tenant
 from batch.changes import (
     LIST_MAX_EVENTS,
     BeforeImages,
+    Change,
     ListWalk,
     Verdict,
     conflicts_key,
@@ -58,14 +60,24 @@ from batch.errors import (
     UsageError,
 )
 from batch.graph import BatchItemResponse, GraphClient, GraphResponse
-from batch.ledger import Ledger
+from batch.ledger import Ledger, read_meta, read_timeline
 from batch.limiter import Clock, Limiter, SystemClock
 from batch.logs import JsonLinesHandler
 from batch.mapper import InputOptions, Prepared, prepare
 from batch.model import JSON, Invalid, Outcome, Rate, RawRow, RowResult, Skipped, Update
 from batch.planner import MAX_BATCH, batch_requests, patch_url
 from batch.progress import ProgressSink, make_progress
-from batch.report import FailuresWriter, RequestsWriter, ResultsWriter, write_json_atomic
+from batch.report import (
+    ChangesWriter,
+    FailuresWriter,
+    RequestsWriter,
+    ResultsWriter,
+    key_columns,
+    write_json_atomic,
+)
+from batch.report.commands import report_command, resume_command, revert_command
+from batch.report.tally import Tally
+from batch.report.timeline import parts_summary, split_parts
 from batch.resolve import KeyResolver
 from batch.retry import graph_retrying, transient_delay
 from batch.workqueue import WorkQueue
@@ -231,6 +243,8 @@ class _Work:
     answers_at_send: int = 0  # the same at the first write in a $batch (unreachable check)
     changed: tuple[str, ...] | None = None  # what really changes (None: not read)
     conflicts: str = ""  # fields left alone (conflicts) while the others are written
+    before: dict[str, JSON] | None = None  # the event's values before (None: not read)
+    retried_after: str = ""  # the error behind the latest retry (results.csv last_error)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -271,8 +285,10 @@ class _Run:
         self.requests_sent = 0
         self.writes_sent = 0
         self.retries = 0
+        self.retry_reasons: Counter[str] = Counter()  # see batch.runlog.retry_reason
         self.throttled = 0
         self.answers = 0
+        self.tally = Tally()
         self.stop_reason: BaseException | None = None
         self.stopping = anyio.Event()
         # Senders waiting for write budget or a retry: a stop cancels these waits (nothing is
@@ -389,6 +405,7 @@ class _Run:
                     continue
                 done = finished.get(raw.number)
                 if done is not None:
+                    self._restore_values(done, mapped)
                     await self._emit(seq, raw, done, restored=True)
                 elif isinstance(mapped, Invalid | Skipped):
                     await self._emit(seq, raw, self._unsent(raw, mapped))
@@ -409,6 +426,7 @@ class _Run:
                             mapped.event_id,
                             Outcome.PLANNED,
                             changed_fields=tuple(mapped.body),
+                            written=mapped.body,
                         ),
                     )
                 elif not await self.queue.put(_Work(seq, raw, mapped)):
@@ -418,6 +436,16 @@ class _Run:
         finally:
             # With reads, the readers close the write queue's input once they are done.
             await (self.read_queue if self.reading else self.queue).close_input()
+
+    def _restore_values(self, done: RowResult, mapped: Update | Invalid | Skipped) -> None:
+        """A row an earlier part finished: its values again, for changes.csv (resume)."""
+        if not done.changed_fields or not isinstance(mapped, Update):
+            return
+        # What was written is what the file says (a PATCH sends the file's values as they are);
+        # what was there before is the committed before-image, if the run kept one.
+        done.written = mapped.body
+        if self.ledger is not None:
+            done.before = self.ledger.before_image(done.number)
 
     async def _wait_reorder_room(self, seq: int) -> None:
         if seq - self.written_seq <= REORDER_WINDOW:
@@ -459,6 +487,14 @@ class _Run:
 
     # --- reads: current values, before-images, --only-changed, conflicts --------------------
 
+    def count_reads_of(self, keys: KeyResolver) -> None:
+        """Count `--key`'s read of the tenant (before this run object existed) as this run's."""
+        self.requests_sent += keys.requests
+        self.reads_sent += keys.requests
+        self.throttled += keys.throttled
+        self.retries += keys.retries
+        self.retry_reasons.update(keys.retry_reasons)
+
     async def _walk_list(self) -> None:
         """With --only-changed on a big file, read the tenant's list first (see ListWalk).
 
@@ -489,6 +525,7 @@ class _Run:
             self.reads_sent += walk.pages
             self.throttled += walk.throttled
             self.retries += walk.retries
+            self.retry_reasons.update(walk.retry_reasons)
             self.answers += walk.answers
 
     async def _to_read(self, work: _Work) -> None:
@@ -551,6 +588,34 @@ class _Run:
             works = [first, *self.read_queue.take_nowait(granted - 1)]
             await self._read_batch(works)
 
+    # --- what happened, for summary.json, run.log and the timeline ------------------------------
+
+    def _note_429(
+        self, error: GraphError, kind: runlog.Kind, rows: Sequence[int], items: int = 1
+    ) -> None:
+        """`items` 429 answers to one request (a `$batch`'s items, or the request itself)."""
+        self.throttled += items
+        if self.ledger is not None:
+            self.ledger.note_throttled(items)
+        runlog.throttled(error, kind=kind, rows=rows, items=items)
+
+    def _note_retries(self, works: Sequence[_Work], kind: runlog.Kind) -> None:
+        """These rows go out again: count each retry by the error that caused it, log them."""
+        if not works:
+            return
+        self.retries += len(works)
+        by_error: dict[int, list[_Work]] = {}
+        for w in works:
+            if w.last_error is not None:
+                by_error.setdefault(id(w.last_error), []).append(w)
+                w.retried_after = str(w.last_error)
+        for group in by_error.values():
+            error = group[0].last_error
+            assert error is not None
+            self.retry_reasons[runlog.retry_reason(error)] += len(group)
+            attempt = max(w.read_attempts if kind == "read" else w.attempts for w in group)
+            runlog.retry(error, kind=kind, rows=[w.raw.number for w in group], attempt=attempt)
+
     def _pause(self, retry_after: float | None) -> None:
         """A 429 from a `$batch`: the limiter pauses the writes, and the reads hold back."""
         self.limiter.throttled(retry_after)
@@ -592,8 +657,7 @@ class _Run:
             w.read_attempts += 1
             if w.read_attempts == 1:
                 w.answers_at_read = self.answers
-            else:
-                self.retries += 1
+        self._note_retries([w for w in works if w.read_attempts > 1], "read")
         by_id = {str(w.seq): w for w in works}
         self.requests_sent += 1
         self.reads_sent += len(works)
@@ -608,12 +672,15 @@ class _Run:
             if error.status:
                 self.answers += 1
             if error.status == 429:
-                self.throttled += 1
+                self._note_429(error, "read", [w.raw.number for w in works])
                 self._pause(error.retry_after)
                 for w in works:
                     await self._reread(w, error, 0.0)
             elif error.transient:
                 delay = self._backoff(error, works[0].read_attempts)
+                runlog.transient(
+                    error, kind="read", rows=[w.raw.number for w in works], seconds=delay
+                )
                 for w in works:
                     await self._reread(w, error, delay)
             else:
@@ -641,13 +708,15 @@ class _Run:
                 continue
             item_error = _item_error(item, envelope)
             if item.status == 429:
-                self.throttled += 1
                 if not throttled_here:
                     throttled_here = True
+                    self._note_429(item_error, "read", *_throttled_items(responses, by_id))
                     self._pause(_throttle_wait(responses))
                 await self._reread(w, item_error, 0.0)
             elif item_error.transient:
-                await self._reread(w, item_error, self._backoff(item_error, w.read_attempts))
+                delay = self._backoff(item_error, w.read_attempts)
+                runlog.transient(item_error, kind="read", rows=[w.raw.number], seconds=delay)
+                await self._reread(w, item_error, delay)
             else:
                 # 404 (no such event) and other final answers: the row fails, nothing is written.
                 await self._complete(w, self._read_failed(w, item_error), self.read_queue)
@@ -655,6 +724,7 @@ class _Run:
         await self._judged(verdicts, self.read_queue)
 
     async def _reread(self, work: _Work, error: GraphError, delay: float) -> None:
+        work.last_error = error
         if work.read_attempts <= self.o.max_retries:
             await self.read_queue.retry(work, delay)
         elif not await self._graph_unreachable(error, work.answers_at_read):
@@ -687,6 +757,7 @@ class _Run:
 
     def _settle(self, work: _Work, verdict: Verdict) -> RowResult | None:
         """A row's result from its verdict, or None when it goes to the writers (body trimmed)."""
+        work.before = verdict.before
         if verdict.action == "invalid":
             # Excel's damage, seen only now that the current values are known.
             return self._result_from(
@@ -712,12 +783,7 @@ class _Run:
             return None
         url = patch_url(self.o.graph_root, work.update.event_id)
         self.requests_writer.write(work.raw.number, "PATCH", url, verdict.body)
-        if verdict.changes:
-            log.info(
-                "%s",
-                render_diff(work.raw.number, work.update.event_id, verdict.changes),
-                extra={"row": work.raw.number, "event_id": work.update.event_id},
-            )
+        # The diff is printed by the reporter, in input order (readers finish in any order).
         if work.conflicts:
             return self._result_from(
                 work,
@@ -760,7 +826,14 @@ class _Run:
 
     def _result_from(self, work: _Work, outcome: Outcome, **kw: Any) -> RowResult:
         return RowResult(
-            work.raw.number, work.update.event_id, outcome, attempts=work.attempts, **kw
+            work.raw.number,
+            work.update.event_id,
+            outcome,
+            attempts=work.attempts,
+            written=work.update.body,
+            before=work.before,
+            last_error=work.retried_after,
+            **kw,
         )
 
     def _failed(self, work: _Work, error: GraphError) -> RowResult:
@@ -851,7 +924,7 @@ class _Run:
                     raise _Abandon()
                 work.attempts += 1
                 if work.attempts > 1:
-                    self.retries += 1
+                    self._note_retries([work], "write")
                 self.requests_sent += 1
                 self.writes_sent += 1
                 try:
@@ -860,8 +933,11 @@ class _Run:
                     if error.status:
                         self.answers += 1
                     if error.status == 429:
-                        self.throttled += 1
+                        self._note_429(error, "write", [work.raw.number])
                         self._hold_reads(error.retry_after)
+                    elif error.transient:
+                        # The retry's wait is tenacity's to choose (batch.retry): not known here.
+                        runlog.transient(error, kind="write", rows=[work.raw.number])
                     work.last_error = error
                     raise
                 self.answers += 1
@@ -891,10 +967,9 @@ class _Run:
         assert self.client is not None
         for w in works:
             w.attempts += 1
-            if w.attempts > 1:
-                self.retries += 1
-            else:
+            if w.attempts == 1:
                 w.answers_at_send = self.answers
+        self._note_retries([w for w in works if w.attempts > 1], "write")
         if self.ledger is not None:
             self.ledger.mark_in_flight((w.raw.number, w.update.event_id) for w in works)
         by_id = {str(w.seq): w for w in works}
@@ -912,12 +987,15 @@ class _Run:
                 self.answers += 1
             for w in works:
                 w.last_error = error
+            rows = [w.raw.number for w in works]
             if error.status == 429:
-                self.throttled += 1
+                self._note_429(error, "write", rows)
                 self._pause(error.retry_after)
                 await self._requeue_all(works, 0.0)
             elif error.transient:
-                await self._requeue_all(works, self._backoff(error, works[0].attempts))
+                delay = self._backoff(error, works[0].attempts)
+                runlog.transient(error, kind="write", rows=rows, seconds=delay)
+                await self._requeue_all(works, delay)
             elif error.status == 400 and len(works) > 1:
                 # Intune refuses a whole `$batch` for one bad item ("Invalid batch payload
                 # format."): one bad row must not fail twenty, so each gets its own request.
@@ -974,14 +1052,16 @@ class _Run:
             item_error = _item_error(item, envelope)
             w.last_error = item_error
             if item.status == 429:
-                self.throttled += 1
                 if not throttled_here:
                     # One pause per batch: every throttled item carries about the same wait.
                     throttled_here = True
+                    self._note_429(item_error, "write", *_throttled_items(responses, by_id))
                     self._pause(_throttle_wait(responses))
                 await self._requeue(w, 0.0)
             elif item_error.transient:
-                await self._requeue(w, self._backoff(item_error, w.attempts))
+                delay = self._backoff(item_error, w.attempts)
+                runlog.transient(item_error, kind="write", rows=[w.raw.number], seconds=delay)
+                await self._requeue(w, delay)
             else:
                 await self._complete(w, self._failed(w, item_error))
 
@@ -1026,7 +1106,9 @@ class _Run:
 
     # --- reporter --------------------------------------------------------------------------
 
-    async def report(self, results: ResultsWriter, failures: FailuresWriter) -> None:
+    async def report(
+        self, results: ResultsWriter, failures: FailuresWriter, changes: ChangesWriter
+    ) -> None:
         pending: dict[int, tuple[RawRow, RowResult]] = {}
         next_seq = 0
         async with self.results_recv:
@@ -1047,24 +1129,45 @@ class _Run:
                     self.progress.advance(rs.outcome, throttled=self.throttled)
                 while next_seq in pending:
                     rw, rs = pending.pop(next_seq)
-                    results.write(rs)
+                    results.write(rs, rw)
+                    changes.write(rw, rs)
+                    self.tally.add(rs)
+                    self._show_diff(rs)
                     if rs.outcome in (Outcome.FAILED, Outcome.INVALID, Outcome.CONFLICT):
                         failures.write(rw, rs)
                     next_seq += 1
                 results.flush()
                 failures.flush()
+                changes.flush()
                 async with self._seq_cond:
                     self.written_seq = next_seq - 1
                     self._seq_cond.notify_all()
 
+    def _show_diff(self, result: RowResult) -> None:
+        """A dry run that read the tenant prints what each row would change, in input order."""
+        before = result.before
+        if not self.o.dry_run or before is None or not result.changed_fields:
+            return
+        diff = [
+            Change(name, before.get(name), result.written.get(name), name in before)
+            for name in result.changed_fields
+        ]
+        log.info(
+            "%s",
+            render_diff(result.number, result.event_id, diff),
+            extra={"row": result.number, "event_id": result.event_id},
+        )
+
     # --- orchestration -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        results = ResultsWriter(self.out_dir / "results.csv")
+        keys = key_columns(self.prepared.columns)
+        results = ResultsWriter(self.out_dir / "results.csv", keys)
         failures = FailuresWriter(self.out_dir / "failures.csv", self.prepared.source.headers)
+        changes = ChangesWriter(self.out_dir / "changes.csv", keys)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self.report, results, failures)
+                tg.start_soon(self.report, results, failures, changes)
                 watcher = anyio.CancelScope()
                 tg.start_soon(self._watch, watcher)
                 async with self.results_send:
@@ -1073,6 +1176,7 @@ class _Run:
         finally:
             results.close()
             failures.close()
+            changes.close()
             if self.requests_writer is not None:
                 self.requests_writer.close()
             if self.before_images is not None:
@@ -1131,6 +1235,14 @@ def _item_error(item: BatchItemResponse, envelope: GraphResponse) -> GraphError:
     return error
 
 
+def _throttled_items(
+    responses: Mapping[str, BatchItemResponse], by_id: Mapping[str, _Work]
+) -> tuple[list[int], int]:
+    """The rows of a `$batch`'s 429 items, and how many items were answered 429."""
+    rows = [by_id[k].raw.number for k, r in responses.items() if r.status == 429 and k in by_id]
+    return rows, len(rows)
+
+
 def _throttle_wait(responses: Mapping[str, BatchItemResponse]) -> float | None:
     """The longest Retry-After among a `$batch`'s 429 items (None: none said how long)."""
     return (
@@ -1160,9 +1272,9 @@ class _StoppableClock:
 # --- entry point ------------------------------------------------------------------------------
 
 
-def _prepare_out_dir(options: RunOptions) -> Path:
+def _prepare_out_dir(options: RunOptions, sha256: str) -> Path:
     if options.resume:
-        out = options.out or _latest_run(options)
+        out = options.out or _latest_run(options, sha256)
         if not (out / "state.sqlite").exists():
             raise UsageError(f"{out}: no run to resume there (no state.sqlite)")
         return out
@@ -1178,11 +1290,26 @@ def _prepare_out_dir(options: RunOptions) -> Path:
     return out
 
 
-def _latest_run(options: RunOptions) -> Path:
-    candidates = sorted(options.runs_root.glob(f"*-{options.input.stem}"))
+def _latest_run(options: RunOptions, sha256: str) -> Path:
+    """The newest run folder under the runs root whose ledger recorded this input's digest.
+
+    By digest, not by name: a run started with `--out runs/migration` (or of a renamed copy of
+    the file) is found too. Newest by the ledger's modification time.
+    """
+    root = options.runs_root
+    folders = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    candidates = [
+        ledger
+        for folder in folders
+        if (ledger := folder / "state.sqlite").is_file()
+        and read_meta(ledger, "input_sha256") == sha256
+    ]
     if not candidates:
-        raise UsageError(f"--resume: no earlier run of {options.input.name}; pass --out RUN_DIR")
-    return candidates[-1]
+        raise UsageError(
+            f"--resume: no earlier run of {options.input.name} under {root}/ "
+            "(no ledger there recorded this file's content); pass --out RUN_DIR"
+        )
+    return max(candidates, key=lambda p: p.stat().st_mtime).parent
 
 
 @asynccontextmanager
@@ -1235,7 +1362,7 @@ async def execute(
             keys.want(prepared)
         if on_prepared is not None:
             on_prepared(prepared)
-    out_dir = _prepare_out_dir(options)
+    out_dir = _prepare_out_dir(options, prepared.sha256)
     ledger: Ledger | None = None
     if not options.dry_run:
         ledger = Ledger(out_dir / "state.sqlite")
@@ -1243,6 +1370,10 @@ async def execute(
         # anything was sent: resuming it is starting it over.
         if options.resume and ledger.get_meta("input_sha256") is not None:
             ledger.check_resumable(prepared.sha256)
+            ended = ledger.finished_run()
+            if ended is not None:
+                ledger.close()
+                return _nothing_to_resume(out_dir, ended)
         else:
             ledger.set_meta(
                 input_path=str(options.input.resolve()),
@@ -1284,10 +1415,17 @@ async def execute(
         options.input.name,
         out_dir,
         "resumed" if options.resume else "new",
-        extra={"input": str(options.input), "out": str(out_dir), **options.recorded()},
+        extra={
+            "event": "run_started",
+            "input": str(options.input),
+            "out": str(out_dir),
+            **options.recorded(),
+        },
     )
     for warning in prepared.warnings:
         log.warning("%s", warning)
+    if ledger is not None:
+        ledger.start_part(resumed=options.resume, write_limit=str(options.write_limit))
     run: _Run | None = None
     try:
         async with _client(options, tokens, http) as client:
@@ -1301,24 +1439,81 @@ async def execute(
                 clock=clock or SystemClock(),
                 limiter=limiter,
             )
+            if keys is not None:
+                run.count_reads_of(keys)
             verb = "dry run" if options.dry_run else f"sending ({options.mode} mode)"
             progress.start(prepared.total, f"{options.input.name}: {verb}")
             await run.run()
+        summary = _summarise(
+            options, prepared, out_dir, run, started_wall, time.monotonic() - started
+        )
+        summary.data["tenant"] = token_tenant(tokens) if tokens is not None else None
+        if ledger is not None:
+            ledger.end_part(summary.exit_code)
     finally:
         progress.close()
         if ledger is not None:
             ledger.close()
-    elapsed = time.monotonic() - started
-    summary = _summarise(options, prepared, out_dir, run, started_wall, elapsed)
+    # Every part of the run, this one closed: the ledger has its end now.
+    summary.data["parts"] = parts_summary(split_parts(read_timeline(out_dir / "state.sqlite")))
     write_json_atomic(out_dir / "summary.json", summary.data)
     log.info(
         "run finished: exit %d",
         summary.exit_code,
-        extra={"exit_code": summary.exit_code, **dict(summary.counts)},
+        extra={
+            "event": "run_finished",
+            "exit_code": summary.exit_code,
+            "counts": {k: v for k, v in summary.data["counts"].items() if v},
+            **{k: summary.data[k] for k in _FINAL_FIGURES},
+        },
     )
+    _write_report(out_dir)
     root_log.removeHandler(handler)
     handler.close()
     return summary
+
+
+# The figures run.log's last line repeats from summary.json.
+_FINAL_FIGURES = (
+    "elapsed_seconds",
+    "requests_sent",
+    "writes_sent",
+    "reads_sent",
+    "throttled_429",
+    "retries",
+    "retry_reasons",
+    "error_codes",
+)
+
+
+def _write_report(out_dir: Path) -> None:
+    """report.html; a run's outcome never depends on it, so trouble is logged, not raised."""
+    from batch.report.html import write_report
+
+    try:
+        write_report(out_dir)
+    except Exception as error:
+        log.error("report.html not written: %s: %s", type(error).__name__, error)
+
+
+def _nothing_to_resume(out_dir: Path, ended: Mapping[str, Any]) -> RunSummary:
+    """`--resume` of a run that ran to the end: say so, send nothing, repeat its outcome."""
+    exit_code = int(ended.get("exit_code", 0))
+    try:
+        data: dict[str, Any] = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {"counts": {}, "rows": 0}
+    when = dt.datetime.fromtimestamp(float(ended.get("at", 0)), dt.UTC)
+    note = (
+        f"nothing to resume: the run in {out_dir} finished at {when:%Y-%m-%d %H:%M:%S} UTC "
+        f"(exit {exit_code}); nothing was sent"
+    )
+    if exit_code == 1:
+        note += f". Its failed rows are in {out_dir / 'failures.csv'}: fix them and run that file"
+    log.info("%s", note)
+    data.update(nothing_to_resume=True, note=note, exit_code=exit_code)
+    counts = Counter({k: int(v) for k, v in data.get("counts", {}).items() if v})
+    return RunSummary(out_dir, counts, int(data.get("rows", 0)), exit_code, data)
 
 
 def _summarise(
@@ -1362,5 +1557,30 @@ def _summarise(
         "exit_code": exit_code,
         "stopped_because": None if reason is None else str(reason),
         **options.recorded(),
+        # What changed and what went wrong, over every row (restored rows of a resume too).
+        **run.tally.to_json(),
+        "retry_reasons": {
+            **dict.fromkeys(runlog.RETRY_REASONS, 0),
+            **dict(sorted(run.retry_reasons.items())),
+        },
+        "commands": {
+            "resume": resume_command(options, out_dir, reverting=_reverting(prepared)),
+            "revert": revert_command(out_dir, wrote=_wrote(counts, run.tally, options)),
+            "report": report_command(out_dir),
+        },
     }
     return RunSummary(out_dir, counts, prepared.total, exit_code, data)
+
+
+def _reverting(prepared: RowPlan) -> bool:
+    """Whether the run is a `revert` (its rows come from a run folder, not an input file)."""
+    return not isinstance(prepared, Prepared)
+
+
+def _wrote(counts: Counter[str], tally: Tally, options: RunOptions) -> bool:
+    """Whether the run changed anything in the tenant (so that there is something to revert)."""
+    if options.dry_run:
+        return False
+    return counts.get(Outcome.UPDATED.value, 0) > 0 or (
+        counts.get(Outcome.CONFLICT.value, 0) > 0 and bool(tally.fields)
+    )

@@ -22,7 +22,10 @@ client raises for one failed request, which the engine turns into a row outcome.
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = [
+    "EXIT_CODES",
     "AuthError",
     "BatchError",
     "ConfigError",
@@ -35,6 +38,18 @@ __all__ = [
     "RunAborted",
     "UsageError",
 ]
+
+
+#: What each process exit code means (CONTRACT.md, "Exit codes"); `run --help` and report.html
+#: say it in these words.
+EXIT_CODES: Final = {
+    0: "every row updated, unchanged or skipped (dry run: every row planned)",
+    1: "finished, but some rows failed, were invalid, or conflicted",
+    2: "usage, configuration or input-file error: nothing was sent",
+    3: "run aborted (sign-in, permission, Graph unreachable): resumable with --resume",
+    75: "job run: another run of the same job holds its lock; this start did nothing",
+    130: "interrupted (Ctrl-C, SIGTERM): requests in flight finished, reports flushed, resumable",
+}
 
 
 class BatchError(Exception):

@@ -44,6 +44,7 @@ import logging
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from typing import IO, Any, Final, Protocol
 import anyio
 import httpx
 
+from batch import runlog
 from batch.auth import TokenProvider
 from batch.errors import AuthError, BatchError, GraphError, InputFileError, RunAborted, UsageError
 from batch.graph import GraphClient
@@ -266,8 +268,10 @@ class EventReader:
         self._next: str | None = None
         self._started = False
         self.pages_read = 0
+        self.requests = 0  # list requests sent, retries included
         self.throttled = 0
         self.retries = 0
+        self.retry_reasons: Counter[str] = Counter()
 
     @property
     def done(self) -> bool:
@@ -289,19 +293,29 @@ class EventReader:
 
     async def _fetch(self, url: str | None) -> tuple[list[dict[str, JSON]], str | None]:
         retrying = graph_retrying(self._limiter, max_retries=self._max_retries, clock=self._clock)
+        last: GraphError | None = None
         try:
             async for attempt in retrying:
                 with attempt:
-                    if attempt.retry_state.attempt_number > 1:
+                    number = attempt.retry_state.attempt_number
+                    if number > 1:
                         self.retries += 1
+                        if last is not None:
+                            self.retry_reasons[runlog.retry_reason(last)] += 1
+                            runlog.retry(last, kind="list", attempt=number)
                     await self._limiter.acquire_reads(1)
+                    self.requests += 1
                     try:
                         page = await self._client.list_page(
                             url, top=self._page_size, select=self._select
                         )
                     except GraphError as error:
+                        last = error
                         if error.status == 429:
                             self.throttled += 1
+                            runlog.throttled(error, kind="list")
+                        elif error.transient:
+                            runlog.transient(error, kind="list")
                         raise
                     self._limiter.note_success()
                     self.pages_read += 1

@@ -21,6 +21,21 @@ interrupted process already used. Decisions:
   about one window of grants (at most the read budget's count, usually a few dozen rows).
 - **The pause gate too.** A run interrupted inside a `Retry-After` pause leaves its end (and the
   adaptive write limit then in force) in `meta`; the resumed limiter waits for the same end.
+
+It also keeps the whole run's timeline for report.html (`read_timeline`), which `sends` cannot
+(it forgets everything older than a window):
+
+- **Per second, not per grant.** `timeline` holds one row per second in which something was
+  granted or answered 429: writes, reads, 429s. At Graph's pace (5 writes/s) a 50,000-row run is
+  about 10,000 rows (a few hundred KB); a grant adds to its second's row in the transaction that
+  commits the grant anyway, so keeping it costs no extra commit. A second is finer than any
+  window a chart needs (Graph's is 20 s); report.html averages over the window.
+- **Parts.** Each process that works on the run (the first, then every `--resume`) is a row of
+  `parts` (start, end, exit code, write limit), so a resumed run shows all its parts and the gap
+  between them. A part killed with `kill -9` has no end; its last recorded second stands in.
+- **Pauses** are intervals (`pauses`): a pause extended by more 429s stays one row.
+- **Finished runs** are marked in `meta` (`finished`), so `--resume` of a run that ended can say
+  so instead of sending its failed rows again.
 """
 
 from __future__ import annotations
@@ -30,14 +45,24 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from batch.errors import ResumeError
 from batch.limiter import Carried, Limiter, Sent
 from batch.model import JSON, Outcome, RowResult
 
-__all__ = ["FINAL_SUCCESS", "Ledger"]
+__all__ = [
+    "FINAL_SUCCESS",
+    "Ledger",
+    "PartRecord",
+    "SecondRecord",
+    "TimelineRecord",
+    "read_meta",
+    "read_timeline",
+]
 
 log = logging.getLogger("batch.ledger")
 
@@ -74,7 +99,61 @@ CREATE TABLE IF NOT EXISTS sends (  -- the last window of limiter grants (keep_w
     writes INTEGER NOT NULL,        -- write items (each also counts as a request)
     reads INTEGER NOT NULL          -- read items
 );
+CREATE TABLE IF NOT EXISTS parts (  -- one per process that worked on the run
+    part INTEGER PRIMARY KEY,
+    started REAL NOT NULL,          -- Unix time
+    ended REAL,                     -- NULL: the process died (kill -9, power cut)
+    resumed INTEGER NOT NULL,
+    exit_code INTEGER,
+    write_limit TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS timeline (  -- the whole run, per second
+    second INTEGER PRIMARY KEY,     -- Unix time, whole seconds
+    writes INTEGER NOT NULL DEFAULT 0,
+    reads INTEGER NOT NULL DEFAULT 0,
+    throttled INTEGER NOT NULL DEFAULT 0  -- 429 answers
+);
+CREATE TABLE IF NOT EXISTS pauses (started REAL NOT NULL, ends REAL NOT NULL);
 """
+# Columns added to `rows` after the first release: (name, declaration). Older ledgers get them
+# when opened, so a run started by an older version can still be resumed.
+_ADDED_COLUMNS: Final = (("last_error", "TEXT NOT NULL DEFAULT ''"),)
+_FINISHED_KEY: Final = "finished"
+_TIMELINE_ADD: Final = (
+    "INSERT INTO timeline(second, writes, reads, throttled) VALUES(?, ?, ?, ?)"
+    " ON CONFLICT(second) DO UPDATE SET writes = writes + excluded.writes,"
+    " reads = reads + excluded.reads, throttled = throttled + excluded.throttled"
+)
+
+
+class SecondRecord(NamedTuple):
+    """What one second of a run held: write and read items granted, 429 answers."""
+
+    second: int
+    writes: int
+    reads: int
+    throttled: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartRecord:
+    """One process's share of a run (`ended` None: it died without closing the ledger)."""
+
+    number: int
+    started: float
+    ended: float | None
+    resumed: bool
+    exit_code: int | None
+    write_limit: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineRecord:
+    """A run's recorded timeline: its parts, its busy seconds, its pauses (Unix times)."""
+
+    parts: list[PartRecord] = field(default_factory=list)
+    seconds: list[SecondRecord] = field(default_factory=list)
+    pauses: list[tuple[float, float]] = field(default_factory=list)
 
 
 class Ledger:
@@ -88,9 +167,16 @@ class Ledger:
         # NORMAL in WAL survives a process kill (not necessarily a power cut) and is fast.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        have = {str(r[1]) for r in self._db.execute("PRAGMA table_info(rows)")}
+        for name, declaration in _ADDED_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE rows ADD COLUMN {name} {declaration}")
         self._in_tx = False
         # The limiter whose grants this ledger journals, and its journal (keep_window).
         self._kept: tuple[Limiter, _WindowJournal] | None = None
+        # The wall clock of the timeline (keep_window may set a test's); the part in progress.
+        self._wall: Callable[[], float] = time.time
+        self._part: int | None = None
 
     # --- run-level metadata ---------------------------------------------------------------
 
@@ -126,7 +212,8 @@ class Ledger:
         placeholders = ",".join("?" for _ in FINAL_SUCCESS)
         cur = self._db.execute(
             "SELECT number, event_id, state, status, error_code, error_message, changed_fields,"
-            f" attempts, request_id, client_request_id FROM rows WHERE state IN ({placeholders})",
+            " attempts, request_id, client_request_id, last_error"
+            f" FROM rows WHERE state IN ({placeholders})",
             tuple(FINAL_SUCCESS),
         )
         return {r[0]: _row_result(r) for r in cur}
@@ -145,12 +232,13 @@ class Ledger:
         self._begin()
         self._db.executemany(
             "INSERT INTO rows(number, event_id, state, status, error_code, error_message,"
-            " changed_fields, attempts, request_id, client_request_id)"
-            " VALUES(?,?,?,?,?,?,?,?,?,?) ON CONFLICT(number) DO UPDATE SET"
+            " changed_fields, attempts, request_id, client_request_id, last_error)"
+            " VALUES(?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(number) DO UPDATE SET"
             " event_id=excluded.event_id, state=excluded.state, status=excluded.status,"
             " error_code=excluded.error_code, error_message=excluded.error_message,"
             " changed_fields=excluded.changed_fields, attempts=excluded.attempts,"
-            " request_id=excluded.request_id, client_request_id=excluded.client_request_id",
+            " request_id=excluded.request_id, client_request_id=excluded.client_request_id,"
+            " last_error=excluded.last_error",
             [
                 (
                     r.number,
@@ -163,6 +251,7 @@ class Ledger:
                     r.attempts,
                     r.request_id,
                     r.client_request_id,
+                    r.last_error,
                 )
                 for r in results
             ],
@@ -177,6 +266,11 @@ class Ledger:
             "INSERT OR REPLACE INTO before(number, event_id, body) VALUES(?, ?, ?)",
             (number, event_id, json.dumps(body, ensure_ascii=False)),
         )
+
+    def before_image(self, number: int) -> dict[str, JSON] | None:
+        """One row's stored before-image, or None."""
+        row = self._db.execute("SELECT body FROM before WHERE number = ?", (number,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
 
     def before_images(self) -> Iterator[tuple[int, str, dict[str, JSON]]]:
         """Every stored before-image, in row order."""
@@ -196,6 +290,44 @@ class Ledger:
             self._db.execute(
                 "INSERT OR REPLACE INTO cache(key, value) VALUES(?, ?)", (key, json.dumps(value))
             )
+
+    # --- the run's parts and timeline ---------------------------------------------------------
+
+    def start_part(self, *, resumed: bool, write_limit: str) -> int:
+        """Record that a process starts working on the run; returns its part number."""
+        with self._tx():
+            cur = self._db.execute(
+                "INSERT INTO parts(started, resumed, write_limit) VALUES(?, ?, ?)",
+                (self._wall(), int(resumed), write_limit),
+            )
+        self._part = int(cur.lastrowid or 0)
+        return self._part
+
+    def end_part(self, exit_code: int) -> None:
+        """Record how this process's part ended; exit 0 or 1 also marks the run finished."""
+        with self._tx():
+            if self._part is not None:
+                self._db.execute(
+                    "UPDATE parts SET ended = ?, exit_code = ? WHERE part = ?",
+                    (self._wall(), exit_code, self._part),
+                )
+            if exit_code in (0, 1):
+                # Every row has its final outcome: --resume has nothing left to do.
+                finished = {"exit_code": exit_code, "at": self._wall()}
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES(?, ?)",
+                    (_FINISHED_KEY, json.dumps(finished)),
+                )
+
+    def finished_run(self) -> dict[str, Any] | None:
+        """How the run ended (`exit_code`, `at`: Unix time), if it ran to the end."""
+        value = self.get_meta(_FINISHED_KEY)
+        return None if value is None else dict(json.loads(value))
+
+    def note_throttled(self, answers: int = 1) -> None:
+        """Count 429 answers in this second of the timeline (committed with the next commit)."""
+        self._begin()
+        self._db.execute(_TIMELINE_ADD, (int(self._wall()), 0, 0, answers))
 
     # --- the last window of sends -------------------------------------------------------------
 
@@ -227,6 +359,7 @@ class Ledger:
                 still,
                 extra={"writes": writes, "reads": reads, "paused_seconds": round(pause, 3)},
             )
+        self._wall = wall
         journal = _WindowJournal(self, limiter.horizon, wall)
         journal.record(own)
         limiter.attach(journal)
@@ -284,6 +417,7 @@ class _WindowJournal:
         self._horizon = horizon
         self._wall = wall
         self._last: int | None = None  # rowid of the latest grant (what a refund amends)
+        self._last_second = 0  # its second in the timeline
         self._since_prune = 0
 
     def record(self, window: Carried) -> None:
@@ -309,6 +443,8 @@ class _WindowJournal:
             "INSERT INTO sends(at, writes, reads) VALUES(?, ?, ?)", (now, writes, reads)
         )
         self._last = cur.lastrowid
+        self._last_second = int(now)
+        self._db.execute(_TIMELINE_ADD, (self._last_second, writes, reads, 0))
         self._since_prune += 1
         if self._since_prune >= _PRUNE_EVERY:
             self._since_prune = 0
@@ -322,11 +458,30 @@ class _WindowJournal:
         self._db.execute(
             "UPDATE sends SET writes = max(writes - ?, 0) WHERE rowid = ?", (writes, self._last)
         )
+        self._db.execute(
+            "UPDATE timeline SET writes = max(writes - ?, 0) WHERE second = ?",
+            (writes, self._last_second),
+        )
         self._ledger.commit()
 
     def throttled(self, paused_for: float, write_limit: int) -> None:
-        gate = {"pause_until": self._wall() + paused_for, "write_limit": write_limit}
+        now = self._wall()
+        gate = {"pause_until": now + paused_for, "write_limit": write_limit}
         self._ledger.set_meta(**{_GATE_KEY: json.dumps(gate)})
+        if paused_for <= 0:
+            return  # a pause that already ended (a shared limiter's past): not this run's
+        ends = now + paused_for
+        with self._ledger._tx():
+            # A pause still running is extended (more 429s of one burst), not a new one.
+            last = self._db.execute(
+                "SELECT rowid, ends FROM pauses ORDER BY rowid DESC LIMIT 1"
+            ).fetchone()
+            if last is not None and float(last[1]) >= now:
+                self._db.execute(
+                    "UPDATE pauses SET ends = max(ends, ?) WHERE rowid = ?", (ends, last[0])
+                )
+            else:
+                self._db.execute("INSERT INTO pauses(started, ends) VALUES(?, ?)", (now, ends))
 
 
 class _Tx:
@@ -338,6 +493,47 @@ class _Tx:
 
     def __exit__(self, *exc: object) -> None:
         self._ledger.commit()
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+def read_meta(path: Path, key: str) -> str | None:
+    """One `meta` value of the ledger at `path`, read-only (None: no such value or ledger)."""
+    try:
+        with closing(_read_only(path)) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None else str(row[0])
+
+
+def read_timeline(path: Path) -> TimelineRecord:
+    """The timeline the ledger at `path` recorded, read-only; empty for a ledger without one."""
+    try:
+        with closing(_read_only(path)) as db:
+            parts = [
+                PartRecord(int(n), float(s), None if e is None else float(e), bool(r), x, str(w))
+                for n, s, e, r, x, w in db.execute(
+                    "SELECT part, started, ended, resumed, exit_code, write_limit"
+                    " FROM parts ORDER BY part"
+                )
+            ]
+            seconds = [
+                SecondRecord(*map(int, row))
+                for row in db.execute(
+                    "SELECT second, writes, reads, throttled FROM timeline ORDER BY second"
+                )
+            ]
+            pauses = [
+                (float(a), float(b))
+                for a, b in db.execute("SELECT started, ends FROM pauses ORDER BY started")
+            ]
+    except sqlite3.Error:
+        # No ledger (a dry run), or one written before the timeline existed.
+        return TimelineRecord()
+    return TimelineRecord(parts, seconds, pauses)
 
 
 def _row_result(r: tuple[Any, ...]) -> RowResult:
@@ -352,4 +548,5 @@ def _row_result(r: tuple[Any, ...]) -> RowResult:
         attempts=int(r[7]),
         request_id=str(r[8]),
         client_request_id=str(r[9]),
+        last_error=str(r[10]),
     )

@@ -24,7 +24,8 @@ budgets into waits *before* sending, so a well-behaved run never sees a 429:
   turns them into ages. `window()` is the inverse, for a ledger that starts journaling a limiter
   which already sent (`job run` shares one limiter among its files' runs).
 
-All time goes through an injected `Clock`, so `FakeClock` tests run without real sleeping.
+Every pause and every change of the adaptive rate is a `batch.runlog` event (`pause`, `rate`) in
+run.log. All time goes through an injected `Clock`, so `FakeClock` tests run without real sleeping.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import NamedTuple, Protocol
 import anyio
 import anyio.lowlevel
 
+from batch import runlog
 from batch.model import Rate
 
 __all__ = ["Carried", "Clock", "FakeClock", "Journal", "Limiter", "Sent", "SystemClock"]
@@ -356,6 +358,7 @@ class Limiter:
         if new_episode:
             pause = max(wait if wait is not None else self._backoff(), self._min_pause)
             self._streak += 1
+            runlog.pause(pause, wait)
         else:
             # Same episode: the pause already running covers this answer unless Graph now
             # asks for a longer one.
@@ -401,6 +404,7 @@ class Limiter:
         observed = len(self._write_log)
         lowered = max(1, int(self._limit * _DECREASE_FACTOR), min(self._limit - 1, observed - 1))
         if lowered < self._limit:
+            runlog.rate(lowered, self._limit, "429s keep coming")
             self._limit = lowered
             self._decreases += 1
 
@@ -412,7 +416,9 @@ class Limiter:
         if windows <= 0:
             return
         step = max(1, round(self._write.count * _INCREASE_SHARE))
+        previous = self._limit
         self._limit = min(self._write.count, self._limit + windows * step)
+        runlog.rate(self._limit, previous, f"{windows} quiet window{'s' if windows > 1 else ''}")
         self._quiet_since += windows * self._write_window
 
     # -- across processes ------------------------------------------------------------------

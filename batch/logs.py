@@ -1,4 +1,8 @@
-"""Logging: human lines on stderr, JSON lines in the run folder's `run.log`."""
+"""Logging: human lines on stderr, JSON lines in the run folder's `run.log`.
+
+The console leaves out the info records of `batch.events` (429s, retries, pauses: see
+`batch.runlog`); they are for `run.log`, and the progress line already shows what they add up to.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pathlib import Path
 from typing import Final
 
 __all__ = ["JsonLinesHandler", "setup_console"]
+
+_EVENTS: Final = "batch.events"
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is logged too.
 _STANDARD: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
@@ -37,6 +43,11 @@ class JsonLinesHandler(logging.FileHandler):
         self.setFormatter(_JsonFormatter())
 
 
+def _not_file_only(record: logging.LogRecord) -> bool:
+    """Keep `batch.events` info records (run.log's events) off the console."""
+    return record.levelno >= logging.WARNING or not record.name.startswith(_EVENTS)
+
+
 def setup_console(*, quiet: bool) -> None:
     """Send the `batch` loggers to stderr: info and up, or only errors with `--quiet`."""
     root = logging.getLogger("batch")
@@ -48,5 +59,6 @@ def setup_console(*, quiet: bool) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.ERROR if quiet else logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(_not_file_only)
     console._batch_console = True  # type: ignore[attr-defined]
     root.addHandler(console)

@@ -151,6 +151,13 @@ class RowResult:
     request_id: str = ""
     client_request_id: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    # The values behind `changed_fields` (changes.csv, the dry run's diff): the body written or
+    # planned (a superset of the changed fields; the row's own dict, not a copy), and the
+    # event's values before it (None: not read, so not known).
+    written: dict[str, JSON] = field(default_factory=dict)
+    before: dict[str, JSON] | None = None
+    # The last error that made the tool retry this row (results.csv `last_error`); "" if none.
+    last_error: str = ""
 
 
 @dataclass(frozen=True, slots=True)

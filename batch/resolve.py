@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -80,6 +81,11 @@ class KeyResolver:
         self.label = _LABELS[key]
         self.events_read = 0
         self.from_cache = False
+        # The tenant read's requests, 429s and retries, for the run's summary (0 from cache).
+        self.requests = 0
+        self.throttled = 0
+        self.retries = 0
+        self.retry_reasons: Counter[str] = Counter()
         self._matches: dict[str, list[_Candidate]] = {}
         # Key without its leading zeros → the tenant's keys that have them (Excel's damage).
         self._padded: dict[str, list[str]] = {}
@@ -230,9 +236,9 @@ class KeyResolver:
         if resume and ledger is not None and self.restore(ledger.get_cache(self.cache_key)):
             self.from_cache = True
             log.info(
-                "--key %s: ids from this run's cache (%d keys), the tenant is not read again",
+                "--key %s: ids from this run's cache (%s), the tenant is not read again",
                 self.key,
-                len(self._matches),
+                _count(len(self._matches), "key"),
             )
             return
         if tokens is None:
@@ -244,7 +250,7 @@ class KeyResolver:
         log.info(
             "--key %s: reading the tenant's events to find the ids of %s",
             self.key,
-            "every key" if wanted is None else f"{len(wanted)} keys",
+            "every key" if wanted is None else _count(len(wanted), "key"),
         )
         clock = clock or SystemClock()
         # Reads only: the write budget is there only because a Limiter needs one.
@@ -257,21 +263,32 @@ class KeyResolver:
                 max_retries=max_retries,
                 clock=clock,
             )
-            async for page in reader.pages():
-                self.events_read += len(page)
-                for event in page:
-                    self.add(event, wanted)
+            try:
+                async for page in reader.pages():
+                    self.events_read += len(page)
+                    for event in page:
+                        self.add(event, wanted)
+            finally:
+                self.requests = reader.requests
+                self.throttled = reader.throttled
+                self.retries = reader.retries
+                self.retry_reasons = reader.retry_reasons
         self.mark_loaded()
         log.info(
-            "--key %s: %d events read, %d keys found",
+            "--key %s: %s read, %s found",
             self.key,
-            self.events_read,
-            len(self._matches),
+            _count(self.events_read, "event"),
+            _count(len(self._matches), "key"),
         )
         data = self.to_json()
         write_json_atomic(out_dir / KEYS_FILE, data)
         if ledger is not None:
             ledger.set_cache(self.cache_key, data)
+
+
+def _count(n: int, noun: str) -> str:
+    """`1 key`, `2 keys`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _digits(text: str) -> bool:

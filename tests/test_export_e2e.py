@@ -379,7 +379,7 @@ def test_round_trip_of_5000_events(emulator_factory: EmulatorFactory, tmp_path: 
         assert done.returncode == 0, done.stderr
         summary = json.loads(done.stdout)
         assert summary["events_written"] == 5000
-        assert summary["pages"] == 6  # 999 a page
+        assert summary["pages"] == 100  # Intune serves at most 50 a page, whatever $top asks
         reads = server.stats()["reads"]
         results = _run_only_changed(server, out, tmp_path / f"run{suffix}")
         assert [r["id"] for r in results] == ids

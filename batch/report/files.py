@@ -1,14 +1,18 @@
-"""The run folder's report files: results.csv, failures.csv, summary.json, requests.jsonl.
+"""The run folder's row files: results.csv, failures.csv, changes.csv, requests.jsonl, summary.json.
 
 Writers are incremental and flushed after every write so that a crash leaves usable files. CSVs are
 UTF-8 with a BOM (Excel) and RFC 4180 quoting. Text that came from Graph and looks like a formula is
 neutralised, so opening results.csv in Excel never runs it.
 
-Two guards, because the files have two jobs. `neutralise` (results.csv, messages) also covers a
-leading tab or carriage return, as OWASP advises; nobody feeds those cells back. `neutralise_cell`
-(failures.csv's input columns, CSV exports) prefixes only what the reader takes off again (a `'`
-before `= + - @`, `batch.reader`), so a neutralised file is still valid input meaning the same
-values: `=1+1` is written `'=1+1` and read back as `=1+1`.
+Two guards, because the files have two jobs. `neutralise` (results.csv, changes.csv, messages) also
+covers a leading tab or carriage return, as OWASP advises; nobody feeds those cells back.
+`neutralise_cell` (failures.csv's input columns, CSV exports) prefixes only what the reader takes
+off again (a `'` before `= + - @`, `batch.reader`), so a neutralised file is still valid input
+meaning the same values: `=1+1` is written `'=1+1` and read back as `=1+1`.
+
+Key columns: an admin finds a row by its serial or device name, not by its GUID, so results.csv
+ends with the input's key columns (`deviceSerialNumber`, `managedDeviceName`, named by property
+whatever the file's header said) and changes.csv carries the first of them as `key`.
 """
 
 from __future__ import annotations
@@ -24,10 +28,16 @@ from typing import IO, Any, Final
 from batch.model import JSON, RawRow, RowResult
 
 __all__ = [
+    "CHANGE_COLUMNS",
+    "KEY_PROPERTIES",
+    "NULL_TEXT",
     "RESULT_COLUMNS",
+    "ChangesWriter",
     "FailuresWriter",
     "RequestsWriter",
     "ResultsWriter",
+    "cell_text",
+    "key_columns",
     "neutralise",
     "neutralise_cell",
     "write_json_atomic",
@@ -44,7 +54,14 @@ RESULT_COLUMNS: Final = (
     "attempts",
     "request_id",
     "client_request_id",
+    "last_error",
 )
+#: One line per changed field per row.
+CHANGE_COLUMNS: Final = ("row", "id", "key", "field", "old", "new", "outcome")
+#: Properties that name a device for a person; results.csv repeats those the input has.
+KEY_PROPERTIES: Final = ("deviceSerialNumber", "managedDeviceName")
+#: How a JSON null shows in a report cell (the input's default `--null-token`).
+NULL_TEXT: Final = "<null>"
 
 _FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
 # What the reader unquotes: a `'` followed by `= + - @`. Text that already starts that way gets
@@ -67,17 +84,37 @@ def _open_csv(path: Path) -> IO[str]:
     return path.open("w", encoding="utf-8-sig", newline="")
 
 
-class ResultsWriter:
-    """results.csv: one line per input row, written in input order as rows complete."""
+def cell_text(value: JSON) -> str:
+    """A wire value as report text: strings as they are, null as `<null>`, the rest as JSON."""
+    if value is None:
+        return NULL_TEXT
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
 
-    def __init__(self, path: Path) -> None:
+
+def key_columns(columns: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(property, header) of the key properties an input has, given its header → property map."""
+    by_property = {prop: header for header, prop in columns.items()}
+    return [(p, by_property[p]) for p in KEY_PROPERTIES if p in by_property]
+
+
+class ResultsWriter:
+    """results.csv: one line per input row, written in input order as rows complete.
+
+    `keys`: (property, header) of the input's key columns (`key_columns`), repeated at the end.
+    """
+
+    def __init__(self, path: Path, keys: Sequence[tuple[str, str]] = ()) -> None:
+        self._keys = list(keys)
         self._file = _open_csv(path)
         self._csv = csv.writer(self._file)
-        self._csv.writerow(RESULT_COLUMNS)
+        self._csv.writerow([*RESULT_COLUMNS, *(p for p, _ in self._keys)])
         self._file.flush()
 
-    def write(self, result: RowResult) -> None:
-        """Append one row's result."""
+    def write(self, result: RowResult, raw: RawRow | None = None) -> None:
+        """Append one row's result (`raw`: its input row, for the key columns)."""
+        cells = raw.cells if raw is not None else {}
         self._csv.writerow(
             (
                 result.number,
@@ -90,6 +127,8 @@ class ResultsWriter:
                 result.attempts,
                 result.request_id,
                 result.client_request_id,
+                neutralise(result.last_error),
+                *(neutralise(cells.get(header, "")) for _, header in self._keys),
             )
         )
 
@@ -132,6 +171,51 @@ class FailuresWriter:
             ]
         )
         self.count += 1
+
+    def flush(self) -> None:
+        """Push buffered lines to the file."""
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close."""
+        self._file.close()
+
+
+class ChangesWriter:
+    """changes.csv: one line per changed field per row, `row,id,key,field,old,new,outcome`.
+
+    The lines are exactly results.csv's `changed_fields` spelled out, so the two files always
+    agree. `old` is the before-image's value (empty when the run did not read the event, e.g.
+    `--no-backup` or a plain dry run); `new` what was written, or would be (dry run).
+    """
+
+    def __init__(self, path: Path, keys: Sequence[tuple[str, str]] = ()) -> None:
+        self._keys = list(keys)
+        self._file = _open_csv(path)
+        self._csv = csv.writer(self._file)
+        self._csv.writerow(CHANGE_COLUMNS)
+        self._file.flush()
+
+    def write(self, raw: RawRow, result: RowResult) -> None:
+        """Append the changed fields of one row (nothing for a row that changed nothing)."""
+        if not result.changed_fields:
+            return
+        key = next((v for _, h in self._keys if (v := raw.cells.get(h, ""))), "")
+        before = result.before
+        for name in result.changed_fields:
+            old = "" if before is None or name not in before else cell_text(before[name])
+            new = cell_text(result.written[name]) if name in result.written else ""
+            self._csv.writerow(
+                (
+                    result.number,
+                    result.event_id,
+                    neutralise(key),
+                    name,
+                    neutralise(old),
+                    neutralise(new),
+                    result.outcome.value,
+                )
+            )
 
     def flush(self) -> None:
         """Push buffered lines to the file."""
