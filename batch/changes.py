@@ -582,7 +582,13 @@ class ListWalk:
                     self._max_events,
                 )
                 return None
-        log.info("read %d events in %d list pages", len(events), self.pages)
+        log.info(
+            "read %d event%s in %d list page%s",
+            len(events),
+            "" if len(events) == 1 else "s",
+            self.pages,
+            "" if self.pages == 1 else "s",
+        )
         return events
 
     async def _page(self, link: str | None) -> tuple[list[dict[str, JSON]], str | None]:

@@ -1150,10 +1150,15 @@ def export(
     else:
         kept = "" if result.written == result.read else f" of {result.read} read"
         typer.echo(
-            f"wrote {out}: {result.written} events{kept}, {len(result.columns)} columns "
-            f"({result.elapsed:.1f} s, {result.pages} pages, 429s {result.throttled}, "
-            f"retries {result.retries})"
+            f"wrote {out}: {_count(result.written, 'event')}{kept}, "
+            f"{_count(len(result.columns), 'column')} ({result.elapsed:.1f} s, "
+            f"{_count(result.pages, 'page')}, 429s {result.throttled}, retries {result.retries})"
         )
+
+
+def _count(n: int, noun: str) -> str:
+    """`1 page`, `2 pages`: messages count in words a person would use."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # --- job ------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from batch.changes import (
     read_request,
     render_diff,
     resumed_verdict,
+    same_value,
     use_list_walk,
     written_key,
 )
@@ -61,7 +62,7 @@ from batch.errors import (
 )
 from batch.graph import BatchItemResponse, GraphClient, GraphResponse
 from batch.ledger import Ledger, read_meta, read_timeline
-from batch.limiter import Clock, Limiter, SystemClock
+from batch.limiter import Clock, Grant, Limiter, SystemClock
 from batch.logs import JsonLinesHandler
 from batch.mapper import InputOptions, Prepared, prepare
 from batch.model import JSON, Invalid, Outcome, Rate, RawRow, RowResult, Skipped, Update
@@ -79,7 +80,7 @@ from batch.report.commands import report_command, resume_command, revert_command
 from batch.report.tally import Tally
 from batch.report.timeline import parts_summary, split_parts
 from batch.resolve import KeyResolver
-from batch.retry import graph_retrying, transient_delay
+from batch.retry import transient_delay
 from batch.workqueue import WorkQueue
 
 __all__ = ["RowPlan", "RunOptions", "RunSummary", "default_out_dir", "execute"]
@@ -487,6 +488,13 @@ class _Run:
 
     # --- reads: current values, before-images, --only-changed, conflicts --------------------
 
+    def waiting(self) -> str | None:
+        """What the writes wait for now, for the progress bar (only reads: any thread)."""
+        held = self.limiter.holding
+        if held == "pause":
+            return f"paused by Graph (429): {self.limiter.paused_for:.0f} s"
+        return "waiting for the write window" if held == "window" else None
+
     def count_reads_of(self, keys: KeyResolver) -> None:
         """Count `--key`'s read of the tenant (before this run object existed) as this run's."""
         self.requests_sent += keys.requests
@@ -848,7 +856,7 @@ class _Run:
         )
 
     def _updated(
-        self, work: _Work, *, status: int, request_id: str, client_request_id: str
+        self, work: _Work, *, status: int | None, request_id: str, client_request_id: str
     ) -> RowResult:
         # Written, but some fields were left alone as conflicts: the row is a conflict.
         conflict = {"error_code": "Conflict", "error_message": work.conflicts}
@@ -882,70 +890,182 @@ class _Run:
         return False
 
     async def single_sender(self) -> None:
+        """Send rows one PATCH each; a row to retry goes back to the queue with its delay.
+
+        The sender never sleeps through a row's Retry-After or backoff: the row waits in the
+        queue (`WorkQueue.retry`) while the sender goes on with the next one.
+        """
         assert self.client is not None
         while (work := await self.queue.get()) is not None:
+            delay = await self._patch_once(work)
+            if self.stopping.is_set():
+                return  # the row stays in flight: reported not_attempted, sent by --resume
+            if delay is not None:
+                await self._requeue(work, delay)
+
+    async def _reserve_writes(self, want: int) -> Grant:
+        """Write slots from the limiter; a grant of none if the run stops while waiting."""
+        grant = Grant(0, self.clock.now())
+
+        async def reserve(n: int) -> int:
+            nonlocal grant
+            grant = await self.limiter.reserve_writes(n)
+            return grant.count
+
+        await self._acquire(reserve, want)
+        return grant
+
+    async def _patch_once(self, work: _Work) -> float | None:
+        """One attempt at one row's PATCH: None once the row has its result (or the run stops),
+        else the seconds to wait before sending it again.
+
+        What the answer does to the budget (`Limiter.settle`): an answer counts the write's slot
+        from now; a 429 closes the gate for every sender, a 503 delays only this row, and both
+        give the slot back (Graph did not carry the write out); a lost answer (504, no answer)
+        is checked with a read before the row spends another write slot (`_after_lost`).
+        """
+        assert self.client is not None
+        try:
+            # Sign in before taking budget, so a slow sign-in never delays a counted send.
+            await self.client.ensure_token()
+        except AuthError as error:
+            await self.stop(error)
+            return None
+        grant = await self._reserve_writes(1)
+        if not grant.count or self.stopping.is_set():
+            return None  # stopping: the row stays in flight
+        work.attempts += 1
+        if work.attempts == 1:
+            work.answers_at_send = self.answers
             if self.ledger is not None:
                 self.ledger.mark_in_flight([(work.raw.number, work.update.event_id)])
-            answers_before = self.answers
-            try:
-                response = await self._patch_with_retries(work)
-            except _Abandon:
-                return  # still in flight: drained as not_attempted, resent on --resume
-            except AuthError as error:
-                await self.stop(error)
-                return
-            except GraphError as error:
-                if error.transient and await self._graph_unreachable(error, answers_before):
-                    return
-                await self._complete(work, self._failed(work, error))
-            else:
-                await self._complete(
-                    work,
-                    self._updated(
-                        work,
-                        status=response.status,
-                        request_id=response.request_id,
-                        client_request_id=response.client_request_id,
-                    ),
-                )
-
-    async def _patch_with_retries(self, work: _Work) -> GraphResponse:
-        assert self.client is not None
-        async for attempt in graph_retrying(
-            self.limiter, max_retries=self.o.max_retries, clock=self._retry_clock
-        ):
-            with attempt:
-                if self.stopping.is_set() and work.attempts:
-                    # Stopping: do not start another attempt; the row stays resumable.
-                    raise _Abandon()
-                # Sign in before taking budget, so a slow sign-in never delays a counted send.
-                await self.client.ensure_token()
-                if not await self._acquire_writes(1) or self.stopping.is_set():
-                    raise _Abandon()
-                work.attempts += 1
-                if work.attempts > 1:
-                    self._note_retries([work], "write")
-                self.requests_sent += 1
-                self.writes_sent += 1
-                try:
-                    response = await self.client.patch_event(work.update.event_id, work.update.body)
-                except GraphError as error:
-                    if error.status:
-                        self.answers += 1
-                    if error.status == 429:
-                        self._note_429(error, "write", [work.raw.number])
-                        self._hold_reads(error.retry_after)
-                    elif error.transient:
-                        # The retry's wait is tenacity's to choose (batch.retry): not known here.
-                        runlog.transient(error, kind="write", rows=[work.raw.number])
-                    work.last_error = error
-                    raise
+        else:
+            self._note_retries([work], "write")
+        self.requests_sent += 1
+        self.writes_sent += 1
+        try:
+            response = await self.client.patch_event(work.update.event_id, work.update.body)
+        except AuthError as error:
+            await self.stop(error)
+            return None
+        except GraphError as error:
+            work.last_error = error
+            if error.status:
                 self.answers += 1
-                self.limiter.note_success()
-                return response
-        raise AssertionError("tenacity stops by raising")  # pragma: no cover
+            rows = [work.raw.number]
+            if error.status == 429:
+                self.limiter.settle(grant, released=1)
+                self._note_429(error, "write", rows)
+                self._pause(error.retry_after)
+                return 0.0
+            if error.status in _LOST:
+                return None if not await self._after_lost([work], grant) else self._retry_in(work)
+            if error.transient:
+                self.limiter.settle(grant, released=1)
+                delay = self._backoff(error, work.attempts)
+                runlog.transient(error, kind="write", rows=rows, seconds=delay)
+                return delay
+            self.limiter.settle(grant, counted=1)
+            await self._complete(work, self._failed(work, error))
+            return None
+        self.answers += 1
+        self.limiter.settle(grant, counted=1)
+        self.limiter.note_success()
+        await self._complete(
+            work,
+            self._updated(
+                work,
+                status=response.status,
+                request_id=response.request_id,
+                client_request_id=response.client_request_id,
+            ),
+        )
+        return None
+
+    def _retry_in(self, work: _Work) -> float:
+        """A row's delay after a lost answer whose write did not land (logged as transient)."""
+        error = work.last_error
+        assert error is not None
+        delay = self._backoff(error, work.attempts)
+        runlog.transient(error, kind="write", rows=[work.raw.number], seconds=delay)
+        return delay
+
+    async def _after_lost(self, works: list[_Work], grant: Grant) -> list[_Work]:
+        """Rows whose write's answer was lost (504, no answer): read back before a re-send.
+
+        The write may have landed, and Graph counted it then: sending it again would spend a
+        second write slot (the scarce budget) on a row that is done. A read (the budget ten
+        times larger) tells: a row whose event holds every value sent is updated; the slots of
+        rows whose write did not land go back (Graph did not carry them out). Returns the rows
+        to send again (the caller delays them); when the read fails too, all of them, their
+        slots left counted.
+        """
+        landed = await self._landed(works)
+        if landed is None:
+            return works
+        done = [w for w in works if landed.get(w.seq)]
+        again = [w for w in works if not landed.get(w.seq)]
+        self.limiter.settle(grant, counted=len(done), released=len(again))
+        for w in done:
+            error = w.last_error
+            assert error is not None
+            w.retried_after = str(error)
+            self.limiter.note_success()
+            await self._complete(
+                w,
+                self._updated(
+                    w,
+                    status=None,  # the answer never came; the read showed the write
+                    request_id=error.request_id,
+                    client_request_id=error.client_request_id,
+                ),
+            )
+        return again
+
+    async def _landed(self, works: list[_Work]) -> dict[int, bool] | None:
+        """Whether each row's event holds the values its write sent (one `$batch` of GETs).
+
+        Keyed by `seq`; a row the read could not answer is missing. None when the read failed
+        as a whole (the rows are then simply sent again).
+        """
+        assert self.client is not None
+
+        async def reads(n: int) -> int:
+            return await self.limiter.acquire_reads(n, at_least=n)
+
+        if not await self._acquire(reads, len(works)) or self.stopping.is_set():
+            return None
+        self.requests_sent += 1
+        self.reads_sent += len(works)
+        try:
+            _, responses = await self.client.batch(
+                [read_request(str(w.seq), w.update) for w in works]
+            )
+        except AuthError as error:
+            await self.stop(error)
+            return None
+        except GraphError as error:
+            if error.status:
+                self.answers += 1
+            if error.status == 429:
+                self._note_429(error, "read", [w.raw.number for w in works])
+                self._pause(error.retry_after)
+            return None
+        self.answers += 1
+        landed: dict[int, bool] = {}
+        for w in works:
+            item = responses.get(str(w.seq))
+            if item is None or not 200 <= item.status < 300:
+                continue
+            current = current_values(item.body)
+            landed[w.seq] = all(
+                name in current and same_value(name, current[name], value)
+                for name, value in w.update.body.items()
+            )
+        return landed
 
     async def batch_sender(self) -> None:
+        """Send rows in `$batch`es of up to `--batch-size`, as many as the budget has room for."""
         assert self.client is not None
         while (first := await self.queue.get()) is not None:
             try:
@@ -955,15 +1075,20 @@ class _Run:
                 await self.stop(error)
                 return  # the row stays in flight and is reported not_attempted by drain()
             want = min(self.o.batch_size, 1 + self.queue.ready_count())
-            granted = await self._acquire_writes(want)
-            if not granted or self.stopping.is_set():
+            grant = await self._reserve_writes(want)
+            if not grant.count or self.stopping.is_set():
                 return  # the row stays in flight and is reported not_attempted by drain()
-            works = [first, *self.queue.take_nowait(granted - 1)]
+            works = [first, *self.queue.take_nowait(grant.count - 1)]
             # Another sender may have taken rows we counted on: unused slots go back at once.
-            self.limiter.refund_writes(granted - len(works))
-            await self._send_batch(works)
+            self.limiter.refund_writes(grant.count - len(works))
+            await self._send_batch(works, replace(grant, count=len(works)))
 
-    async def _send_batch(self, works: list[_Work]) -> None:
+    async def _send_batch(self, works: list[_Work], grant: Grant) -> None:
+        """One `$batch` of writes; every row gets its result or goes back to the queue.
+
+        The budget hears what each item's answer means (see `_patch_once`); a whole `$batch`
+        refused or throttled gives all its slots back.
+        """
         assert self.client is not None
         for w in works:
             w.attempts += 1
@@ -983,34 +1108,7 @@ class _Run:
             await self.stop(error)
             return
         except GraphError as error:
-            if error.status:
-                self.answers += 1
-            for w in works:
-                w.last_error = error
-            rows = [w.raw.number for w in works]
-            if error.status == 429:
-                self._note_429(error, "write", rows)
-                self._pause(error.retry_after)
-                await self._requeue_all(works, 0.0)
-            elif error.transient:
-                delay = self._backoff(error, works[0].attempts)
-                runlog.transient(error, kind="write", rows=rows, seconds=delay)
-                await self._requeue_all(works, delay)
-            elif error.status == 400 and len(works) > 1:
-                # Intune refuses a whole `$batch` for one bad item ("Invalid batch payload
-                # format."): one bad row must not fail twenty, so each gets its own request.
-                log.warning(
-                    "whole $batch refused (%s %s: %s): sending its %d rows one by one",
-                    error.status,
-                    error.code,
-                    error.message,
-                    len(works),
-                    extra={"event": "batch_refused", "rows": [w.raw.number for w in works]},
-                )
-                await self._send_singly(works)
-            else:
-                for w in works:
-                    await self._complete(w, self._failed(w, error))
+            await self._batch_failed(works, grant, error)
             return
         self.answers += 1
         denied = next(
@@ -1020,24 +1118,45 @@ class _Run:
         if denied is not None and denied.permission_denied:
             # The app lacks a permission: no row can succeed. The rows stay in flight (reported
             # not_attempted, sent again by --resume once the permission is granted).
-            for key, w in by_id.items():
+            done = [(k, w) for k, w in by_id.items() if 200 <= responses[k].status < 300]
+            self.limiter.settle(grant, counted=len(done), released=len(works) - len(done))
+            for key, w in done:
                 item = responses[key]
-                if 200 <= item.status < 300:
-                    await self._complete(
+                await self._complete(
+                    w,
+                    self._updated(
                         w,
-                        self._updated(
-                            w,
-                            status=item.status,
-                            request_id=_item_request_id(item, envelope),
-                            client_request_id=envelope.client_request_id,
-                        ),
-                    )
+                        status=item.status,
+                        request_id=_item_request_id(item, envelope),
+                        client_request_id=envelope.client_request_id,
+                    ),
+                )
             await self.stop(PermissionDenied(denied, denied.permission or REQUIRED_PERMISSION))
             return
-        throttled_here = False
+        # What each answer means for the budget first (settled before a 429 pauses, so the
+        # limiter judges the window without the refused items), then the rows' fates.
+        fates: list[tuple[_Work, BatchItemResponse, GraphError | None]] = []
+        counted = released = 0
         for key, w in by_id.items():
             item = responses[key]
-            if 200 <= item.status < 300:
+            item_error = None if 200 <= item.status < 300 else _item_error(item, envelope)
+            fates.append((w, item, item_error))
+            if item_error is None or not item_error.transient:
+                counted += 1
+            elif item.status not in _LOST:
+                released += 1
+        self.limiter.settle(grant, counted=counted, released=released)
+        if any(item.status == 429 for _, item, _ in fates):
+            # One pause per batch: every throttled item carries about the same wait.
+            self._note_429(
+                next(e for _, i, e in fates if i.status == 429 and e is not None),
+                "write",
+                *_throttled_items(responses, by_id),
+            )
+            self._pause(_throttle_wait(responses))
+        lost: list[_Work] = []
+        for w, item, item_error in fates:
+            if item_error is None:
                 self.limiter.note_success()
                 await self._complete(
                     w,
@@ -1049,44 +1168,77 @@ class _Run:
                     ),
                 )
                 continue
-            item_error = _item_error(item, envelope)
             w.last_error = item_error
             if item.status == 429:
-                if not throttled_here:
-                    # One pause per batch: every throttled item carries about the same wait.
-                    throttled_here = True
-                    self._note_429(item_error, "write", *_throttled_items(responses, by_id))
-                    self._pause(_throttle_wait(responses))
                 await self._requeue(w, 0.0)
+            elif item.status in _LOST:
+                lost.append(w)
             elif item_error.transient:
                 delay = self._backoff(item_error, w.attempts)
                 runlog.transient(item_error, kind="write", rows=[w.raw.number], seconds=delay)
                 await self._requeue(w, delay)
             else:
                 await self._complete(w, self._failed(w, item_error))
+        if lost:
+            # Only the lost items' slots are still unsettled: a grant of just those.
+            for w in await self._after_lost(lost, replace(grant, count=len(lost))):
+                await self._requeue(w, self._retry_in(w))
+
+    async def _batch_failed(self, works: list[_Work], grant: Grant, error: GraphError) -> None:
+        """The `$batch` envelope itself failed: throttled, lost, refused or failed as a whole."""
+        if error.status:
+            self.answers += 1
+        for w in works:
+            w.last_error = error
+        rows = [w.raw.number for w in works]
+        if error.status in _LOST:
+            # The answer was lost, not the batch: its writes may have landed.
+            for w in await self._after_lost(works, grant):
+                await self._requeue(w, self._retry_in(w))
+            return
+        # Throttled, unavailable or refused as a whole: Graph carried none of it out.
+        self.limiter.settle(grant, released=len(works))
+        if error.status == 429:
+            self._note_429(error, "write", rows)
+            self._pause(error.retry_after)
+            await self._requeue_all(works, 0.0)
+        elif error.transient:
+            delay = self._backoff(error, works[0].attempts)
+            runlog.transient(error, kind="write", rows=rows, seconds=delay)
+            await self._requeue_all(works, delay)
+        elif error.status == 400 and len(works) > 1:
+            # Intune refuses a whole `$batch` for one bad item ("Invalid batch payload
+            # format."): one bad row must not fail twenty, so each gets its own request.
+            log.warning(
+                "whole $batch refused (%s %s: %s): sending its %d rows one by one",
+                error.status,
+                error.code,
+                error.message,
+                len(works),
+                extra={"event": "batch_refused", "rows": rows},
+            )
+            await self._send_singly(works)
+        else:
+            for w in works:
+                await self._complete(w, self._failed(w, error))
 
     async def _send_singly(self, works: list[_Work]) -> None:
-        """Send each row of a refused `$batch` as its own request, so each gets its own answer."""
+        """Send each row of a refused `$batch` as its own request, so each gets its own answer.
+
+        Rare (one bad row in a batch), so this sender sends the rows one after another and
+        waits out their retries itself instead of re-queueing them: a re-queued row could end
+        up in another `$batch` with the bad row.
+        """
         for w in works:
-            try:
-                response = await self._patch_with_retries(w)
-            except _Abandon:
-                return  # stopping: these rows stay in flight, reported not_attempted
-            except AuthError as error:
-                await self.stop(error)
+            while (delay := await self._patch_once(w)) is not None:
+                if self.stopping.is_set():
+                    return  # these rows stay in flight, reported not_attempted
+                if w.attempts > self.o.max_retries:
+                    await self._give_up(w)
+                    break
+                await self._stoppable_sleep(delay)
+            if self.stopping.is_set():
                 return
-            except GraphError as error:
-                await self._complete(w, self._failed(w, error))
-            else:
-                await self._complete(
-                    w,
-                    self._updated(
-                        w,
-                        status=response.status,
-                        request_id=response.request_id,
-                        client_request_id=response.client_request_id,
-                    ),
-                )
 
     def _backoff(self, error: GraphError, attempts: int) -> float:
         """A transient error's delay for this request only: its Retry-After, else backoff."""
@@ -1097,12 +1249,17 @@ class _Run:
             await self._requeue(w, delay)
 
     async def _requeue(self, work: _Work, delay: float) -> None:
+        """Send the row again after `delay` seconds (waiting in the queue), or give up on it."""
         if work.attempts > self.o.max_retries:
-            assert work.last_error is not None
-            if not await self._graph_unreachable(work.last_error, work.answers_at_send):
-                await self._complete(work, self._failed(work, work.last_error))
+            await self._give_up(work)
             return
         await self.queue.retry(work, delay)
+
+    async def _give_up(self, work: _Work) -> None:
+        """A row out of retries fails, unless Graph never answered meanwhile: then the run stops."""
+        assert work.last_error is not None
+        if not await self._graph_unreachable(work.last_error, work.answers_at_send):
+            await self._complete(work, self._failed(work, work.last_error))
 
     # --- reporter --------------------------------------------------------------------------
 
@@ -1251,8 +1408,8 @@ def _throttle_wait(responses: Mapping[str, BatchItemResponse]) -> float | None:
     )
 
 
-class _Abandon(Exception):
-    """Raised inside a retry loop when the run is stopping; the row is left unsent."""
+# Errors after which a write's answer is lost, not refused: the write may have landed.
+_LOST = frozenset({0, 504})
 
 
 @dataclass(frozen=True)
@@ -1441,6 +1598,7 @@ async def execute(
             )
             if keys is not None:
                 run.count_reads_of(keys)
+            progress.watch(run.waiting)
             verb = "dry run" if options.dry_run else f"sending ({options.mode} mode)"
             progress.start(prepared.total, f"{options.input.name}: {verb}")
             await run.run()
@@ -1537,6 +1695,8 @@ def _summarise(
         exit_code = 1
     data: dict[str, Any] = {
         "tool_version": __version__,
+        # `revert`: the input is the reverted run's folder.
+        "command": "revert" if _reverting(prepared) else "run",
         "input": str(options.input),
         "input_sha256": prepared.sha256,
         "out_dir": str(out_dir),
@@ -1555,7 +1715,10 @@ def _summarise(
         # Values that came with surrounding spaces (Excel pastes them): trimmed before sending.
         "values_trimmed": prepared.trimmed if isinstance(prepared, Prepared) else 0,
         "exit_code": exit_code,
+        "ok": exit_code == 0,
         "stopped_because": None if reason is None else str(reason),
+        # What a script reads when the run itself failed (rows failing is not an error here).
+        "error": str(reason) if exit_code in (3, 130) else None,
         **options.recorded(),
         # What changed and what went wrong, over every row (restored rows of a resume too).
         **run.tally.to_json(),

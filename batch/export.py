@@ -779,19 +779,20 @@ async def export_events(
     if isinstance(sink, _XlsxSink) and sink.altered:
         result.altered_cells = sink.altered
         log.warning(
-            "%d cells hold control characters or more than 32,767 characters, which an Excel "
-            "file cannot store; they were left out (a run of this file leaves those cells alone "
-            "unless you edit them)",
-            sink.altered,
+            "%s control characters or more than 32,767 characters, which an Excel file cannot "
+            "store; left out (a run of this file leaves those cells alone unless you edit them)",
+            "1 cell holds" if sink.altered == 1 else f"{sink.altered} cells hold",
         )
     if options.serials is not None:
         result.unmatched_serials = tuple(sorted(options.serials - keep.seen))
         if result.unmatched_serials:
             shown = ", ".join(result.unmatched_serials[:_SHOWN_SERIALS])
             more = len(result.unmatched_serials) - _SHOWN_SERIALS
+            unmatched = len(result.unmatched_serials)
             log.warning(
-                "%d serials of the serial file match no event: %s%s",
-                len(result.unmatched_serials),
+                "%s of the serial file match%s no event: %s%s",
+                f"{unmatched} serial{'' if unmatched == 1 else 's'}",
+                "es" if unmatched == 1 else "",
                 shown,
                 f" and {more} more" if more > 0 else "",
             )

@@ -320,9 +320,20 @@ class Ledger:
                 )
 
     def finished_run(self) -> dict[str, Any] | None:
-        """How the run ended (`exit_code`, `at`: Unix time), if it ran to the end."""
+        """How the run ended (`exit_code`, `at`: Unix time), if it ran to the end.
+
+        Recorded at its end, and only believed while no row is left to send: a row still
+        pending, in flight or not attempted means a process died after the end was recorded
+        (or the ledger was mended by hand), and then the run is resumable after all.
+        """
         value = self.get_meta(_FINISHED_KEY)
-        return None if value is None else dict(json.loads(value))
+        if value is None:
+            return None
+        (open_rows,) = self._db.execute(
+            "SELECT count(*) FROM rows WHERE state IN ('pending', 'in_flight', ?)",
+            (Outcome.NOT_ATTEMPTED.value,),
+        ).fetchone()
+        return None if open_rows else dict(json.loads(value))
 
     def note_throttled(self, answers: int = 1) -> None:
         """Count 429 answers in this second of the timeline (committed with the next commit)."""

@@ -30,6 +30,7 @@ run.log. All time goes through an injected `Clock`, so `FakeClock` tests run wit
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -46,7 +47,7 @@ import anyio.lowlevel
 from batch import runlog
 from batch.model import Rate
 
-__all__ = ["Carried", "Clock", "FakeClock", "Journal", "Limiter", "Sent", "SystemClock"]
+__all__ = ["Carried", "Clock", "FakeClock", "Grant", "Journal", "Limiter", "Sent", "SystemClock"]
 
 #: The any-request budget Graph documents for Intune (per app per tenant).
 DEFAULT_READ_RATE = Rate(1000, 20.0)
@@ -117,6 +118,18 @@ class Carried:
     sends: Sequence[Sent] = ()
     pause_ends_in: float | None = None
     write_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Write slots granted together by `Limiter.reserve_writes`: how many, and when.
+
+    The caller hands it back to `Limiter.settle` once Graph answered, so the limiter finds the
+    grant's entries in its logs by their time `at`. `count` 0: nothing was granted (a stop).
+    """
+
+    count: int
+    at: float
 
 
 class SystemClock:
@@ -243,6 +256,8 @@ class Limiter:
         self._reads = 0
         self._successes = 0
         self._journal: Journal | None = None
+        # A writer is sleeping until the write window has room (read by `holding`).
+        self._window_wait = False
         # What the journal was last told of the gate, so a burst of 429s is one record.
         self._journaled_gate: tuple[float, int] | None = None
 
@@ -251,11 +266,20 @@ class Limiter:
     async def acquire_writes(self, want: int, *, at_least: int = 1) -> int:
         """Take up to `want` write slots (at least `at_least`) and return how many were taken.
 
+        `reserve_writes` without the grant's identity: for callers that never `settle` (their
+        slots then count from their send time, as the margin allows).
+        """
+        return (await self.reserve_writes(want, at_least=at_least)).count
+
+    async def reserve_writes(self, want: int, *, at_least: int = 1) -> Grant:
+        """Take up to `want` write slots (at least `at_least`); the `Grant` says how many, when.
+
         Waits while the pause gate is closed, then until `at_least` slots are free in the write
         window (and in the any-request window, which writes also count against), then takes as
         many as are free right now, up to `want`: a partial batch beats an idle budget.
         `at_least` larger than the current effective limit is lowered to it (waiting for more
-        slots than the window can ever hold would wait forever).
+        slots than the window can ever hold would wait forever). Hand the grant to `settle`
+        once Graph answered.
         """
         want, at_least = _check_counts(want, at_least)
         async with self._write_lock:
@@ -278,13 +302,17 @@ class Limiter:
                     self._writes += take
                     if self._journal is not None:
                         self._journal.granted(take, 0)
-                    return take
+                    return Grant(take, now)
                 delay = max(
                     _delay(self._write_log, limit, self._write_window, need, now),
                     _delay(self._any_log, self._read.count, self._read_window, need, now),
                 )
                 # Loop back through the gate: a 429 may have closed it while we waited.
-                await self._clock.sleep(max(delay, _MIN_SLEEP))
+                self._window_wait = True
+                try:
+                    await self._clock.sleep(max(delay, _MIN_SLEEP))
+                finally:
+                    self._window_wait = False
 
     def refund_writes(self, n: int) -> None:
         """Give back `n` slots of the latest `acquire_writes` that will not be sent after all.
@@ -300,6 +328,32 @@ class Limiter:
         self._writes -= n
         if n and self._journal is not None:
             self._journal.refunded(n)
+
+    def settle(self, grant: Grant, *, counted: int = 0, released: int = 0) -> None:
+        """What Graph made of `grant`'s writes, told once their answers are in.
+
+        `counted`: Graph carried them out, or answered them for what they were (400, 404): it
+        counted each no later than its answer arrived, so from now on their slots count from
+        now, not from when they left. A slot is then used again one window after Graph's answer,
+        which no network delay can make too early; that, not a wide margin, keeps the next
+        window's sends behind this one's. `released`: Graph did not carry them out (429, 503,
+        a lost answer whose write did not land): their slots are free again at once, so a
+        request the service refused costs no budget. Slots of the grant left unsettled keep
+        their send time. Call it without awaiting in between (the logs stay in time order
+        because `now` is the latest time in them).
+        """
+        now = self._clock.now()
+        for _ in range(max(released, 0)):
+            _remove(self._write_log, grant.at)
+            _remove(self._any_log, grant.at)
+        counted = max(counted, 0)
+        for _ in range(counted):
+            # A send already out of the window (an answer slower than the window) still left
+            # late enough for Graph to count it now: counted again from now, conservatively.
+            _remove(self._write_log, grant.at)
+            _remove(self._any_log, grant.at)
+        self._write_log.extend(itertools.repeat(now, counted))
+        self._any_log.extend(itertools.repeat(now, counted))
 
     async def acquire_reads(self, want: int, *, at_least: int = 1) -> int:
         """Take up to `want` slots of the any-request budget (at least `at_least`); see writes.
@@ -512,6 +566,18 @@ class Limiter:
         return self._limit
 
     @property
+    def holding(self) -> str | None:
+        """What holds the writes back now: `pause` (a 429's gate), `window`, or None.
+
+        `window`: a writer sleeps until the write window has room (the budget is spent, as it
+        is most of the time at Graph's pace). Only reads attributes, so a progress display may
+        call it from its own refresh thread.
+        """
+        if self._paused_until > self._clock.now():
+            return "pause"
+        return "window" if self._window_wait else None
+
+    @property
     def paused_for(self) -> float:
         """Seconds until the pause gate opens (0 when it is open)."""
         return max(self._paused_until - self._clock.now(), 0.0)
@@ -544,6 +610,12 @@ def _prune(log: deque[float], window: float, now: float) -> None:
     """Forget sends that left the window (`t + window <= now`, the same test as `_delay`)."""
     while log and log[0] + window <= now:
         log.popleft()
+
+
+def _remove(log: deque[float], at: float) -> None:
+    """Forget one send logged at `at`, if the log still holds one (O(n): n ≤ the budget)."""
+    with contextlib.suppress(ValueError):
+        log.remove(at)
 
 
 def _delay(log: deque[float], limit: int, window: float, need: int, now: float) -> float:

@@ -48,6 +48,7 @@ from batch.model import JSON, CellNote, Invalid, Problem, RawRow, Skipped, Updat
 from batch.reader import RowSource, file_sha256, open_input
 from batch.schema import (
     ALIASES,
+    MAX_VALUE_LENGTH,
     PROPERTIES,
     EdmType,
     Property,
@@ -287,6 +288,15 @@ _FORMULA_STARTS: Final = frozenset("=+-@")
 # A number as Excel writes it in scientific notation (General format, 12+ digits): `9.36382E+11`.
 _SCIENTIFIC: Final = re.compile(r"[+-]?\d+(?:[.,]\d+)?[Ee][+-]\d{1,3}")
 _UPN: Final = re.compile(r"[^@\s]+@[^@\s]+")
+_UPN_PROPERTY: Final = "userPrincipalName"
+# Anything `_text_problem`, `cell_problem` or `_text_warning` could object to: a control
+# character, a formula-like start, scientific notation. No match: the value is plain text.
+# A user principal name with nothing to say about it: name@domain, no control character, not
+# starting like a formula (the common case, decided by one match).
+_UPN_PLAIN: Final = re.compile(
+    r"[^\s@=+\-'\x00-\x1f\x7f-\x9f][^\s@\x00-\x1f\x7f-\x9f]*@[^\s@\x00-\x1f\x7f-\x9f]+"
+)
+_TEXT_SUSPECT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|^[=+\-@]|\d[Ee][+-]\d")
 
 
 def _unquote(value: str) -> str:
@@ -317,7 +327,7 @@ def _text_warning(header: str, name: str, value: str, null_token: str) -> str | 
             f"{header}: {value[:40]!r} starts with {value[0]!r}, which Excel runs as a formula "
             "when the file is opened there"
         )
-    if name == "userPrincipalName" and value != null_token and not _UPN.fullmatch(value):
+    if name == _UPN_PROPERTY and value != null_token and not _UPN.fullmatch(value):
         return f"{header}: {value[:40]!r} does not look like a user principal name (name@domain)"
     return None
 
@@ -457,7 +467,9 @@ class _RowMapper:
             )
             if note_problem is not None:
                 problems.append(note_problem)
-        key = _unquote(raw_key.strip())
+        key = raw_key.strip()
+        if key[:1] == "'":
+            key = _unquote(key)
         # A --key value is not an event id: the row has one only once the resolver found it.
         event_id = key if self.key_name is None else ""
         # An id cell that is itself the problem (an error cell, a formula) is said once.
@@ -490,12 +502,22 @@ class _RowMapper:
             if not text:
                 continue
             value = text.strip()
-            if value is not text and value != text:
+            # `strip` hands back the same object when there is nothing to take off.
+            if value is not text:
                 if not value:
                     continue  # only spaces: an empty cell
                 self.trimmed += 1
-            value = _unquote(value)
-            if is_text:
+            if value[0] == "'":
+                value = _unquote(value)
+            # Most text values are plain: one C-level search decides whether to look closer.
+            if is_text and (
+                (
+                    _UPN_PLAIN.fullmatch(value) is None
+                    if name == _UPN_PROPERTY
+                    else _TEXT_SUSPECT.search(value) is not None
+                )
+                or len(value) > MAX_VALUE_LENGTH
+            ):
                 reason = _text_problem(value) or cell_problem(value, free_text=True)
                 if reason is not None and self._unedited(cells, name, value):
                     # What the export saw and the admin left alone is never written (and

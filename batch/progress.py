@@ -1,29 +1,40 @@
-"""Progress on stderr: a rich bar on a terminal, plain periodic log lines otherwise (cron, CI)."""
+"""Progress on stderr: a rich bar on a terminal, plain periodic log lines otherwise (cron, CI).
+
+The bar fits 80 columns (the file name is in the "run started" line above it, not in the bar),
+and its rate is computed as it is drawn, never frozen at the last finished row. When no row has
+finished for a moment, it says what the run is waiting for instead (`watch`): the write window
+(the budget is spent: at Graph's pace, most of the time between two `$batch`es) or a 429 pause.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from types import TracebackType
-from typing import Protocol
+from typing import Final, Protocol
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
+from rich.text import Text
 
 from batch.model import Outcome
 
-__all__ = ["ProgressSink", "make_progress"]
+__all__ = ["MAX_WIDTH", "ProgressSink", "make_progress"]
 
 log = logging.getLogger("batch.progress")
 
@@ -37,12 +48,25 @@ class ProgressSink(Protocol):
     def advance(self, outcome: Outcome, *, throttled: int) -> None:
         """One row finished; `throttled` is the run's 429 count so far."""
 
+    def watch(self, status: Callable[[], str | None]) -> None:
+        """Ask `status` what the run waits for when no row finishes (it may be called from
+        another thread, so it must only read)."""
+
     def close(self) -> None:
         """The run ended."""
 
 
+#: The bar's width at most, whatever the terminal's.
+MAX_WIDTH: Final = 80
+# Rows finishing less than this long ago show the rate; a longer lull shows what holds them.
+_LULL_SECONDS: Final = 1.5
+
+
 class _Quiet:
     def start(self, total: int, description: str) -> None:
+        pass
+
+    def watch(self, status: Callable[[], str | None]) -> None:
         pass
 
     def advance(self, outcome: Outcome, *, throttled: int) -> None:
@@ -78,6 +102,9 @@ class _Lines:
             self._last = now
             self._line(now)
 
+    def watch(self, status: Callable[[], str | None]) -> None:
+        pass  # a line per interval already shows progress; a lull is visible as its absence
+
     def _line(self, now: float) -> None:
         elapsed = max(now - self._started, 1e-9)
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self._counts.items()))
@@ -94,37 +121,55 @@ class _Lines:
         pass
 
 
+class _StatusColumn(ProgressColumn):
+    """Rows per second, or what the run waits for when no row finished for a moment."""
+
+    def __init__(self, last_advance: Callable[[], float]) -> None:
+        super().__init__(table_column=Column(width=28, no_wrap=True))
+        self.status: Callable[[], str | None] = lambda: None
+        self._last_advance = last_advance
+
+    def render(self, task: Task) -> Text:
+        if time.monotonic() - self._last_advance() > _LULL_SECONDS:
+            status = self.status()
+            if status:
+                return Text(status, style="yellow")
+        elapsed = task.elapsed or 0.0
+        rate = task.completed / elapsed if elapsed > 0 else 0.0
+        return Text(f"{rate:.1f} rows/s")
+
+
 class _Bar:
-    """A rich progress bar with rate, 429s and ETA."""
+    """A rich progress bar with rate (or what it waits for), 429s and ETA, in 80 columns."""
 
     def __init__(self, console: Console) -> None:
+        self._last = time.monotonic()
+        self._status = _StatusColumn(lambda: self._last)
         self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=None),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:.1f} rows/s"),
+            self._status,
             TextColumn("429s {task.fields[throttled]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
             TimeRemainingColumn(),
             console=console,
             transient=False,
+            expand=True,
         )
         self._task: TaskID | None = None
-        self._started = time.monotonic()
-        self._done = 0
 
     def start(self, total: int, description: str) -> None:
-        self._started = time.monotonic()
-        self._task = self._progress.add_task(description, total=total, rate=0.0, throttled=0)
+        self._last = time.monotonic()
+        self._task = self._progress.add_task(description, total=total, throttled=0)
         self._progress.start()
 
     def advance(self, outcome: Outcome, *, throttled: int) -> None:
         if self._task is None:
             return
-        self._done += 1
-        rate = self._done / max(time.monotonic() - self._started, 1e-9)
-        self._progress.update(self._task, advance=1, rate=rate, throttled=throttled)
+        self._last = time.monotonic()
+        self._progress.update(self._task, advance=1, throttled=throttled)
+
+    def watch(self, status: Callable[[], str | None]) -> None:
+        self._status.status = status
 
     def close(self) -> None:
         self._progress.stop()
@@ -140,5 +185,6 @@ def make_progress(*, quiet: bool, every: float = 10.0) -> ProgressSink:
     if quiet:
         return _Quiet()
     if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
-        return _Bar(Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR"))))
+        width = min(shutil.get_terminal_size((MAX_WIDTH, 24)).columns, MAX_WIDTH)
+        return _Bar(Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), width=width))
     return _Lines(every)

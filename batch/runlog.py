@@ -7,7 +7,7 @@ same thing in every line.
 
 - `throttled`: Graph answered 429. kind, rows, items, status, retry_after, request_id.
 - `transient`: a 503, 504 or no answer; the request is retried. kind, rows, status, code,
-  message, retry_after, seconds, request_id.
+  error (Graph's message), retry_after, seconds, request_id.
 - `retry`: a request goes out again. kind, rows, reason, attempt.
 - `pause`: the limiter closed its gate for every sender. seconds, retry_after.
 - `rate`: the adaptive write limit changed. write_limit, previous, reason.
@@ -104,7 +104,7 @@ def transient(
             "rows": _rows(rows),
             "status": error.status,
             "code": error.code,
-            "message": error.message,
+            "error": error.message,  # `message` is taken: every LogRecord has one
             "retry_after": error.retry_after,
             "seconds": None if seconds is None else round(seconds, 3),
             "request_id": error.request_id,

@@ -1,6 +1,15 @@
 """The engine's queue of rows waiting to be sent (or read): backpressure, retries, a stop.
 
 The queue knows a row only by its `seq` (its place in the input): the row's state is the engine's.
+
+Decisions:
+
+* **A retry waits in the queue, not in a sender.** A row re-queued with a delay (a 503's
+  Retry-After, a backoff) sits in a heap with its not-before time while the senders go on with
+  other rows; it comes out ahead of fresh rows once due. A sender that slept through the delay
+  would leave one of `--concurrency` idle for a whole Retry-After.
+* **Time is the queue's clock.** Waits for a delayed row or a linger run on the injected `Clock`
+  (not anyio's own timer), so a `FakeClock` test re-queues with a one-second delay in no time.
 """
 
 from __future__ import annotations
@@ -46,7 +55,25 @@ class WorkQueue(Generic[W]):
         self.in_flight: dict[int, W] = {}
 
     def ready_count(self) -> int:
+        """Rows ready to be taken now (fresh ones and re-queued ones that are due)."""
+        self._promote_due()
         return len(self._ready)
+
+    async def _wait(self, seconds: float) -> None:
+        """Wait (holding the condition's lock) for a notification or `seconds` on the clock."""
+        if seconds == math.inf:
+            await self._cond.wait()
+            return
+        async with anyio.create_task_group() as alarm:
+
+            async def ring() -> None:
+                await self._clock.sleep(seconds)
+                alarm.cancel_scope.cancel()
+
+            alarm.start_soon(ring)
+            # Cancelled by the alarm, the wait still takes the lock back before it returns.
+            await self._cond.wait()
+            alarm.cancel_scope.cancel()
 
     async def put(self, work: W) -> bool:
         async with self._cond:
@@ -72,10 +99,14 @@ class WorkQueue(Generic[W]):
 
     async def fill(self, n: int, *, linger: float) -> None:
         """Wait up to `linger` seconds until `n` rows are ready, the input ended, or a stop."""
-        with anyio.move_on_after(linger):
-            async with self._cond:
-                while len(self._ready) < n and not self._input_done and not self._stopped:
-                    await self._cond.wait()
+        deadline = self._clock.now() + linger
+        async with self._cond:
+            while not self._input_done and not self._stopped:
+                self._promote_due()
+                left = deadline - self._clock.now()
+                if len(self._ready) >= n or left <= 0:
+                    return
+                await self._wait(left)
 
     async def close_input(self) -> None:
         async with self._cond:
@@ -107,8 +138,7 @@ class WorkQueue(Generic[W]):
                     self._cond.notify_all()
                     return None
                 timeout = self._delayed[0][0] - self._clock.now() if self._delayed else math.inf
-                with anyio.move_on_after(max(timeout, 0.0)):
-                    await self._cond.wait()
+                await self._wait(max(timeout, 0.0))
 
     def take_nowait(self, n: int) -> list[W]:
         self._promote_due()

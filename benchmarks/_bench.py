@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.emulator import EmulatorConfig, EmulatorServer, EventStore
+from batch.emulator.faults import Fault
 from batch.emulator.throttle import Decision
 from batch.model import Rate
 
@@ -72,15 +73,18 @@ def machine_line(info: dict[str, Any]) -> str:
 # --- the emulator ---------------------------------------------------------------------------------
 
 
-def scaled_config(write: Rate, *, latency_ms: int = 0, **kw: Any) -> EmulatorConfig:
+def scaled_config(
+    write: Rate, *, latency_ms: int = 0, token: str | None = TOKEN, **kw: Any
+) -> EmulatorConfig:
     """Graph's four budgets with the write budget `write` and the others scaled alike.
 
     The per-app "any request" budget (1000/20 s) counts writes too, so it is scaled with the
     window; the tenant budgets keep Graph's 2:1 and 20:1 ratios to the app write budget.
+    `token=None` is open mode: every bearer token names an app (a second app shares the tenant).
     """
     seconds = write.seconds
     return EmulatorConfig(
-        token=TOKEN,
+        token=token,
         write_limit=write,
         tenant_write_limit=Rate(write.count * 2, seconds),
         read_limit=Rate(write.count * 10, seconds),
@@ -98,6 +102,7 @@ class Admission:
     write: bool
     admitted: bool
     opened: bool = False  # this rejection started a new Retry-After period (a 429 episode)
+    app: str = ""
 
 
 class RecordingEmulator:
@@ -108,19 +113,30 @@ class RecordingEmulator:
         self.ids = self.store.seed(events, seed=seed)
         self.server = EmulatorServer(config, store=self.store)
         self.log: list[Admission] = []
+        # Every Graph request's arrival (after the latency, as the throttle sees it) and the
+        # faults among them: (time, kind or None).
+        self.arrivals: list[tuple[float, str | None]] = []
         throttle = self.server.state.throttle
         admit = throttle.admit
+        faults = self.server.state.faults
+        draw = faults.draw
 
         def recording_admit(app: str, tenant: str, *, write: bool) -> Decision:
             now = time.monotonic()
             running = throttle.retry_after_until(app) > now
             decision = admit(app, tenant, write=write)
             opened = not decision.admitted and not running
-            self.log.append(Admission(now, write, decision.admitted, opened))
+            self.log.append(Admission(now, write, decision.admitted, opened, app))
             return decision
 
-        # Only the server's event loop calls admit, so appending needs no lock.
+        def recording_draw() -> Fault | None:
+            fault = draw()
+            self.arrivals.append((time.monotonic(), None if fault is None else fault.value))
+            return fault
+
+        # Only the server's event loop calls these, so appending needs no lock.
         throttle.admit = recording_admit  # type: ignore[method-assign]
+        faults.draw = recording_draw  # type: ignore[method-assign]
 
     def __enter__(self) -> RecordingEmulator:
         self.server.start()
@@ -134,13 +150,21 @@ class RecordingEmulator:
         """The Graph root to point a client at."""
         return self.server.url
 
-    def write_times(self) -> list[float]:
-        """Admission times of the admitted writes, in order."""
-        return [a.t for a in self.log if a.write and a.admitted]
+    def write_times(self, app: str | None = None) -> list[float]:
+        """Admission times of the admitted writes (of `app`, or every app's), in order."""
+        return [a.t for a in self.log if a.write and a.admitted and (app is None or a.app == app)]
 
-    def rejected_times(self) -> list[float]:
-        """Times of the requests (or batch items) answered 429."""
-        return [a.t for a in self.log if not a.admitted]
+    def rejected_times(self, app: str | None = None) -> list[float]:
+        """Times of the requests (or batch items) answered 429 (to `app`, or to any)."""
+        return [a.t for a in self.log if not a.admitted and (app is None or a.app == app)]
+
+    def fault_times(self) -> list[float]:
+        """Times of the injected faults (503, 504, dropped connections)."""
+        return [t for t, fault in self.arrivals if fault is not None]
+
+    def first_request(self) -> float | None:
+        """When the first Graph request arrived (after the latency), or None."""
+        return self.arrivals[0][0] if self.arrivals else None
 
     def episode_times(self) -> list[float]:
         """Times at which a 429 started a new Retry-After period."""
@@ -164,6 +188,21 @@ def sustained_ratio(times: Sequence[float], limit: Rate) -> float:
         return float("nan")
     span = times[count + k * count - 1] - times[count - 1]
     return ((k * count) / span) / limit.per_second if span > 0 else float("nan")
+
+
+def ideal_ratio(rows: int, limit: Rate, first_request: float, last_write: float) -> float:
+    """The ideal writing time ÷ the run's, as issue 14 defines it (1.0 is perfect).
+
+    Ideal: the first window carries its whole budget at once, every later write waits for the
+    limit, so `rows` writes need (rows - N) / (N / W) seconds. Measured: from the run's first
+    Graph request (its first read when it reads before-images, so reads that delay the first
+    writes count against it) to the admission of its last write, on the emulator's clock.
+    """
+    ideal = (rows - limit.count) / limit.per_second
+    span = last_write - first_request
+    if ideal <= 0 or span <= 0:
+        return float("nan")
+    return ideal / span
 
 
 # --- inputs ---------------------------------------------------------------------------------------

@@ -40,7 +40,9 @@ from batch.auth import (
 )
 from batch.cli import app
 from batch.clouds import resolve_endpoints
+from batch.emulator import EmulatorConfig, EmulatorServer
 from batch.errors import AuthError, ConfigError
+from tests.conftest import EmulatorFactory
 from tests.e2e import make_certificate
 
 SECRET = "s3cr3t-~value-that-must-never-leak"
@@ -1053,51 +1055,63 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
     return monkeypatch
 
 
-def whoami(*args: str) -> Any:
-    return CliRunner().invoke(app, ["whoami", *args])
+@pytest.fixture
+def graph(emulator_factory: EmulatorFactory) -> EmulatorServer:
+    """Graph for `whoami`'s one read: the emulator (realistic), any bearer token accepted."""
+    return emulator_factory(EmulatorConfig(), events=3)
 
 
-def test_whoami_prints_tenant_app_cloud_expiry_and_permission(
-    clean_env: pytest.MonkeyPatch,
+def whoami(graph: EmulatorServer | None, *args: str) -> Any:
+    where = ["--graph-url", graph.url] if graph is not None else []
+    return CliRunner().invoke(app, ["whoami", *where, *args])
+
+
+def test_whoami_prints_tenant_app_cloud_expiry_graph_and_permission(
+    clean_env: pytest.MonkeyPatch, graph: EmulatorServer
 ) -> None:
     exp = int(time.time()) + 3000
     token = make_jwt(tid=TENANT, appid=CLIENT, roles=[REQUIRED_PERMISSION], exp=exp)
     clean_env.setenv("GRAPH_ACCESS_TOKEN", token)
-    result = whoami()
+    result = whoami(graph)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == f"tenant      {TENANT}"
     assert lines[1] == f"app id      {CLIENT}"
-    assert lines[2] == "cloud       global (https://graph.microsoft.com)"
+    assert lines[2] == f"cloud       global ({graph.url})"
     assert lines[3] == "credential  GRAPH_ACCESS_TOKEN"
     assert lines[4].startswith("expires     ") and lines[4].endswith("(in 49 min)")
-    assert lines[5] == f"permission  {REQUIRED_PERMISSION}: granted (application role)"
+    assert lines[5].startswith("graph       read works (200 OK, ")
+    assert lines[6] == f"permission  {REQUIRED_PERMISSION}: granted (application role)"
     assert result.stderr == ""
     assert token not in result.output
+    # The one read went to Graph: the proof is Graph's answer, not the token's claims.
+    assert graph.stats()["requests"] == 1
 
 
-def test_whoami_json(clean_env: pytest.MonkeyPatch) -> None:
+def test_whoami_json(clean_env: pytest.MonkeyPatch, graph: EmulatorServer) -> None:
     token = make_jwt(tid=TENANT, appid=CLIENT, scp=REQUIRED_PERMISSION, upn="a@b.example")
     clean_env.setenv("GRAPH_ACCESS_TOKEN", token)
-    result = whoami("--json", "--cloud", "china")
+    result = whoami(graph, "--json", "--cloud", "china")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["ok"] is True
     assert data["tenant"] == TENANT
     assert data["user"] == "a@b.example"
     assert data["cloud"] == "china"
-    assert data["graph_root"] == "https://microsoftgraph.chinacloudapi.cn"
+    assert data["graph_root"] == graph.url
     assert data["authority_host"] == "https://login.chinacloudapi.cn"
     assert data["permission_granted"] is True
     assert data["delegated"] is True
     assert data["expires_at"] is None
+    assert data["graph"]["ok"] is True and data["graph"]["status"] == 200
+    assert data["graph"]["url"].endswith("/beta/deviceManagement/autopilotEvents?$top=1&$select=id")
 
 
 def test_whoami_fails_a_cron_preflight_without_the_permission(
-    clean_env: pytest.MonkeyPatch,
+    clean_env: pytest.MonkeyPatch, graph: EmulatorServer
 ) -> None:
     clean_env.setenv("GRAPH_ACCESS_TOKEN", make_jwt(tid=TENANT, appid=CLIENT, roles=["X.Read"]))
-    result = whoami()
+    result = whoami(graph)
     assert result.exit_code == 3
     assert f"permission  {REQUIRED_PERMISSION}: MISSING" in result.stdout
     assert result.stderr.strip() == (
@@ -1106,28 +1120,63 @@ def test_whoami_fails_a_cron_preflight_without_the_permission(
     )
 
 
-def test_whoami_fails_for_an_expired_token(clean_env: pytest.MonkeyPatch) -> None:
-    exp = int(time.time()) - 60
+def test_whoami_says_how_long_ago_a_token_expired(
+    clean_env: pytest.MonkeyPatch, graph: EmulatorServer
+) -> None:
+    exp = int(time.time()) - 11 * 60 - 5
     token = make_jwt(tid=TENANT, appid=CLIENT, roles=[REQUIRED_PERMISSION], exp=exp)
     clean_env.setenv("GRAPH_ACCESS_TOKEN", token)
-    result = whoami("--json")
+    result = whoami(graph)
     assert result.exit_code == 3
-    assert json.loads(result.stdout)["ok"] is False
-    assert "Error: the token expired at" in result.stderr
+    assert "(expired 11 minutes ago)" in result.stdout and "in -" not in result.stdout
+    assert result.stderr.startswith("Error: the token expired 11 minutes ago (")
+    as_json = whoami(graph, "--json")
+    assert as_json.exit_code == 3
+    data = json.loads(as_json.stdout)  # one object, the error in it
+    assert data["ok"] is False and data["expired"] is True and data["exit_code"] == 3
+    assert data["error"].startswith("the token expired 11 minutes ago")
 
 
-def test_whoami_with_an_opaque_token_cannot_judge_the_permission(
-    clean_env: pytest.MonkeyPatch,
+def test_whoami_with_an_opaque_token_takes_graphs_word(
+    clean_env: pytest.MonkeyPatch, graph: EmulatorServer
 ) -> None:
     clean_env.setenv("GRAPH_ACCESS_TOKEN", "opaque")
-    result = whoami()
+    result = whoami(graph)
     assert result.exit_code == 0
     assert "tenant      unknown" in result.stdout
-    assert "unknown (opaque token)" in result.stdout
+    assert "graph       read works (200 OK" in result.stdout
+    assert "not named in the token (opaque token)" in result.stdout
+
+
+def test_whoami_exits_3_when_graph_refuses_the_token(
+    clean_env: pytest.MonkeyPatch, emulator_factory: EmulatorFactory
+) -> None:
+    strict = emulator_factory(EmulatorConfig(token="the-right-token"), events=3)
+    clean_env.setenv("GRAPH_ACCESS_TOKEN", "a-wrong-token")
+    result = whoami(strict)
+    assert result.exit_code == 3
+    assert "graph       REFUSED (401: " in result.stdout
+    assert result.stderr.startswith("Error: Graph does not accept the token")
+    as_json = whoami(strict, "--json")
+    data = json.loads(as_json.stdout)
+    assert as_json.exit_code == 3 and data["ok"] is False and data["graph"]["status"] == 401
+    clean_env.setenv("GRAPH_ACCESS_TOKEN", "the-right-token")
+    assert whoami(strict).exit_code == 0
+
+
+def test_whoami_exits_3_with_what_to_grant_when_intune_denies_the_app(
+    clean_env: pytest.MonkeyPatch, emulator_factory: EmulatorFactory
+) -> None:
+    denying = emulator_factory(EmulatorConfig(deny_permission="all"), events=3)
+    clean_env.setenv("GRAPH_ACCESS_TOKEN", "opaque")
+    result = whoami(denying)
+    assert result.exit_code == 3
+    assert "REFUSED (401" in result.stdout
+    assert "Grant " in result.stderr and "this is not a token problem" in result.stderr
 
 
 def test_whoami_without_credentials_is_a_config_error(clean_env: pytest.MonkeyPatch) -> None:
-    result = whoami("--json")
+    result = whoami(None, "--json")
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: no credentials")
     assert json.loads(result.stdout) == {
@@ -1139,7 +1188,7 @@ def test_whoami_without_credentials_is_a_config_error(clean_env: pytest.MonkeyPa
 
 def test_whoami_rejects_a_bad_cloud(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("GRAPH_ACCESS_TOKEN", "opaque")
-    result = whoami("--cloud", "mars")
+    result = whoami(None, "--cloud", "mars")
     assert result.exit_code == 2
     assert "unknown cloud 'mars'" in result.stderr
 
@@ -1153,10 +1202,11 @@ def test_whoami_sign_in_failure_exits_3_and_never_shows_the_secret(
     fake = FakeMsal(results=[failure, failure])
     clean_env.setattr(msal, "ConfidentialClientApplication", fake)
     for args in ([], ["--json"]):
-        result = whoami(*args)
+        result = whoami(None, *args)
         assert result.exit_code == 3
         assert "invalid_client: no ***" in result.stderr
         assert SECRET not in result.output
+    assert json.loads(result.stdout)["exit_code"] == 3  # --json: one object even so
     assert fake.built[0]["client_credential"] == SECRET  # it did reach MSAL, and only MSAL
 
 

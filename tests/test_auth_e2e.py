@@ -279,6 +279,9 @@ def test_device_code_with_a_persisted_cache(idp: EmulatorServer, tmp_path: Path)
 def test_whoami_against_the_emulator(idp: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in secret_env().items():
         monkeypatch.setenv(name, value)
+    # whoami reads from Graph (httpx), which trusts the emulator's CA through SSL_CERT_FILE.
+    assert idp.ca_path is not None
+    monkeypatch.setenv("SSL_CERT_FILE", str(idp.ca_path))
     args = ["whoami", "--graph-url", idp.url, "--authority-host", idp.url]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -286,6 +289,7 @@ def test_whoami_against_the_emulator(idp: EmulatorServer, monkeypatch: pytest.Mo
     assert f"app id      {CLIENT}" in result.stdout
     assert "credential  client secret" in result.stdout
     assert f"permission  {REQUIRED_PERMISSION}: granted (application role)" in result.stdout
+    assert "graph       read works (200 OK" in result.stdout
     result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -300,17 +304,28 @@ def test_whoami_fails_for_an_app_without_the_permission(
     idp.register_app("read-only-app", secret=SECRET, tenant=TENANT, roles=["User.Read.All"])
     for name, value in {**secret_env(), "AZURE_CLIENT_ID": "read-only-app"}.items():
         monkeypatch.setenv(name, value)
+    assert idp.ca_path is not None
+    monkeypatch.setenv("SSL_CERT_FILE", str(idp.ca_path))
     result = CliRunner().invoke(
         app, ["whoami", "--graph-url", idp.url, "--authority-host", idp.url]
     )
     assert result.exit_code == 3
     assert "MISSING" in result.stdout
-    assert f"Error: the token lacks {REQUIRED_PERMISSION}" in result.stderr
+    # Graph's answer decides first: it refuses the read, and the error says what to grant.
+    assert "graph       REFUSED (403: " in result.stdout
+    assert "Error: Graph refused to read the autopilot events (403 Forbidden" in result.stderr
+    assert f"grant {REQUIRED_PERMISSION} to the app as an application permission" in result.stderr
 
 
 def test_whoami_as_a_process_never_prints_the_secret(idp: EmulatorServer, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in _ENV_NAMES}
-    env.update(secret_env(), REQUESTS_CA_BUNDLE=str(idp.ca_path), NO_COLOR="1")
+    assert idp.ca_path is not None
+    env.update(
+        secret_env(),
+        REQUESTS_CA_BUNDLE=str(idp.ca_path),
+        SSL_CERT_FILE=str(idp.ca_path),
+        NO_COLOR="1",
+    )
     args = ["whoami", "--graph-url", idp.url, "--authority-host", idp.url, "--token-cache"]
     outputs = []
     for extra, secret in (([], SECRET), (["--json"], SECRET), ([], "wrong-" + SECRET)):

@@ -492,7 +492,7 @@ def test_export_filters_and_errors_through_the_cli(
         for e in expected
         if e is not None
     ]
-    assert "1 serials of the serial file match no event: not-there" in done.stderr
+    assert "1 serial of the serial file matches no event: not-there" in done.stderr
     assert done.stdout.startswith(f"wrote {out}: {len(expected)} events of 60 read, 3 columns")
 
     # The errors: each is one line and an exit code, before (or instead of) a file.

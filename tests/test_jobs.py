@@ -410,10 +410,17 @@ def test_a_dry_run_job_plans_each_file_once_and_reports_unusable_files(tmp_path:
     assert "unknown column 'serial'" in report.files[2].error
     planned = (report.files[0].run_dir or Path()) / "requests.jsonl"
     assert len(planned.read_text(encoding="utf-8").splitlines()) == 4
+    bad_dir = report.files[1].run_dir
+    assert bad_dir is not None
+    # The line cron mails names where the bad rows are.
     assert report.line() == (
         "job dry: 3 files (1 ok, 1 with failed or invalid rows, 1 unreadable); "
-        "rows: invalid 1, planned 6; exit 1"
+        f"rows: invalid 1, planned 6; failures in {bad_dir / 'failures.csv'}; exit 1"
     )
+    page = (job.log_file.parent / "job.html").read_text(encoding="utf-8")
+    assert "b-bad-rows.csv" in page and "with failed or invalid rows" in page
+    assert f'href="../{bad_dir.name}/report.html"' in page
+    assert "rows_failed" not in page  # an internal word, not for people
     assert sorted(p.name for p in drop.iterdir()) == [
         "a-good.csv",
         "b-bad-rows.csv",

@@ -167,3 +167,92 @@ async def test_the_next_file_of_a_job_run_keeps_what_the_shared_limiter_already_
     again.keep_window(resumed, resume=True, wall=lambda: EPOCH + 2.0)
     assert resumed.window().sends == ((2.0, 100, 3),)
     again.close()
+
+
+# --- the whole run's timeline (report.html) -----------------------------------------------------
+
+
+async def test_the_timeline_keeps_every_second_of_every_part(tmp_path: Path) -> None:
+    """Per second: writes granted (refunds taken back), reads, 429s; parts; pauses as intervals."""
+    from batch.ledger import SecondRecord, read_timeline
+
+    path = tmp_path / "state.sqlite"
+    clock = FakeClock()
+    wall = _wall_of(clock, EPOCH)
+    ledger = Ledger(path)
+    limiter = Limiter(write=WRITE, clock=clock)
+    ledger.keep_window(limiter, resume=False, wall=wall)
+    ledger.start_part(resumed=False, write_limit="100/20")
+    assert await limiter.acquire_writes(20) == 20
+    limiter.refund_writes(5)  # a $batch that found 15 rows
+    assert await limiter.acquire_reads(7) == 7
+    clock.advance(2.5)
+    ledger.note_throttled(3)
+    limiter.throttled(4.0)  # a pause: 4 s from EPOCH + 2.5
+    clock.advance(1.0)
+    limiter.throttled(6.0)  # the same episode, extended
+    ledger.commit()
+    ledger.end_part(1)
+    ledger.close()
+
+    # A resumed process: its own part, its seconds after the gap.
+    later = FakeClock()
+    again = Ledger(path)
+    limiter2 = Limiter(write=WRITE, clock=later)
+    again.keep_window(limiter2, resume=True, wall=_wall_of(later, EPOCH + 3600))
+    again.start_part(resumed=True, write_limit="100/20")
+    assert await limiter2.acquire_writes(10) == 10
+    # Killed: no end_part; the connection just goes away.
+    again.commit()
+    again.close()
+
+    timeline = read_timeline(path)
+    assert timeline.seconds == [
+        SecondRecord(int(EPOCH), 15, 7, 0),
+        SecondRecord(int(EPOCH) + 2, 0, 0, 3),
+        SecondRecord(int(EPOCH) + 3600, 10, 0, 0),
+    ]
+    assert [(p.number, p.resumed, p.exit_code) for p in timeline.parts] == [
+        (1, False, 1),
+        (2, True, None),
+    ]
+    assert timeline.parts[0].ended is not None and timeline.parts[1].ended is None
+    assert timeline.pauses == [(EPOCH + 2.5, EPOCH + 3.5 + 6.0)]  # one pause, extended
+
+
+async def test_a_run_that_ended_is_marked_finished(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "state.sqlite")
+    ledger.start_part(resumed=False, write_limit="100/20")
+    assert ledger.finished_run() is None
+    ledger.end_part(3)  # aborted: resumable, not finished
+    assert ledger.finished_run() is None
+    ledger.start_part(resumed=True, write_limit="100/20")
+    ledger.end_part(1)
+    finished = ledger.finished_run()
+    assert finished is not None and finished["exit_code"] == 1
+    ledger.close()
+
+
+async def test_a_ledger_of_an_older_version_gets_last_error(tmp_path: Path) -> None:
+    """A run started before `last_error` existed can still be resumed (the column is added)."""
+    from batch.ledger import read_timeline
+    from batch.model import Outcome, RowResult
+
+    path = tmp_path / "state.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE rows (number INTEGER PRIMARY KEY, event_id TEXT NOT NULL, state TEXT NOT"
+        " NULL, status INTEGER, error_code TEXT NOT NULL DEFAULT '', error_message TEXT NOT NULL"
+        " DEFAULT '', changed_fields TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT"
+        " 0, request_id TEXT NOT NULL DEFAULT '', client_request_id TEXT NOT NULL DEFAULT '');"
+        "INSERT INTO rows(number, event_id, state) VALUES (2, 'a', 'updated');"
+    )
+    db.close()
+    assert read_timeline(path).parts == []  # no timeline tables yet: an empty timeline
+    ledger = Ledger(path)
+    assert ledger.finished()[2].last_error == ""
+    ledger.record([RowResult(3, "b", Outcome.UPDATED, attempts=2, last_error="503 X: busy")])
+    ledger.commit()
+    assert ledger.finished()[3].last_error == "503 X: busy"
+    ledger.close()
+    assert read_timeline(tmp_path / "missing.sqlite").seconds == []

@@ -7,7 +7,9 @@ the mapper's key mode, and the issue's must-hold runs through the real CLI again
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -553,7 +555,10 @@ def test_serial_keyed_file_end_to_end(emulator_factory: EmulatorFactory, tmp_pat
     assert sorted(patched) == sorted([ids["zeros"], ids["plain"], ids["seeded"]])
     assert (tmp_path / "r1" / KEYS_FILE).exists()
 
-    # --resume resolves from the ledger's cache: not one more read of the tenant.
+    # --resume resolves from the ledger's cache: not one more read of the tenant. (The run
+    # finished, and a finished run is not resumed at all: it is made to look killed first.)
+    with closing(sqlite3.connect(tmp_path / "r1" / "state.sqlite")) as db, db:
+        db.execute("DELETE FROM meta WHERE key = 'finished'")
     reads = server.stats()["reads"]
     resumed = cli_here(
         "run", src, "--key", "deviceSerialNumber", "--out", tmp_path / "r1", "--resume", *args

@@ -13,7 +13,8 @@ Every response carries a fresh `request-id` and echoes `client-request-id` (GRAP
 and request ids"); with `always_client_request_id` it answers `client-request-id` equal to
 `request-id` when the client sent none, as Graph does. uvicorn adds `Date` to every answer.
 Graph requests first wait `latency_ms`, then may meet a fault; a fault happens before anything
-else (auth, throttle, the write), as a failing gateway would.
+else (auth, throttle, the write), as a failing gateway would, except a dropped connection drawn
+as "applied" (`drop_applied`): that request is carried out first and only its answer is lost.
 """
 
 from __future__ import annotations
@@ -116,13 +117,19 @@ class _Middleware:
             return
         state.stats.faults[fault.value] += 1
         if fault is Fault.DROP:
-            # The status line and headers go out, then the connection breaks: the client sees
-            # a response that never completes (httpx: RemoteProtocolError). The request body is
-            # read first; closing on unread data would make the kernel reset the connection
-            # instead, which is a different (and less common) failure.
-            message = await receive()
-            while message["type"] == "http.request" and message.get("more_body", False):
+            if state.faults.applied():
+                # The request is carried out (the write applied, the budget used) and only its
+                # answer is lost: the app reads the body and answers into the void.
+                state.stats.faults_applied += 1
+                await self.app(scope, receive, _discard)
+            else:
+                # The request body is read first; closing on unread data would make the kernel
+                # reset the connection instead, which is a different (and rarer) failure.
                 message = await receive()
+                while message["type"] == "http.request" and message.get("more_body", False):
+                    message = await receive()
+            # The status line and headers go out, then the connection breaks: the client sees
+            # a response that never completes (httpx: RemoteProtocolError).
             await send_with_ids(
                 {
                     "type": "http.response.start",
@@ -149,7 +156,9 @@ class _Middleware:
         if fault is Fault.UNAVAILABLE:
             status, code, message = 503, "ServiceUnavailable", "The service is temporarily busy."
             # 1 s with Graph's 20 s window; scaled down with a scaled-down test window.
-            wait = min(1.0, self.state.config.write_limit.seconds / 20)
+            wait = self.state.config.fault_retry_after
+            if wait is None:
+                wait = min(1.0, self.state.config.write_limit.seconds / 20)
             # A 503 always says how long (the throttle's forms are for 429s): "none" falls back
             # to the decimal form, "mixed" to the whole seconds most answers carry.
             style = {"none": "decimal", "mixed": "int"}.get(
@@ -163,6 +172,10 @@ class _Middleware:
         body = error_body(code, message, request_id=ids[0], client_request_id=ids[1])
         response = Response(dump_json(body), status, headers, media_type=GRAPH_CONTENT_TYPE)
         await response(scope, receive, send)
+
+
+async def _discard(message: Message) -> None:
+    """An ASGI `send` for an answer that never reaches the client (a drop after the work)."""
 
 
 def build_app(state: EmulatorState) -> ASGIApp:

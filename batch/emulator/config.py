@@ -3,9 +3,9 @@
 Two profiles (issue 13):
 
 * **friendly** (`EmulatorConfig.friendly()`, `--profile friendly`): PATCH answers 200 with the
-  object, the legacy schema, Graph's plain error bodies, pages of 100 with `$top` up to 999, a bad `$batch` item fails
-  alone, every 429 carries a whole-second Retry-After, one Retry-After period holds every
-  request of the app, `client-request-id` is echoed only when sent.
+  object, the legacy schema, Graph's plain error bodies, pages of 100 with `$top` up to 999, a
+  bad `$batch` item fails alone, every 429 carries a whole-second Retry-After, one Retry-After
+  period holds every request of the app, `client-request-id` is echoed only when sent.
 * **realistic** (the field defaults; `EmulatorConfig.realistic()`, `--profile realistic`): what
   Intune does, as
   GRAPH.md ("How Intune really answers") records it — 204, the current schema, Intune's error
@@ -29,6 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal, Self
 
+from batch.emulator.faults import DEFAULT_FAULT_MIX, Fault
 from batch.errors import ConfigError
 from batch.model import Rate
 
@@ -126,6 +127,13 @@ class EmulatorConfig:
       the client sent none.
     * `deny_permission`: "writes" or "all" answers those requests with Intune's 401 for a
       missing permission (`wire.permission_denied_body`); "none" (default) never does.
+
+    Faults (`faults`): `fault_rate` of Graph requests meet one, of a kind drawn by the weights
+    of `fault_mix` (("503", 2), ("504", 1), ("drop", 1) by default; `(("503", 1),)` gives 503s
+    only). `fault_retry_after`: the Retry-After of a 503 in seconds (None: 1 s at Graph's 20 s
+    window, scaled down with a shorter `write_limit` window). `drop_applied`: the share of
+    dropped connections whose request was carried out (write applied, budget used) before the
+    connection broke; the others break before anything happened.
     """
 
     host: str = "127.0.0.1"
@@ -155,6 +163,9 @@ class EmulatorConfig:
     split_throttles: bool = True
     always_client_request_id: bool = True
     deny_permission: Literal["none", "writes", "all"] = "none"
+    fault_mix: tuple[tuple[str, float], ...] = DEFAULT_FAULT_MIX
+    fault_retry_after: float | None = None
+    drop_applied: float = 0.0
 
     @classmethod
     def for_profile(cls, profile: str, **fields: Any) -> Self:
@@ -225,6 +236,22 @@ class EmulatorConfig:
                 raise ConfigError(
                     f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}"
                 )
+        kinds = {fault.value for fault in Fault}
+        for kind, weight in self.fault_mix:
+            if kind not in kinds:
+                raise ConfigError(
+                    f"fault kind must be one of {', '.join(sorted(kinds))}, not {kind!r}"
+                )
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ConfigError(f"the weight of fault {kind} must be a number ≥ 0")
+        if self.fault_rate > 0 and not any(weight > 0 for _, weight in self.fault_mix):
+            raise ConfigError("a fault rate needs at least one fault kind with a weight > 0")
+        if self.fault_retry_after is not None and not (
+            math.isfinite(self.fault_retry_after) and self.fault_retry_after >= 0
+        ):
+            raise ConfigError("fault_retry_after must be a number of seconds ≥ 0")
+        if not (math.isfinite(self.drop_applied) and 0.0 <= self.drop_applied <= 1.0):
+            raise ConfigError(f"drop_applied {self.drop_applied} is not between 0 and 1")
         for client_id, secret in self.apps:
             if not client_id or not secret:
                 raise ConfigError("an app needs a client id and a secret (CLIENT_ID=SECRET)")

@@ -105,9 +105,12 @@ class GraphApi:
         write = method in WRITE_METHODS
         path = _path_of(target)
         decision = state.throttle.admit(ctx.principal.app_id, ctx.principal.tenant_id, write=write)
+        app = state.stats.app(ctx.principal.app_id)
         if not decision.admitted:
             state.stats.throttled += 1
             state.stats.during_retry_after += decision.during_retry_after
+            app.throttled += 1
+            app.during_retry_after += decision.during_retry_after
             if decision.header is not None:
                 headers = {"Retry-After": decision.header}
                 throttled = ODataError(
@@ -129,8 +132,10 @@ class GraphApi:
             return self.error(throttled, ctx, path, **headers)
         if write:
             state.stats.writes += 1
+            app.writes += 1
         else:
             state.stats.reads += 1
+            app.reads += 1
         try:
             return self._route(method, target, body, ctx)
         except ODataError as error:

@@ -15,7 +15,27 @@ from batch.emulator.store import EventStore
 from batch.emulator.throttle import Throttle
 from batch.model import JSON
 
-__all__ = ["EmulatorState", "Stats"]
+__all__ = ["AppStats", "EmulatorState", "Stats"]
+
+
+@dataclass(slots=True)
+class AppStats:
+    """One app's share of the throttle's counters (see `Stats`): two apps of one tenant, one
+    of them the client under test, are told apart by these."""
+
+    reads: int = 0
+    writes: int = 0
+    throttled: int = 0
+    during_retry_after: int = 0
+
+    def as_dict(self) -> dict[str, JSON]:
+        """A JSON-ready copy."""
+        return {
+            "reads": self.reads,
+            "writes": self.writes,
+            "throttled": self.throttled,
+            "during_retry_after": self.during_retry_after,
+        }
 
 
 @dataclass(slots=True)
@@ -27,7 +47,10 @@ class Stats:
     their answer); `throttled` counts 429 answers (items included); `during_retry_after` counts
     requests that arrived while their app's Retry-After was running (after the in-flight grace);
     `patches` counts successful PATCHes per event id; `denied` counts answers of Intune's 401
-    for a missing permission (`deny_permission`).
+    for a missing permission (`deny_permission`); `faults` counts injected faults by kind, and
+    `faults_applied` the dropped connections whose request was carried out before the drop.
+    `apps` splits reads, writes, throttled and during_retry_after by app (in open mode every
+    bearer token names an app, so a test can play a second app sharing the tenant).
     """
 
     requests: int = 0
@@ -39,6 +62,8 @@ class Stats:
     batch_items: int = 0
     denied: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    faults_applied: int = 0
+    apps: dict[str, AppStats] = field(default_factory=dict)
     patches: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
 
@@ -54,9 +79,18 @@ class Stats:
             "batch_items": self.batch_items,
             "denied": self.denied,
             "faults": {kind.value: self.faults[kind.value] for kind in Fault},
+            "faults_applied": self.faults_applied,
+            "apps": {app: counts.as_dict() for app, counts in sorted(self.apps.items())},
             "patches": dict(self.patches),
             "statuses": {str(status): n for status, n in sorted(self.statuses.items())},
         }
+
+    def app(self, app: str) -> AppStats:
+        """The counters of `app` (created at its first request)."""
+        counts = self.apps.get(app)
+        if counts is None:
+            counts = self.apps[app] = AppStats()
+        return counts
 
 
 class EmulatorState:
@@ -85,7 +119,12 @@ class EmulatorState:
         self.identity = IdentityProvider(token_ttl=config.token_ttl, static_token=config.token)
         for client_id, secret in config.apps:
             self.identity.register_app(client_id, secret=secret)
-        self.faults = FaultPlan(config.fault_rate, config.seed)
+        self.faults = FaultPlan(
+            config.fault_rate,
+            config.seed,
+            mix=config.fault_mix,
+            drop_applied=config.drop_applied,
+        )
         self.shuffle = self._shuffle_rng()
         self.stats = Stats()
         self._initial = store.snapshot()

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import anyio
 
@@ -41,6 +41,17 @@ log = logging.getLogger("batch.jobs")
 
 
 FileStatus = Literal["ok", "rows_failed", "rejected", "aborted", "interrupted"]
+
+#: How a file's status reads in messages (the status names are for scripts: --json, the log).
+STATUS_WORDS: Final[dict[str, str]] = {
+    "ok": "ok",
+    "rows_failed": "with failed or invalid rows",
+    "rejected": "unreadable",
+    "aborted": "aborted",
+    "interrupted": "interrupted",
+}
+# The summary line names this many run folders with failures at most.
+_FOLDERS_NAMED: Final = 3
 
 
 @dataclass(slots=True)
@@ -117,15 +128,8 @@ class JobReport:
     def line(self) -> str:
         """The summary line: files, row outcomes, exit code."""
         statuses = Counter(f.status for f in self.files)
-        names = {
-            "ok": "ok",
-            "rows_failed": "with failed or invalid rows",
-            "rejected": "unreadable",
-            "aborted": "aborted",
-            "interrupted": "interrupted",
-        }
         if self.files:
-            parts = ", ".join(f"{n} {names[s]}" for s, n in statuses.items())
+            parts = ", ".join(f"{n} {STATUS_WORDS[s]}" for s, n in statuses.items())
             noun = "file" if len(self.files) == 1 else "files"
             text = f"{len(self.files)} {noun} ({parts})"
         else:
@@ -144,6 +148,14 @@ class JobReport:
             text += f"; rows: {rows}"
         if self.interrupted and not statuses.get("interrupted"):
             text += "; interrupted"
+        # Where to look: cron mails this line, and a person must find the failed rows from it.
+        folders = [
+            f.run_dir for f in self.files if f.status == "rows_failed" and f.run_dir is not None
+        ]
+        if folders:
+            named = ", ".join(str(d / "failures.csv") for d in folders[:_FOLDERS_NAMED])
+            more = len(folders) - _FOLDERS_NAMED
+            text += f"; failures in {named}" + (f" and {more} more" if more > 0 else "")
         return f"job {self.job.name}: {text}; exit {self.exit_code}"
 
     def to_json(self) -> dict[str, Any]:
@@ -344,7 +356,7 @@ class _JobRun:
         log.info(
             "finished %s: %s",
             item.path,
-            result.status,
+            STATUS_WORDS[result.status],
             extra={"file": str(item.path), **result.to_json()},
         )
         return result
@@ -426,8 +438,20 @@ def run_job(job: Job, *, env: Mapping[str, str] = os.environ, quiet: bool = Fals
         try:
             lock.acquire()
         except LockHeld as error:
-            # In the log too: "why did last night's start do nothing?" is answered there.
-            log.warning("%s", error, extra={"job": job.name, "pid": os.getpid()})
+            # In the job log too: "why did last night's start do nothing?" is answered there.
+            # Only there: the console says it once, as the command's error.
+            handler.handle(
+                log.makeRecord(
+                    log.name,
+                    logging.WARNING,
+                    __file__,
+                    0,
+                    "%s",
+                    (error,),
+                    None,
+                    extra={"job": job.name, "pid": os.getpid()},
+                )
+            )
             raise
         log.info(
             "job started", extra={"job": job.name, "job_file": str(job.path), "pid": os.getpid()}
@@ -449,6 +473,7 @@ def run_job(job: Job, *, env: Mapping[str, str] = os.environ, quiet: bool = Fals
         line = report.line()
         log.info(line, extra=report.to_json())
         _notify_file(job, f"{report.ended} {line}")
+        _write_job_page(job, report, state)
         return report
     finally:
         if state is not None:
@@ -456,6 +481,16 @@ def run_job(job: Job, *, env: Mapping[str, str] = os.environ, quiet: bool = Fals
         lock.release()
         log.removeHandler(handler)
         handler.close()
+
+
+def _write_job_page(job: Job, report: JobReport, state: JobState) -> None:
+    """job.html next to the job log; the job's outcome never depends on it."""
+    from batch.report.job_html import write_job_report
+
+    try:
+        write_job_report(job.log_file.parent / "job.html", report, state.recent())
+    except Exception as error:
+        log.error("job.html not written: %s: %s", type(error).__name__, error)
 
 
 def _notify_file(job: Job, line: str) -> None:

@@ -146,6 +146,24 @@ class JobState:
         ).fetchone()
         return row is not None
 
+    def recent(self, limit: int = 50) -> list[dict[str, object]]:
+        """The files most recently started, newest first (for job.html), with their counts."""
+        rows = self._db.execute(
+            "SELECT path, state, run_dir, exit_code, counts, error, started, finished FROM files"
+            " WHERE dry_run = ? ORDER BY started DESC, rowid DESC LIMIT ?",
+            (self.dry_run, limit),
+        )
+        keys = ("path", "state", "run_dir", "exit_code", "counts", "error", "started", "finished")
+        found: list[dict[str, object]] = []
+        for row in rows:
+            record = dict(zip(keys, row, strict=True))
+            try:
+                record["counts"] = json.loads(str(record["counts"]))
+            except ValueError:
+                record["counts"] = {}
+            found.append(record)
+        return found
+
     def archived(self, sha256: str, to: Path) -> None:
         """Record where the file was moved."""
         self._db.execute(

@@ -87,7 +87,8 @@ padding:.4em .8em;min-width:7.5em}.figure .value{display:block;font-size:1.35em;
 height:.8em;margin-right:.3em;vertical-align:-.05em}
 .bar{background:#90caf9;height:.8em;display:inline-block;vertical-align:middle}
 td.num,th.num{text-align:right;white-space:nowrap}code{font-size:.9em;word-break:break-all}
-svg{max-width:100%;height:auto;display:block}svg text{font-family:inherit;font-size:11px}
+svg{max-width:100%;height:auto;display:block}svg.outcomes,svg.timeline{width:100%}
+svg text{font-family:inherit;font-size:11px}
 svg .axis{fill:#607d8b}svg .grid{stroke:#eceff1}svg .tick,svg .axis-line{stroke:#90a4ae}
 svg .rate{fill:none;stroke:#1565c0;stroke-width:1.6}svg .limit{stroke:#c62828;
 stroke-dasharray:6 4;stroke-width:1.2}svg .limit-label{fill:#c62828}
@@ -125,7 +126,8 @@ def _exit_class(code: int) -> str:
 
 def _header(s: Mapping[str, Any]) -> str:
     code = int(s.get("exit_code", 1))
-    kind = "Dry run" if s.get("dry_run") else "Run"
+    kind = "Revert" if s.get("command") == "revert" else "Run"
+    kind = f"Dry {kind.lower()}" if s.get("dry_run") else kind
     meaning = EXIT_CODES.get(code, "unknown exit code")
     return (
         f"<h1>{kind} of {_e(Path(str(s.get('input', '?'))).name)}</h1>"
@@ -155,7 +157,7 @@ def _facts(s: Mapping[str, Any]) -> str:
         ("run folder", f"<code>{_e(s.get('out_dir', ''))}</code>"),
         ("tenant", _e(tenant)),
         ("cloud", f"{_e(s.get('cloud', ''))} (<code>{_e(s.get('graph_root', ''))}</code>)"),
-        ("write limit", f"{_e(s.get('write_limit', ''))} s (writes per seconds)"),
+        ("write limit", _e(_limit_text(str(s.get("write_limit", ""))))),
         ("options", _e(", ".join(options))),
         ("started", _e(_time(s.get("started", "")))),
         ("ended", _e(_time(s.get("ended", "")))),
@@ -166,6 +168,13 @@ def _facts(s: Mapping[str, Any]) -> str:
     rows.append(("tool", _e(f"autopilot-batch {s.get('tool_version', '?')}")))
     body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f'<h2>What ran</h2><table class="facts">{body}</table>'
+
+
+def _limit_text(text: str) -> str:
+    limit = _rate(text)
+    if limit is None:
+        return text
+    return f"{limit.count:,} writes per {limit.seconds:g} s ({limit.per_second:.3g} per second)"
 
 
 def _parts_line(s: Mapping[str, Any]) -> str:
@@ -385,7 +394,10 @@ def write_report(run_dir: Path) -> Path:
         raise UsageError(f"{run_dir}/summary.json cannot be read: {error}") from None
     if not isinstance(summary, dict):
         raise UsageError(f"{run_dir}/summary.json is not a run summary")
-    problems = first_problems(run_dir / "results.csv", FAILURES_SHOWN)
+    counts = summary.get("counts") or {}
+    wanted = any(counts.get(o) for o in ("failed", "invalid", "conflict"))
+    # A clean million-row results.csv need not be read to find that nothing failed.
+    problems = first_problems(run_dir / "results.csv", FAILURES_SHOWN) if wanted else []
     parts = split_parts(read_timeline(run_dir / "state.sqlite"))
     page = render_report(summary, problems, parts, run_dir=run_dir)
     target = run_dir / REPORT_FILE

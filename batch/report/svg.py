@@ -106,8 +106,8 @@ def rate_chart(
     """Writes per second over one part, against the limit, with pauses and 429s marked.
 
     The polyline's `data-rates` holds the plotted values (writes per second, 4 decimals) at
-    `data-first + k * data-step` Unix seconds, each averaged over the `data-average` seconds
-    before it; `data-writes` is the part's total.
+    `data-first + data-start + k * data-step` Unix seconds, each averaged over the
+    `data-average` seconds up to it; `data-writes` is the part's total.
     """
     plot_w = width - _LEFT - _RIGHT
     plot_h = height - _TOP - _BOTTOM
@@ -174,7 +174,7 @@ def rate_chart(
     rates = " ".join(f"{r:.4f}" for r in series.rates)
     out.append(
         f'<polyline class="rate" points="{points}" data-first="{series.first}" '
-        f'data-step="{series.step}" data-average="{series.average}" '
+        f'data-start="{series.start}" data-step="{series.step}" data-average="{series.average}" '
         f'data-writes="{part.writes}" data-rates="{rates}"/>'
     )
     out.append(

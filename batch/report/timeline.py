@@ -13,8 +13,9 @@ Decisions:
   limit's length; the chart shows exactly that: writes in the last `window` seconds divided by
   `window` (whole seconds: the records are per second), against the limit `N/SECONDS`. For a
   window of whole seconds that line stays under the limit whenever the run kept it.
-- **At most `max_points` points per part.** A long part is sampled every `step` seconds and the
-  average then spans at least `step` seconds, so every write still counts in some point.
+- **At most `max_points` points per part.** A long part is sampled every `step` seconds, counted
+  back from its last second, and the average then spans at least `step` seconds, so every write
+  counts in some point.
 - **One chart per part.** A resumed run shows each process's part with its own start, end,
   pauses and 429s; the gap between parts (minutes or days) is said in words, not drawn.
 """
@@ -85,16 +86,18 @@ class PartTimeline:
 
 @dataclass(frozen=True, slots=True)
 class Series:
-    """Writes per second at `first + k * step` (Unix seconds), averaged over `average` seconds."""
+    """Writes per second at `first + start + k * step` (Unix seconds), each averaged over the
+    `average` seconds up to it; `first` is the part's first second."""
 
     first: int
+    start: int
     step: int
     average: int
     rates: list[float]
 
     def offsets(self) -> list[int]:
         """Each point's seconds since the part's first second."""
-        return [k * self.step for k in range(len(self.rates))]
+        return [self.start + k * self.step for k in range(len(self.rates))]
 
 
 def iso(unix: float) -> str:
@@ -132,10 +135,9 @@ def split_parts(record: TimelineRecord) -> list[PartTimeline]:
         if part.ended is not None:
             ended = part.ended
         else:
+            # Killed: its last busy second is the last thing known of it.
             last = seconds[-1].second + 1 if seconds else part.started + 1
             ended = max(float(last), part.started + 1)
-        if seconds:
-            ended = max(ended, float(seconds[-1].second + 1))
         pauses = [
             (max(a, part.started), min(b, ended))
             for a, b in record.pauses
@@ -170,10 +172,13 @@ def rate_series(part: PartTimeline, window: float, max_points: int = MAX_POINTS)
         prefix.append(prefix[-1] + c)
     step = max(1, math.ceil(length / max_points))
     average = max(1, math.floor(window), step)
+    # Counted back from the last second, so the last point covers the part's end.
+    start = (length - 1) % step
     rates = [
-        (prefix[i + 1] - prefix[max(0, i + 1 - average)]) / average for i in range(0, length, step)
+        (prefix[i + 1] - prefix[max(0, i + 1 - average)]) / average
+        for i in range(start, length, step)
     ]
-    return Series(first, step, average, rates)
+    return Series(first, start, step, average, rates)
 
 
 def parts_summary(parts: list[PartTimeline]) -> list[dict[str, Any]]:
@@ -187,7 +192,6 @@ def parts_summary(parts: list[PartTimeline]) -> list[dict[str, Any]]:
             "exit_code": p.exit_code,
             "write_limit": None if p.write_limit is None else str(p.write_limit),
             "writes": p.writes,
-            "reads": p.reads,
             "throttled_429": p.throttled,
             "pauses": len(p.pauses),
         }
