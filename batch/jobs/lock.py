@@ -6,6 +6,7 @@ import errno
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ class JobLock:
             os.close(fd)
             if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise ConfigError(f"cannot lock {self.path}: {error.strerror}") from None
-            raise LockHeld(self._held_message(read_lock(self.path))) from None
+            raise LockHeld(self._held_message(_holder(self.path))) from None
         previous = _parse_lock(os.pread(fd, 4096, 0))
         if previous and previous.get("pid") != os.getpid():
             self.taken_over = previous
@@ -82,6 +83,21 @@ def _parse_lock(data: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
+
+
+def _holder(path: Path) -> dict[str, Any] | None:
+    """The holder's record; it writes it just after taking the lock, so wait a moment for it."""
+    for _ in range(_RECORD_WAITS):
+        record = read_lock(path)
+        if record:
+            return record
+        time.sleep(_RECORD_WAIT_SECONDS)
+    return read_lock(path)
+
+
+# Two starts at the same instant: the loser may look between the winner's flock and its write.
+_RECORD_WAITS = 20
+_RECORD_WAIT_SECONDS = 0.025
 
 
 def read_lock(path: Path) -> dict[str, Any] | None:
