@@ -1001,7 +1001,6 @@ class _Run:
         slots left counted.
         """
         landed = await self._landed(works)
-        import sys; print("LANDED", [(w.raw.number, w.update.event_id[:8]) for w in works], landed, [str(w.last_error)[:30] for w in works], file=sys.stderr)
         if landed is None:
             return works
         done = [w for w in works if landed.get(w.seq)]

@@ -254,21 +254,20 @@ _MEMO_LIMIT: Final = 4096
 def _converter(prop: Property, null_token: str, assume_tz: str | None) -> Converter:
     """A cell-text → wire-value function for one column; raises `ValueProblem`."""
 
+    # The mapper hands over trimmed values, so the null token needs no trimming here.
     def coerce(text: str) -> JSON:
-        if null_token in text and text.strip() == null_token:
-            text = null_token
         return coerce_text(prop, text, null_token=null_token, assume_tz=assume_tz)
 
     if prop.edm == EdmType.STRING:
         # Strings go verbatim: no call at all unless the cell might be the null token.
-        return lambda text: coerce(text) if null_token in text else text
+        return lambda text: coerce(text) if text == null_token else text
     memo: dict[str, JSON | _Bad] = {}
 
     def memoized(text: str) -> JSON:
         found = memo.get(text, _MISSING)
         if found is _MISSING:
             try:
-                found = coerce(text)
+                found = coerce_text(prop, text, null_token=null_token, assume_tz=assume_tz)
             except ValueProblem as problem:
                 found = _Bad(str(problem))
             if len(memo) < _MEMO_LIMIT:
