@@ -246,6 +246,7 @@ class _Work:
     conflicts: str = ""  # fields left alone (conflicts) while the others are written
     before: dict[str, JSON] | None = None  # the event's values before (None: not read)
     retried_after: str = ""  # the error behind the latest retry (results.csv last_error)
+    lost: bool = False  # its write's answer was lost and not yet read back (see _after_lost)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -925,6 +926,10 @@ class _Run:
         is checked with a read before the row spends another write slot (`_after_lost`).
         """
         assert self.client is not None
+        if work.lost:
+            delay = await self._recheck(work)
+            if work.lost or delay is None:
+                return delay
         try:
             # Sign in before taking budget, so a slow sign-in never delays a counted send.
             await self.client.ensure_token()
@@ -997,30 +1002,54 @@ class _Run:
         second write slot (the scarce budget) on a row that is done. A read (the budget ten
         times larger) tells: a row whose event holds every value sent is updated; the slots of
         rows whose write did not land go back (Graph did not carry them out). Returns the rows
-        to send again (the caller delays them); when the read fails too, all of them, their
-        slots left counted.
+        to send again (the caller delays them). Rows the read could not answer keep their slots
+        counted and stay `lost`: they are read again before their next write (`_recheck`).
         """
-        landed = await self._landed(works)
-        if landed is None:
-            return works
+        landed = await self._landed(works) or {}
         done = [w for w in works if landed.get(w.seq)]
         again = [w for w in works if not landed.get(w.seq)]
-        self.limiter.settle(grant, counted=len(done), released=len(again))
+        failed = [w for w in again if w.seq in landed]
+        self.limiter.settle(grant, counted=len(done), released=len(failed))
+        for w in again:
+            w.lost = w.seq not in landed
         for w in done:
-            error = w.last_error
-            assert error is not None
-            w.retried_after = str(error)
-            self.limiter.note_success()
-            await self._complete(
-                w,
-                self._updated(
-                    w,
-                    status=None,  # the answer never came; the read showed the write
-                    request_id=error.request_id,
-                    client_request_id=error.client_request_id,
-                ),
-            )
+            await self._complete_landed(w)
         return again
+
+    async def _recheck(self, work: _Work) -> float | None:
+        """Read back a row whose lost write could not be read back before.
+
+        None: the row is done (the write had landed) or the run stops; 0: send the write now;
+        more: still not known, read again after that many seconds (an attempt of its own, so
+        a read that keeps failing ends in the row's failure like any retry).
+        """
+        landed = await self._landed([work])
+        if self.stopping.is_set():
+            return None
+        if landed is None or work.seq not in landed:
+            work.attempts += 1
+            return self._retry_in(work)
+        work.lost = False
+        if landed[work.seq]:
+            await self._complete_landed(work)
+            return None
+        return 0.0
+
+    async def _complete_landed(self, work: _Work) -> None:
+        """The row's write landed although its answer was lost: it is updated."""
+        error = work.last_error
+        assert error is not None
+        work.retried_after = str(error)
+        self.limiter.note_success()
+        await self._complete(
+            work,
+            self._updated(
+                work,
+                status=None,  # the answer never came; the read showed the write
+                request_id=error.request_id,
+                client_request_id=error.client_request_id,
+            ),
+        )
 
     async def _landed(self, works: list[_Work]) -> dict[int, bool] | None:
         """Whether each row's event holds the values its write sent (one `$batch` of GETs).
@@ -1068,6 +1097,14 @@ class _Run:
         """Send rows in `$batch`es of up to `--batch-size`, as many as the budget has room for."""
         assert self.client is not None
         while (first := await self.queue.get()) is not None:
+            if first.lost:
+                # Rare (a lost answer whose read-back failed too): read it back alone first.
+                delay = await self._recheck(first)
+                if self.stopping.is_set():
+                    return
+                if delay is not None:
+                    await self._requeue(first, delay)
+                continue
             try:
                 # Sign in before taking budget, so a slow sign-in never delays a counted send.
                 await self.client.ensure_token()

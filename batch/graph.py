@@ -126,7 +126,14 @@ class BatchItemResponse:
 
 
 def event_path(event_id: str) -> str:
-    """The version-relative path of one event, its id percent-encoded (`/` included)."""
+    """The version-relative path of one event, its id percent-encoded (`/` included).
+
+    `.` and `..` survive percent-encoding and a URL normaliser would take them as path steps
+    (`…/autopilotEvents/..` is `…/deviceManagement`): they are refused here too, whatever path
+    the id came by (the mapper already makes such rows invalid; revert reads ids from a ledger).
+    """
+    if not event_id or event_id.strip(".") == "":
+        raise ValueError(f"{event_id!r} is not an event id")
     return f"{EVENTS_PATH}/{quote(event_id, safe='')}"
 
 

@@ -332,28 +332,30 @@ class Limiter:
     def settle(self, grant: Grant, *, counted: int = 0, released: int = 0) -> None:
         """What Graph made of `grant`'s writes, told once their answers are in.
 
-        `counted`: Graph carried them out, or answered them for what they were (400, 404): it
-        counted each no later than its answer arrived, so from now on their slots count from
-        now, not from when they left. A slot is then used again one window after Graph's answer,
-        which no network delay can make too early; that, not a wide margin, keeps the next
-        window's sends behind this one's. `released`: Graph did not carry them out (429, 503,
-        a lost answer whose write did not land): their slots are free again at once, so a
-        request the service refused costs no budget. Slots of the grant left unsettled keep
-        their send time. Call it without awaiting in between (the logs stay in time order
-        because `now` is the latest time in them).
+        `counted`: Graph carried them out, or answered them for what they were (400, 404). It
+        counted each no later than its answer arrived, so each slot is used again exactly one
+        window after the answer (no margin: no network delay can make that too early) instead
+        of one widened window after the send. `released`: Graph did not carry them out (429,
+        503, a lost answer whose write did not land): their slots are free again at once, so a
+        request the service refused costs no budget. Slots left unsettled keep their send time
+        and the margin. Any number of awaits may lie between the grant and its settling.
         """
         now = self._clock.now()
-        for _ in range(max(released, 0)):
+        counted, released = max(counted, 0), max(released, 0)
+        for _ in range(counted + released):
+            # A send already pruned (an answer slower than the window) is simply not found;
+            # a counted one is logged again below all the same, conservatively.
             _remove(self._write_log, grant.at)
             _remove(self._any_log, grant.at)
-        counted = max(counted, 0)
-        for _ in range(counted):
-            # A send already out of the window (an answer slower than the window) still left
-            # late enough for Graph to count it now: counted again from now, conservatively.
-            _remove(self._write_log, grant.at)
-            _remove(self._any_log, grant.at)
-        self._write_log.extend(itertools.repeat(now, counted))
-        self._any_log.extend(itertools.repeat(now, counted))
+        # Logged `margin` earlier than the answer, so that the margin-widened window that every
+        # log entry gets ends exactly one plain window after the answer.
+        for log, window, plain in (
+            (self._write_log, self._write_window, self._write.seconds),
+            (self._any_log, self._read_window, self._read.seconds),
+        ):
+            at = now - (window - plain)
+            for _ in range(counted):
+                _insert(log, at)
 
     async def acquire_reads(self, want: int, *, at_least: int = 1) -> int:
         """Take up to `want` slots of the any-request budget (at least `at_least`); see writes.
@@ -610,6 +612,14 @@ def _prune(log: deque[float], window: float, now: float) -> None:
     """Forget sends that left the window (`t + window <= now`, the same test as `_delay`)."""
     while log and log[0] + window <= now:
         log.popleft()
+
+
+def _insert(log: deque[float], at: float) -> None:
+    """Log a send at `at`, keeping the log in time order (usually at or near its end)."""
+    i = len(log)
+    while i and log[i - 1] > at:
+        i -= 1
+    log.insert(i, at)
 
 
 def _remove(log: deque[float], at: float) -> None:

@@ -157,6 +157,10 @@ class RevertPlan:
     ) -> tuple[RawRow, Update | Invalid | Skipped]:
         body = {n: before[n] for n in changed if before is not None and n in before}
         raw = RawRow(number, {"id": event_id, **{n: _cell(v) for n, v in body.items()}})
+        if not event_id or event_id.strip(".") == "":
+            # Only a hand-edited ledger holds such an id: never a URL path step.
+            problem = Problem("id", event_id, "not an event id")
+            return raw, Invalid(number, event_id, (problem,))
         if before is None:
             problem = Problem("", "", "no before-image: the run used --no-backup")
             return raw, Invalid(number, event_id, (problem,))

@@ -860,3 +860,12 @@ async def test_retry_after_forms_of_errors_and_batch_items(header: str, expected
     assert caught.value.retry_after == expected
     item = BatchItemResponse(id="1", status=429, headers=headers, body=None)
     assert item.retry_after == expected
+
+
+@pytest.mark.parametrize("bad", [".", "..", "...", ""])
+def test_event_path_refuses_path_steps(bad: str) -> None:
+    from batch.graph import event_path
+
+    with pytest.raises(ValueError, match="not an event id"):
+        event_path(bad)
+    assert event_path("a/b").endswith("/autopilotEvents/a%2Fb")
