@@ -7,6 +7,11 @@ Where tokens come from, in order of precedence (CONTRACT.md "Credentials and clo
                                                         MsalAppTokenProvider (client secret)
     AZURE_TENANT_ID + AZURE_CLIENT_ID + AZURE_CLIENT_CERTIFICATE_PATH [+ _PASSWORD]
                                                         MsalAppTokenProvider (certificate)
+    AZURE_TENANT_ID + AZURE_CLIENT_ID + AZURE_FEDERATED_TOKEN_FILE
+                                                        MsalAppTokenProvider (federated token)
+    --managed-identity [AZURE_CLIENT_ID / --managed-identity-client-id]
+                                                        auth_sources.ManagedIdentityTokenProvider
+    --azure-cli [+ AZURE_TENANT_ID]                     auth_sources.AzureCliTokenProvider
     --device-code + AZURE_CLIENT_ID [+ AZURE_TENANT_ID] DeviceCodeTokenProvider
 
 MSAL does the token work (its cache, its refresh before expiry). It is synchronous and uses
@@ -42,12 +47,14 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from batch import runlog
 from batch.clouds import Endpoints
 from batch.errors import AuthError, ConfigError
-from batch.model import JSON
+from batch.model import JSON, Rate
 
 __all__ = [
+    "RENEWING_SOURCES",
     "REQUIRED_PERMISSION",
     "CertificateCredential",
     "DeviceCodeTokenProvider",
+    "FederatedTokenFile",
     "MsalAppTokenProvider",
     "StaticTokenProvider",
     "TokenInfo",
@@ -57,6 +64,7 @@ __all__ = [
     "describe_token",
     "load_certificate",
     "token_cache_path",
+    "token_lifetime_warning",
     "token_tenant",
 ]
 
@@ -83,20 +91,78 @@ class TokenProvider(Protocol):
         ...
 
 
-class StaticTokenProvider:
-    """A token obtained elsewhere (`GRAPH_ACCESS_TOKEN`): it cannot be refreshed."""
+#: The sources that renew their tokens themselves, for the message when a handed-in one expires.
+RENEWING_SOURCES: Final = (
+    "AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH, AZURE_FEDERATED_TOKEN_FILE, "
+    "--managed-identity, --azure-cli or --device-code"
+)
 
-    def __init__(self, token: str) -> None:
+
+class StaticTokenProvider:
+    """A token obtained elsewhere (`GRAPH_ACCESS_TOKEN`): it cannot be refreshed.
+
+    A JWT's `exp` is read (not verified): once it has passed, the refresh Graph's 401 asks for
+    is an `AuthError` (exit 3, resumable) naming the sources that renew themselves.
+    """
+
+    credential = "GRAPH_ACCESS_TOKEN"
+
+    def __init__(self, token: str, *, clock: Callable[[], float] = time.time) -> None:
         self._token = token
+        self._clock = clock
+        self.expires_at = describe_token(token).expires_at
 
     async def token(self, *, force_refresh: bool = False) -> str:
         """The same token every time (a forced refresh cannot produce a new one)."""
+        if force_refresh:
+            left = self.seconds_left()
+            if left is not None and left <= 0:
+                raise AuthError(self.expired_message())
         return self._token
+
+    def seconds_left(self) -> float | None:
+        """Seconds until the token's `exp` (negative once past); None for an opaque token."""
+        if self.expires_at is None:
+            return None
+        return self.expires_at.timestamp() - self._clock()
+
+    def expired_message(self) -> str:
+        """Why the run stops when the token has expired, and what to use instead."""
+        return (
+            f"GRAPH_ACCESS_TOKEN expired at {_utc(self.expires_at)} and cannot be renewed; "
+            f"run again with --resume and a source that renews itself: {RENEWING_SOURCES}"
+        )
+
+    def lifetime_warning(self, estimated_seconds: float) -> str | None:
+        """A warning when a run of about `estimated_seconds` outlives the token, else None."""
+        left = self.seconds_left()
+        if left is None or left >= estimated_seconds:
+            return None
+        if left <= 0:
+            return f"GRAPH_ACCESS_TOKEN expired at {_utc(self.expires_at)}: Graph will refuse it"
+        return (
+            f"GRAPH_ACCESS_TOKEN expires in {_duration(left)} ({_utc(self.expires_at)}) but this "
+            f"run takes about {_duration(estimated_seconds)}: it will stop with exit 3 when the "
+            f"token expires (then --resume). Sources that renew themselves: {RENEWING_SOURCES}"
+        )
 
     @property
     def current(self) -> str | None:
         """The token in hand (never signs in)."""
         return self._token
+
+
+def _utc(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "an unknown time"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 # --- certificates -------------------------------------------------------------------------
@@ -113,6 +179,34 @@ class CertificateCredential:
     def for_msal(self) -> dict[str, str]:
         """The `client_credential` dict of `msal.ConfidentialClientApplication`."""
         return {"private_key": self.private_key_pem, "thumbprint": self.thumbprint}
+
+
+@dataclass(frozen=True, slots=True)
+class FederatedTokenFile:
+    """Workload identity federation: the client assertion is the token in `path`.
+
+    The file is read again for every request to the token endpoint, because its writer
+    (Kubernetes, a CI runner) replaces it before the token in it expires.
+    """
+
+    path: str
+
+    def read(self) -> str:
+        """The file's token; an `AuthError` naming the file (never its content) otherwise."""
+        try:
+            text = Path(self.path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or type(error).__name__
+            raise AuthError(
+                f"AZURE_FEDERATED_TOKEN_FILE {self.path!r} cannot be read: {reason}"
+            ) from None
+        if not text:
+            raise AuthError(f"AZURE_FEDERATED_TOKEN_FILE {self.path!r} is empty")
+        return text
+
+    def for_msal(self) -> dict[str, Any]:
+        """The `client_credential` dict: MSAL calls `read` whenever it builds a token request."""
+        return {"client_assertion": self.read}
 
 
 _PEM_SUFFIXES: Final = frozenset({".pem", ".crt", ".cer", ".key"})
@@ -302,8 +396,15 @@ class _OneShotHttp:
 
     Token traffic is a handful of requests an hour, so nothing is lost by not pooling, and no
     socket outlives its call (no provider needs closing). `requests` honours REQUESTS_CA_BUNDLE
-    and HTTPS_PROXY/NO_PROXY from the environment; TLS verification stays on.
+    and HTTPS_PROXY/NO_PROXY from the environment; TLS verification stays on. `trust_env=False`
+    (managed identity: a local endpoint or the link-local IMDS) keeps proxies out of the way.
     """
+
+    def __init__(
+        self, *, timeout: tuple[float, float] = _HTTP_TIMEOUT, trust_env: bool = True
+    ) -> None:
+        self._timeout = timeout
+        self._trust_env = trust_env
 
     def post(self, url: str, **kwargs: Any) -> Any:
         """POST as MSAL asks for it."""
@@ -316,10 +417,10 @@ class _OneShotHttp:
     def close(self) -> None:
         """Nothing to close: every call used and closed its own session."""
 
-    @staticmethod
-    def _request(method: str, url: str, **kwargs: Any) -> Any:
-        kwargs.setdefault("timeout", _HTTP_TIMEOUT)
+    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", self._timeout)
         with requests.Session() as session:
+            session.trust_env = self._trust_env
             return session.request(method, url, **kwargs)
 
 
@@ -334,26 +435,34 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-class _MsalTokenProvider:
-    """Single-flight token acquisition through a synchronous MSAL app in a worker thread."""
+def _error_detail(result: Mapping[str, Any]) -> str:
+    error = _one_line(result.get("error") or "no access token in the answer")
+    description = _one_line(result.get("error_description") or "")
+    return f"{error}: {description}" if description else error
 
-    credential = "msal"
+
+class _RenewingTokenProvider:
+    """Single-flight token acquisition through a synchronous call in a worker thread.
+
+    Subclasses implement `_acquire` (in the worker thread), answering like MSAL does: a dict
+    with `access_token` and `expires_in`, or `error` and `error_description`.
+    """
+
+    credential = "renewing"
     #: Whether a cancelled caller stops waiting for the worker thread (see DeviceCodeTokenProvider).
     _abandon_on_cancel = False
 
     def __init__(
         self,
-        endpoints: Endpoints,
         *,
-        tenant: str,
-        client_id: str,
-        token_cache: Path | None,
+        where: str,
+        scope: str,
+        token_cache: Path | None = None,
         secrets: tuple[str, ...] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.client_id = client_id
-        self.authority = endpoints.authority(tenant)
-        self.scope = endpoints.scope
+        self.scope = scope
+        self._where = where
         self._cache_file = _CacheFile(token_cache) if token_cache else None
         self._secrets = tuple(s for s in secrets if s)
         self._clock = clock
@@ -362,9 +471,6 @@ class _MsalTokenProvider:
         self._app: Any = None
         #: How many tokens MSAL handed out (from its cache or the authority): for tests and stats.
         self.acquisitions = 0
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(client_id={self.client_id!r}, authority={self.authority!r})"
 
     async def token(self, *, force_refresh: bool = False) -> str:
         """A valid access token; `force_refresh=True` after Graph rejected the last one (401).
@@ -417,7 +523,7 @@ class _MsalTokenProvider:
             # Network trouble, TLS trust, an authority that is not one: MSAL raises them as-is.
             raise AuthError(
                 self._redact(
-                    f"cannot get a token from {self.authority}: {type(error).__name__}: "
+                    f"cannot get a token from {self._where}: {type(error).__name__}: "
                     f"{_one_line(error)}"
                 )
             ) from None
@@ -444,10 +550,7 @@ class _MsalTokenProvider:
         raise NotImplementedError
 
     def _failure(self, result: Mapping[str, Any]) -> str:
-        error = _one_line(result.get("error") or "no access token in the answer")
-        description = _one_line(result.get("error_description") or "")
-        detail = f"{error}: {description}" if description else error
-        return f"sign-in failed for client {self.client_id} at {self.authority}: {detail}"
+        return f"no token from {self._where}: {_error_detail(result)}"
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -481,6 +584,39 @@ class _MsalTokenProvider:
         )
         return latest.value
 
+
+class _MsalTokenProvider(_RenewingTokenProvider):
+    """A renewing provider whose tokens come from an MSAL client application."""
+
+    credential = "msal"
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        *,
+        tenant: str,
+        client_id: str,
+        token_cache: Path | None,
+        secrets: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client_id = client_id
+        self.authority = endpoints.authority(tenant)
+        super().__init__(
+            where=self.authority,
+            scope=endpoints.scope,
+            token_cache=token_cache,
+            secrets=secrets,
+            clock=clock,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(client_id={self.client_id!r}, authority={self.authority!r})"
+
+    def _failure(self, result: Mapping[str, Any]) -> str:
+        detail = _error_detail(result)
+        return f"sign-in failed for client {self.client_id} at {self.authority}: {detail}"
+
     def _msal_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"authority": self.authority, "http_client": _OneShotHttp()}
         # Microsoft's own sign-in hosts are known to MSAL. Any other (a test authority, the
@@ -501,7 +637,7 @@ class MsalAppTokenProvider(_MsalTokenProvider):
         *,
         tenant: str,
         client_id: str,
-        credential: str | CertificateCredential,
+        credential: str | CertificateCredential | FederatedTokenFile,
         token_cache: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         app_factory: Callable[..., Any] | None = None,
@@ -516,11 +652,12 @@ class MsalAppTokenProvider(_MsalTokenProvider):
         )
         self._credential = credential
         self._factory = app_factory or msal.ConfidentialClientApplication
-        self.credential = (
-            "client secret"
-            if isinstance(credential, str)
-            else f"certificate {credential.thumbprint} ({credential.path})"
-        )
+        if isinstance(credential, str):
+            self.credential = "client secret"
+        elif isinstance(credential, FederatedTokenFile):
+            self.credential = f"federated token file ({credential.path})"
+        else:
+            self.credential = f"certificate {credential.thumbprint} ({credential.path})"
 
     def _acquire(self, force_refresh: bool) -> dict[str, Any]:
         if self._app is None:
@@ -621,32 +758,63 @@ def build_token_provider(
     *,
     device_code: bool = False,
     token_cache: Path | bool | None = None,
+    managed_identity: bool = False,
+    managed_identity_client_id: str | None = None,
+    azure_cli: bool = False,
     env: Mapping[str, str] = os.environ,
 ) -> TokenProvider:
-    """The token provider for the first complete credential source in the environment.
+    """The token provider for the first complete credential source (README "Credentials").
 
-    Precedence: `GRAPH_ACCESS_TOKEN`; `AZURE_TENANT_ID` + `AZURE_CLIENT_ID` + `AZURE_CLIENT_SECRET`;
-    the same with `AZURE_CLIENT_CERTIFICATE_PATH` (PEM or PFX, `AZURE_CLIENT_CERTIFICATE_PASSWORD`);
-    `device_code` with `AZURE_CLIENT_ID` (a public client app; `AZURE_TENANT_ID` defaults to
-    "organizations"). Nothing touches the network here. Raises `ConfigError` naming what is
-    missing when no source is complete, or naming the certificate file when it cannot be used.
+    Precedence, first complete one wins:
+
+    1. `GRAPH_ACCESS_TOKEN` (not renewable; a JWT's `exp` is read);
+    2. `AZURE_TENANT_ID` + `AZURE_CLIENT_ID` + `AZURE_CLIENT_SECRET`;
+    3. the same with `AZURE_CLIENT_CERTIFICATE_PATH` (PEM or PFX,
+       `AZURE_CLIENT_CERTIFICATE_PASSWORD`);
+    4. `AZURE_FEDERATED_TOKEN_FILE` + `AZURE_TENANT_ID` + `AZURE_CLIENT_ID` (workload identity
+       federation: the file is read at every token request);
+    5. `managed_identity` (`managed_identity_client_id`, else `AZURE_CLIENT_ID`, for a
+       user-assigned identity);
+    6. `azure_cli` (`az account get-access-token`; `AZURE_TENANT_ID` becomes `--tenant`);
+    7. `device_code` with `AZURE_CLIENT_ID` (a public client app; `AZURE_TENANT_ID` defaults to
+       "organizations").
+
+    The environment sources come first, as in azure-identity: a flag they override is named in a
+    warning. At most one of the three flags may be given. Nothing touches the network or runs a
+    program here. Raises `ConfigError` naming what is missing when no source is complete, or
+    naming the certificate file when it cannot be used.
 
     `token_cache` (`--token-cache`: True means `token_cache_path()`) persists the device-code
     sign-in, so an admin signs in once, not on every run. App-only tokens stay in memory: getting
     one needs no person, and a cached one would let `whoami` pass for a revoked secret.
     """
+    flags = [
+        name
+        for name, on in (
+            ("--managed-identity", managed_identity),
+            ("--azure-cli", azure_cli),
+            ("--device-code", device_code),
+        )
+        if on
+    ]
+    if len(flags) > 1:
+        raise ConfigError(f"choose one credential source: {' and '.join(flags)} were both given")
+    flag = flags[0] if flags else None
+    if managed_identity_client_id and not managed_identity:
+        raise ConfigError("--managed-identity-client-id needs --managed-identity")
     cache_file = token_cache_path(env) if token_cache is True else token_cache or None
     static = _get(env, "GRAPH_ACCESS_TOKEN")
     if static:
-        _ignored(device_code, "GRAPH_ACCESS_TOKEN")
+        _ignored(flag, "GRAPH_ACCESS_TOKEN")
         if static.lower().startswith("bearer "):
             static = static[len("bearer ") :].strip()
         return StaticTokenProvider(static)
     tenant, client_id = _get(env, "AZURE_TENANT_ID"), _get(env, "AZURE_CLIENT_ID")
     secret = _get(env, "AZURE_CLIENT_SECRET")
     cert_path = _get(env, "AZURE_CLIENT_CERTIFICATE_PATH")
+    federated = _get(env, "AZURE_FEDERATED_TOKEN_FILE")
     if (secret or cert_path) and tenant and client_id:
-        _ignored(device_code, "AZURE_CLIENT_SECRET" if secret else "AZURE_CLIENT_CERTIFICATE_PATH")
+        _ignored(flag, "AZURE_CLIENT_SECRET" if secret else "AZURE_CLIENT_CERTIFICATE_PATH")
         if cache_file is not None:
             log.debug("--token-cache keeps device-code sign-ins only; app tokens stay in memory")
         credential: str | CertificateCredential = secret or load_certificate(
@@ -659,6 +827,24 @@ def build_token_provider(
             client_id=client_id,
             credential=credential,
         )
+    if federated and tenant and client_id:
+        _ignored(flag, "AZURE_FEDERATED_TOKEN_FILE")
+        return MsalAppTokenProvider(
+            endpoints,
+            tenant=tenant,
+            client_id=client_id,
+            credential=FederatedTokenFile(str(Path(federated).expanduser())),
+        )
+    if managed_identity:
+        from batch.auth_sources import ManagedIdentityTokenProvider
+
+        return ManagedIdentityTokenProvider(
+            endpoints, client_id=(managed_identity_client_id or "").strip() or client_id or None
+        )
+    if azure_cli:
+        from batch.auth_sources import AzureCliTokenProvider
+
+        return AzureCliTokenProvider(endpoints, tenant=tenant or None, env=env)
     if device_code:
         if not client_id:
             raise ConfigError(
@@ -671,20 +857,24 @@ def build_token_provider(
             tenant=tenant or "organizations",
             token_cache=cache_file,
         )
-    raise ConfigError(_missing_message(tenant, client_id, secret, cert_path))
+    raise ConfigError(_missing_message(tenant, client_id, secret, cert_path, federated))
 
 
-def _ignored(device_code: bool, source: str) -> None:
-    if device_code:
-        log.warning("%s is set and takes precedence: --device-code is not used", source)
+def _ignored(flag: str | None, source: str) -> None:
+    if flag:
+        log.warning("%s is set and takes precedence: %s is not used", source, flag)
 
 
-def _missing_message(tenant: str, client_id: str, secret: str, cert_path: str) -> str:
+def _missing_message(
+    tenant: str, client_id: str, secret: str, cert_path: str, federated: str = ""
+) -> str:
     kind = (
         "AZURE_CLIENT_SECRET"
         if secret
         else "AZURE_CLIENT_CERTIFICATE_PATH"
         if cert_path
+        else "AZURE_FEDERATED_TOKEN_FILE"
+        if federated
         else "AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH"
     )
     missing = [
@@ -692,28 +882,36 @@ def _missing_message(tenant: str, client_id: str, secret: str, cert_path: str) -
         for name, value in (
             ("AZURE_TENANT_ID", tenant),
             ("AZURE_CLIENT_ID", client_id),
-            ("AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH", secret or cert_path),
+            (
+                "AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH",
+                secret or cert_path or federated,
+            ),
         )
         if not value
     ]
-    if tenant or client_id or secret or cert_path:
+    if tenant or client_id or secret or cert_path or federated:
         return (
             f"incomplete app credentials: {', '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} not set "
             f"(app-only sign-in needs AZURE_TENANT_ID, AZURE_CLIENT_ID and {kind}); "
-            "or set GRAPH_ACCESS_TOKEN, or use --device-code"
+            "or set GRAPH_ACCESS_TOKEN, or use --managed-identity, --azure-cli or --device-code"
         )
     return (
         "no credentials: set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET "
-        "(or AZURE_CLIENT_CERTIFICATE_PATH), or GRAPH_ACCESS_TOKEN, "
-        "or use --device-code with AZURE_CLIENT_ID"
+        "(or AZURE_CLIENT_CERTIFICATE_PATH, or AZURE_FEDERATED_TOKEN_FILE), or GRAPH_ACCESS_TOKEN, "
+        "or use --managed-identity, --azure-cli, or --device-code with AZURE_CLIENT_ID"
     )
+
+
+def token_lifetime_warning(tokens: TokenProvider, rows: int, write_limit: Rate) -> str | None:
+    """A warning when a run of `rows` writes at `write_limit` outlives a handed-in token."""
+    if not isinstance(tokens, StaticTokenProvider) or rows <= 0:
+        return None
+    return tokens.lifetime_warning(rows * write_limit.seconds / max(1, write_limit.count))
 
 
 def credential_name(tokens: TokenProvider) -> str:
     """A short, secret-free description of where a provider's tokens come from."""
-    if isinstance(tokens, StaticTokenProvider):
-        return "GRAPH_ACCESS_TOKEN"
     return str(getattr(tokens, "credential", type(tokens).__name__))
 
 

@@ -7,6 +7,7 @@ into one-line messages and the exit codes of CONTRACT.md. Nothing else lives her
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import sys
@@ -23,9 +24,11 @@ from batch.logs import setup_console
 from batch.model import Rate
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from batch.auth import TokenProvider
     from batch.engine import RunOptions, RunSummary
-    from batch.mapper import InputOptions
+    from batch.mapper import InputOptions, Prepared
 
 
 class _SendSettings(TypedDict):
@@ -116,6 +119,17 @@ DeviceCodeOpt = Annotated[
 ]
 TokenCacheOpt = Annotated[
     bool, typer.Option(help="Keep the sign-in cache in the user's config directory (0600).")
+]
+ManagedIdentityOpt = Annotated[
+    bool,
+    typer.Option(help="Sign in as the host's managed identity (Automation, Functions, VMs, Arc)."),
+]
+ManagedIdentityClientIdOpt = Annotated[
+    str | None,
+    typer.Option(help="Client id of a user-assigned managed identity (else AZURE_CLIENT_ID)."),
+]
+AzureCliOpt = Annotated[
+    bool, typer.Option(help="Use the Azure CLI's sign-in (`az login`), renewed before expiry.")
 ]
 InputArg = Annotated[Path, typer.Argument(help="The CSV or Excel file of updates.")]
 ModeOpt = Annotated[str, typer.Option(help="single (one PATCH per row) or batch ($batch).")]
@@ -437,6 +451,9 @@ def run(
     authority_host: AuthorityHostOpt = None,
     device_code: DeviceCodeOpt = False,
     token_cache: TokenCacheOpt = False,
+    managed_identity: ManagedIdentityOpt = False,
+    managed_identity_client_id: ManagedIdentityClientIdOpt = None,
+    azure_cli: AzureCliOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -479,13 +496,40 @@ def run(
         tokens = (
             None
             if dry_run and not only_changed and key is None
-            else build_token_provider(endpoints, device_code=device_code, token_cache=token_cache)
+            else build_token_provider(
+                endpoints,
+                device_code=device_code,
+                token_cache=token_cache,
+                managed_identity=managed_identity,
+                managed_identity_client_id=managed_identity_client_id,
+                azure_cli=azure_cli,
+            )
         )
-        summary = _execute(options, tokens, quiet=quiet or as_json)
+        summary = _execute(
+            options,
+            tokens,
+            quiet=quiet or as_json,
+            on_prepared=_token_lifetime_check(tokens, options.write_limit),
+        )
     except BatchError as error:
         fail(error, as_json=as_json)
     _print_summary(summary, as_json=as_json)
     raise typer.Exit(summary.exit_code)
+
+
+def _token_lifetime_check(
+    tokens: TokenProvider | None, write_limit: Rate
+) -> Callable[[Prepared], None]:
+    """Once the rows are counted: warn when a handed-in token will expire before the run ends."""
+
+    def check(prepared: Prepared) -> None:
+        from batch.auth import token_lifetime_warning
+
+        warning = token_lifetime_warning(tokens, prepared.total, write_limit) if tokens else None
+        if warning:
+            logging.getLogger("batch.auth").warning("%s", warning)
+
+    return check
 
 
 def _mode(text: str) -> Literal["single", "batch"]:
@@ -518,7 +562,6 @@ def demo(
     from batch.auth import StaticTokenProvider
     from batch.emulator import EmulatorConfig, EmulatorServer, generate_event
     from batch.engine import RunOptions
-    from batch.mapper import Prepared
 
     setup_console(quiet=quiet or as_json)
     try:
@@ -626,6 +669,9 @@ def revert(
     authority_host: AuthorityHostOpt = None,
     device_code: DeviceCodeOpt = False,
     token_cache: TokenCacheOpt = False,
+    managed_identity: ManagedIdentityOpt = False,
+    managed_identity_client_id: ManagedIdentityClientIdOpt = None,
+    azure_cli: AzureCliOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -670,7 +716,14 @@ def revert(
             typer.echo(
                 f"reverting {plan.total} rows of {run_dir} at {endpoints.graph_root}", err=True
             )
-        tokens = build_token_provider(endpoints, device_code=device_code, token_cache=token_cache)
+        tokens = build_token_provider(
+            endpoints,
+            device_code=device_code,
+            token_cache=token_cache,
+            managed_identity=managed_identity,
+            managed_identity_client_id=managed_identity_client_id,
+            azure_cli=azure_cli,
+        )
         summary = _execute(options, tokens, quiet=quiet or as_json, plan=plan)
     except BatchError as error:
         fail(error, as_json=as_json)
@@ -732,6 +785,9 @@ def whoami(
     authority_host: AuthorityHostOpt = None,
     device_code: DeviceCodeOpt = False,
     token_cache: TokenCacheOpt = False,
+    managed_identity: ManagedIdentityOpt = False,
+    managed_identity_client_id: ManagedIdentityClientIdOpt = None,
+    azure_cli: AzureCliOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Prove the token with one cheap Graph read; show tenant, app, cloud, expiry, permission."""
@@ -742,7 +798,14 @@ def whoami(
     setup_console(quiet=as_json)
     try:
         endpoints = resolve_endpoints(cloud, graph_url=graph_url, authority_host=authority_host)
-        tokens = build_token_provider(endpoints, device_code=device_code, token_cache=token_cache)
+        tokens = build_token_provider(
+            endpoints,
+            device_code=device_code,
+            token_cache=token_cache,
+            managed_identity=managed_identity,
+            managed_identity_client_id=managed_identity_client_id,
+            azure_cli=azure_cli,
+        )
         identity = anyio.run(lambda: check_identity(endpoints, tokens))
     except BatchError as error:
         fail(error, as_json=as_json)
@@ -1106,6 +1169,9 @@ def export(
     authority_host: AuthorityHostOpt = None,
     device_code: DeviceCodeOpt = False,
     token_cache: TokenCacheOpt = False,
+    managed_identity: ManagedIdentityOpt = False,
+    managed_identity_client_id: ManagedIdentityClientIdOpt = None,
+    azure_cli: AzureCliOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -1137,7 +1203,14 @@ def export(
         if columns is not None:
             options.columns = parse_columns(columns)
         options.check()  # a bad target fails before any sign-in
-        tokens = build_token_provider(endpoints, device_code=device_code, token_cache=token_cache)
+        tokens = build_token_provider(
+            endpoints,
+            device_code=device_code,
+            token_cache=token_cache,
+            managed_identity=managed_identity,
+            managed_identity_client_id=managed_identity_client_id,
+            azure_cli=azure_cli,
+        )
         progress = make_export_progress(quiet=quiet or as_json)
         try:
             result = anyio.run(lambda: export_events(options, tokens=tokens, progress=progress))
@@ -1181,6 +1254,7 @@ _JOB_EXIT_CODES = """
 Exit codes: 0 every file's rows fine (or nothing new), 1 some rows failed or were invalid
 (or a file cannot be read), 2 the job file or its settings are wrong, 3 a file's run aborted,
 75 another run of this job holds its lock, 130 interrupted (3 and 130: the next start resumes).
+With [[tenants]]: the worst tenant's code (130 > 3 > 1 > 75 > 0).
 """
 
 _JOB_RUN_EXAMPLE = (

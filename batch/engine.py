@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -86,6 +87,14 @@ from batch.workqueue import WorkQueue
 __all__ = ["RowPlan", "RunOptions", "RunSummary", "default_out_dir", "execute"]
 
 log = logging.getLogger("batch.engine")
+
+#: Where a run takes SIGINT/SIGTERM from: the process's signals, or, when several runs share
+#: the process (`job run` over tenants), a hub handing each signal to every run (jobs.tenants).
+signal_receiver: ContextVar[Callable[..., Any]] = ContextVar(
+    "signal_receiver", default=anyio.open_signal_receiver
+)
+# The run whose task logs a record: run.log takes only its own run's records.
+_run_scope: ContextVar[object | None] = ContextVar("run_scope", default=None)
 
 # How long in-flight requests may take to finish after Ctrl-C/SIGTERM before they are abandoned.
 STOP_GRACE_SECONDS = 10.0
@@ -246,7 +255,8 @@ class _Work:
     conflicts: str = ""  # fields left alone (conflicts) while the others are written
     before: dict[str, JSON] | None = None  # the event's values before (None: not read)
     retried_after: str = ""  # the error behind the latest retry (results.csv last_error)
-    lost: bool = False  # its write's answer was lost and not yet read back (see _after_lost)
+    # The grant of a write whose answer was lost and that was not read back yet (_after_lost).
+    lost: Grant | None = None
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -375,7 +385,7 @@ class _Run:
                 self._waits.discard(scope)
 
     async def watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with signal_receiver.get()(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 self.signals += 1
                 if self.signals > 1:
@@ -1011,7 +1021,7 @@ class _Run:
         failed = [w for w in again if w.seq in landed]
         self.limiter.settle(grant, counted=len(done), released=len(failed))
         for w in again:
-            w.lost = w.seq not in landed
+            w.lost = None if w.seq in landed else grant
         for w in done:
             await self._complete_landed(w)
         return again
@@ -1023,16 +1033,20 @@ class _Run:
         more: still not known, read again after that many seconds (an attempt of its own, so
         a read that keeps failing ends in the row's failure like any retry).
         """
+        grant = work.lost
+        assert grant is not None
         landed = await self._landed([work])
         if self.stopping.is_set():
             return None
         if landed is None or work.seq not in landed:
             work.attempts += 1
             return self._retry_in(work)
-        work.lost = False
+        work.lost = None
         if landed[work.seq]:
+            self.limiter.settle(grant, counted=1)
             await self._complete_landed(work)
             return None
+        self.limiter.settle(grant, released=1)
         return 0.0
 
     async def _complete_landed(self, work: _Work) -> None:
@@ -1074,11 +1088,14 @@ class _Run:
             await self.stop(error)
             return None
         except GraphError as error:
+            rows = [w.raw.number for w in works]
             if error.status:
                 self.answers += 1
             if error.status == 429:
-                self._note_429(error, "read", [w.raw.number for w in works])
+                self._note_429(error, "read", rows)
                 self._pause(error.retry_after)
+            else:
+                runlog.transient(error, kind="read", rows=rows)
             return None
         self.answers += 1
         landed: dict[int, bool] = {}
@@ -1597,6 +1614,9 @@ async def execute(
                 ledger.close()
             raise
     handler = JsonLinesHandler(out_dir / "run.log")
+    scope = object()  # runs side by side in one process (a job's tenants) keep their logs apart
+    _run_scope.set(scope)
+    handler.addFilter(lambda _record: _run_scope.get() in (None, scope))
     root_log = logging.getLogger("batch")
     root_log.addHandler(handler)
     if root_log.level == logging.NOTSET or root_log.level > logging.INFO:

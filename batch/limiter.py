@@ -258,6 +258,8 @@ class Limiter:
         self._journal: Journal | None = None
         # A writer is sleeping until the write window has room (read by `holding`).
         self._window_wait = False
+        # Set when slots are given back, to wake that writer early (`_nap`).
+        self._freed = anyio.Event()
         # What the journal was last told of the gate, so a burst of 429s is one record.
         self._journaled_gate: tuple[float, int] | None = None
 
@@ -310,9 +312,27 @@ class Limiter:
                 # Loop back through the gate: a 429 may have closed it while we waited.
                 self._window_wait = True
                 try:
-                    await self._clock.sleep(max(delay, _MIN_SLEEP))
+                    await self._nap(max(delay, _MIN_SLEEP))
                 finally:
                     self._window_wait = False
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep `seconds` on the clock, or less when slots are given back meanwhile.
+
+        Slots come back at any time (`settle` after a 503, `refund_writes`), not only when the
+        oldest send leaves the window: the writer waiting at the head of the queue must take
+        them then, or a slot freed mid-window stays idle until the window turns.
+        """
+        freed = self._freed = anyio.Event()
+        async with anyio.create_task_group() as nap:
+
+            async def wake() -> None:
+                await freed.wait()
+                nap.cancel_scope.cancel()
+
+            nap.start_soon(wake)
+            await self._clock.sleep(seconds)
+            nap.cancel_scope.cancel()
 
     def refund_writes(self, n: int) -> None:
         """Give back `n` slots of the latest `acquire_writes` that will not be sent after all.
@@ -326,8 +346,10 @@ class Limiter:
             if self._any_log:
                 self._any_log.pop()
         self._writes -= n
-        if n and self._journal is not None:
-            self._journal.refunded(n)
+        if n:
+            self._freed.set()
+            if self._journal is not None:
+                self._journal.refunded(n)
 
     def settle(self, grant: Grant, *, counted: int = 0, released: int = 0) -> None:
         """What Graph made of `grant`'s writes, told once their answers are in.
@@ -347,6 +369,8 @@ class Limiter:
             # a counted one is logged again below all the same, conservatively.
             _remove(self._write_log, grant.at)
             _remove(self._any_log, grant.at)
+        if released:
+            self._freed.set()
         # Logged `margin` earlier than the answer, so that the margin-widened window that every
         # log entry gets ends exactly one plain window after the answer.
         for log, window, plain in (

@@ -227,8 +227,9 @@ def test_blank_values_count_as_unset() -> None:
             {},
             False,
             "no credentials: set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET "
-            "(or AZURE_CLIENT_CERTIFICATE_PATH), or GRAPH_ACCESS_TOKEN, "
-            "or use --device-code with AZURE_CLIENT_ID",
+            "(or AZURE_CLIENT_CERTIFICATE_PATH, or AZURE_FEDERATED_TOKEN_FILE), or "
+            "GRAPH_ACCESS_TOKEN, or use --managed-identity, --azure-cli, or --device-code with "
+            "AZURE_CLIENT_ID",
             id="nothing",
         ),
         pytest.param(
@@ -236,7 +237,7 @@ def test_blank_values_count_as_unset() -> None:
             False,
             "incomplete app credentials: AZURE_TENANT_ID, AZURE_CLIENT_ID are not set "
             "(app-only sign-in needs AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET); "
-            "or set GRAPH_ACCESS_TOKEN, or use --device-code",
+            "or set GRAPH_ACCESS_TOKEN, or use --managed-identity, --azure-cli or --device-code",
             id="secret-only",
         ),
         pytest.param(
@@ -244,7 +245,7 @@ def test_blank_values_count_as_unset() -> None:
             False,
             "incomplete app credentials: AZURE_CLIENT_ID is not set (app-only sign-in needs "
             "AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_CERTIFICATE_PATH); "
-            "or set GRAPH_ACCESS_TOKEN, or use --device-code",
+            "or set GRAPH_ACCESS_TOKEN, or use --managed-identity, --azure-cli or --device-code",
             id="certificate-without-client",
         ),
         pytest.param(
@@ -253,7 +254,7 @@ def test_blank_values_count_as_unset() -> None:
             "incomplete app credentials: AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH "
             "is not set (app-only sign-in needs AZURE_TENANT_ID, AZURE_CLIENT_ID and "
             "AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH); "
-            "or set GRAPH_ACCESS_TOKEN, or use --device-code",
+            "or set GRAPH_ACCESS_TOKEN, or use --managed-identity, --azure-cli or --device-code",
             id="ids-without-credential",
         ),
         pytest.param(

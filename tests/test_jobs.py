@@ -107,6 +107,9 @@ _RUN_PARAMS_ELSEWHERE = {
     "authority_host": "[graph] authority_host",
     "device_code": "[credentials] device_code",
     "token_cache": "[credentials] token_cache",
+    "managed_identity": "[credentials] managed_identity",
+    "managed_identity_client_id": "[credentials] managed_identity_client_id",
+    "azure_cli": "[credentials] azure_cli",
     "as_json": "job run --json",
     "quiet": "job run --quiet",
 }

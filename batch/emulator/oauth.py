@@ -3,7 +3,10 @@
 Enough of Microsoft Entra ID for MSAL Python to sign in against the emulator (over TLS, since
 MSAL insists on an https authority): client credentials with a client secret or a client
 assertion (a JWT signed with the app certificate's private key, RS256 with `x5t` or PS256 with
-`x5t#S256`, as MSAL builds it), the device-code flow (approved at once) and refresh tokens.
+`x5t#S256`, as MSAL builds it, or a federated identity credential's token: an external issuer's
+JWT for `api://AzureADTokenExchange`, checked against the issuer's public key given at
+registration instead of its OIDC discovery document), the device-code flow (approved at once)
+and refresh tokens.
 Access tokens are JWTs signed with the emulator's own RSA key and carry the claims Graph tokens
 carry (`tid`, `appid`, `roles` or `scp`, `aud`, `exp`); clients may decode them.
 
@@ -27,7 +30,7 @@ from typing import Any, Final
 
 import jwt
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from batch.model import JSON
@@ -35,10 +38,12 @@ from batch.model import JSON
 __all__ = [
     "CLIENT_ASSERTION_TYPE",
     "DEVICE_CODE_GRANT",
+    "FEDERATED_AUDIENCE",
     "GRAPH_APP_ID",
     "READ_PERMISSION",
     "WRITE_PERMISSION",
     "AadError",
+    "FederatedCredential",
     "IdentityProvider",
     "Principal",
     "TokenRejected",
@@ -49,6 +54,8 @@ WRITE_PERMISSION: Final = "DeviceManagementManagedDevices.ReadWrite.All"
 READ_PERMISSION: Final = "DeviceManagementManagedDevices.Read.All"
 CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 DEVICE_CODE_GRANT: Final = "urn:ietf:params:oauth:grant-type:device_code"
+#: The audience Entra ID expects in a federated credential's token (workload identity).
+FEDERATED_AUDIENCE: Final = "api://AzureADTokenExchange"
 STATIC_APP: Final = "static"
 DEFAULT_TENANT: Final = "emulator-tenant"
 _OIDC_SCOPES: Final = frozenset({"openid", "profile", "offline_access", "email"})
@@ -101,6 +108,17 @@ class Principal:
         return bool(self.permissions & wanted)
 
 
+@dataclass(frozen=True, slots=True)
+class FederatedCredential:
+    """A federated identity credential: tokens of `issuer` about `subject` sign the app in."""
+
+    issuer: str
+    subject: str
+    #: The issuer's public signing key (PEM), standing in for its JWKS.
+    public_key_pem: str | bytes
+    audience: str = FEDERATED_AUDIENCE
+
+
 @dataclass(slots=True)
 class _App:
     client_id: str
@@ -108,6 +126,7 @@ class _App:
     certificates: list[x509.Certificate]
     tenant: str | None
     roles: tuple[str, ...]
+    federated: tuple[FederatedCredential, ...] = ()
 
     def certificate(self, header: Mapping[str, Any]) -> x509.Certificate | None:
         # MSAL pads its base64url thumbprints ("...="); RFC 7515 does not. Accept both.
@@ -180,6 +199,8 @@ class IdentityProvider:
         self._refresh_tokens: dict[str, _Grant] = {}
         self._key: rsa.RSAPrivateKey | None = None
         self._kid = secrets.token_hex(8)
+        #: The `jti` (else the subject) of every federated token accepted, in order.
+        self.federated_seen: list[str] = []
 
     # --- registrations ---------------------------------------------------------------------
 
@@ -191,18 +212,29 @@ class IdentityProvider:
         certificate_pem: str | bytes | None = None,
         tenant: str | None = None,
         roles: Sequence[str] = (WRITE_PERMISSION,),
+        federated: Sequence[FederatedCredential] = (),
     ) -> None:
-        """Register (or replace) a confidential client with a secret and/or a certificate.
+        """Register (or replace) a confidential client with a secret, certificate or federation.
 
         `tenant` pins the app to one tenant (other tenants do not know it); `roles` are the
         application permissions its tokens carry.
         """
         if not client_id:
             raise ValueError("client_id cannot be empty")
-        if secret is None and certificate_pem is None:
-            raise ValueError("register_app needs a secret or a certificate_pem")
+        if secret is None and certificate_pem is None and not federated:
+            raise ValueError("register_app needs a secret or a certificate_pem (or federated credentials)")
         certs = _load_certificates(certificate_pem) if certificate_pem is not None else []
-        self._apps[client_id] = _App(client_id, secret, certs, tenant, tuple(roles))
+        self._apps[client_id] = _App(
+            client_id, secret, certs, tenant, tuple(roles), tuple(federated)
+        )
+
+    def issue_token(self, client_id: str, *, tenant: str, resource: str) -> dict[str, JSON]:
+        """An app token for a registered app without any credential: what a managed identity
+        endpoint (which vouches for its host itself) hands out. `resource` becomes `aud`."""
+        app = self._known_app(tenant, client_id)
+        return self._token_body(
+            self._app_claims(app, tenant, resource, method="2"), app.tenant or tenant
+        )
 
     def disable_app(self, client_id: str) -> None:
         """Refuse tokens to this app, and refuse its existing tokens (any app id works)."""
@@ -319,18 +351,23 @@ class IdentityProvider:
                 f"AADSTS7000112: Application '{client_id}' is disabled.",
             )
         tid = app.tenant or tenant
-        claims: dict[str, Any] = {
-            "aud": scope.removesuffix("/.default"),
-            "appid": client_id,
-            "azp": client_id,
+        return self._token_body(
+            self._app_claims(app, tenant, scope.removesuffix("/.default"), method=method), tid
+        )
+
+    @staticmethod
+    def _app_claims(app: _App, tenant: str, audience: str, *, method: str) -> dict[str, Any]:
+        return {
+            "aud": audience,
+            "appid": app.client_id,
+            "azp": app.client_id,
             "appidacr": method,
             "idtyp": "app",
-            "oid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"app:{client_id}")),
+            "oid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"app:{app.client_id}")),
             "roles": list(app.roles),
-            "tid": tid,
+            "tid": app.tenant or tenant,
             "ver": "1.0",
         }
-        return self._token_body(claims, tid)
 
     def _known_app(self, tenant: str, client_id: str) -> _App:
         if not client_id:
@@ -376,6 +413,9 @@ class IdentityProvider:
                 f"AADSTS5002730: The client assertion uses an unsupported algorithm {algorithm!r}.",
             )
         cert = app.certificate(header)
+        if cert is None and app.federated:
+            self._check_federated(app, assertion, algorithm)
+            return
         if cert is None:
             raise AadError(
                 401,
@@ -427,6 +467,53 @@ class IdentityProvider:
                 "invalid_client",
                 "AADSTS700023: Client assertion subject does not match the client id.",
             )
+
+    def _check_federated(self, app: _App, assertion: str, algorithm: str) -> None:
+        try:
+            unverified = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise AadError(
+                401, "invalid_client", "AADSTS50027: JWT token is invalid or malformed."
+            ) from None
+        issuer = unverified.get("iss") if isinstance(unverified, dict) else None
+        subject = unverified.get("sub") if isinstance(unverified, dict) else None
+        for credential in app.federated:
+            if credential.issuer != issuer or credential.subject != subject:
+                continue
+            key = serialization.load_pem_public_key(
+                credential.public_key_pem.encode()
+                if isinstance(credential.public_key_pem, str)
+                else credential.public_key_pem
+            )
+            try:
+                claims = jwt.decode(
+                    assertion,
+                    key,  # type: ignore[arg-type]
+                    algorithms=[algorithm],
+                    audience=credential.audience,
+                    issuer=credential.issuer,
+                    options={"require": ["exp", "aud", "iss", "sub"]},
+                )
+            except jwt.ExpiredSignatureError:
+                raise AadError(
+                    400,
+                    "invalid_client",
+                    "AADSTS700024: Client assertion is not within its valid time range.",
+                ) from None
+            except jwt.PyJWTError as error:
+                raise AadError(
+                    401,
+                    "invalid_client",
+                    f"AADSTS700211: The federated token cannot be validated: {error}",
+                ) from None
+            self.federated_seen.append(str(claims.get("jti") or subject))
+            return
+        raise AadError(
+            400,
+            "invalid_client",
+            f"AADSTS70021: No matching federated identity record found for presented assertion "
+            f"issuer '{issuer}' with subject '{subject}' on application '{app.client_id}'.",
+        )
 
     def device_code_response(
         self, tenant: str, form: Mapping[str, str], *, verification_uri: str

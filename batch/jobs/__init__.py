@@ -20,8 +20,14 @@ The exit code summarises the files (`job_exit_code`): 0 all rows fine, 1 some ro
 invalid (or a file could not be read), 3 a file's run aborted (resumable), 130 interrupted
 (resumable), 2 the job file or its settings are wrong, 75 another run of the job holds the lock.
 
+A job file with `[[tenants]]` runs each tenant as such a job of its own (own limiter, state,
+lock and run folders under `<root>/<tenant>/`), `parallel_tenants` at once, and reports one
+roll-up (`tenants`); `[notify] webhook_env` posts it to Teams, Slack or any JSON receiver
+(`batch.notify`).
+
 Modules: `spec` (the job file), `lock`, `state` (files seen), `plan` (what to handle next),
-`run` (`job run`) and `check` (`job check`); every public name is re-exported here.
+`run` (`job run`), `tenants` (many tenants) and `check` (`job check`); every public name is
+re-exported here.
 """
 
 from batch.jobs.check import CheckReport, FileCheck, check_job, iter_check_lines
@@ -30,6 +36,7 @@ from batch.jobs.plan import candidates
 from batch.jobs.run import FileResult, FileStatus, JobReport, job_exit_code, run_job
 from batch.jobs.spec import (
     DEFAULT_GLOBS,
+    DEFAULT_PARALLEL_TENANTS,
     DEFAULT_SETTLE_SECONDS,
     Credentials,
     Job,
@@ -39,9 +46,11 @@ from batch.jobs.spec import (
     run_keys,
 )
 from batch.jobs.state import FileRecord, JobState, file_digest
+from batch.jobs.tenants import RollUp, TenantResult, run_tenants, worst_exit_code
 
 __all__ = [
     "DEFAULT_GLOBS",
+    "DEFAULT_PARALLEL_TENANTS",
     "DEFAULT_SETTLE_SECONDS",
     "CheckReport",
     "Credentials",
@@ -54,6 +63,8 @@ __all__ = [
     "JobReport",
     "JobState",
     "Notify",
+    "RollUp",
+    "TenantResult",
     "candidates",
     "check_job",
     "file_digest",
@@ -64,4 +75,6 @@ __all__ = [
     "read_lock",
     "run_job",
     "run_keys",
+    "run_tenants",
+    "worst_exit_code",
 ]

@@ -59,19 +59,32 @@ class CheckReport:
     problems: list[str] = field(default_factory=list)  # settings: exit 2
     files: list[FileCheck] = field(default_factory=list)
     lock: str = "free"
+    webhook: str = ""
+    #: A job with [[tenants]]: each tenant's own check.
+    tenants: list[CheckReport] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        """2 a setting is wrong, 1 an input file or row is bad, 0 ready to run."""
+        """2 a setting is wrong, 1 an input file or row is bad, 0 ready to run (any tenant)."""
         if self.problems:
             return 2
+        worst = max((t.exit_code for t in self.tenants), default=0)
         if any(f.error or f.invalid for f in self.files if f.action in _PENDING):
-            return 1
-        return 0
+            return max(worst, 1)
+        return worst
 
     def to_json(self) -> dict[str, Any]:
         """The report as one JSON object (`job check --json`)."""
         job = self.job
+        if self.tenants:
+            return {
+                "job": job.name,
+                "job_file": str(job.path),
+                "webhook": self.webhook,
+                "problems": self.problems,
+                "tenants": [{"tenant": t.job.tenant, **t.to_json()} for t in self.tenants],
+                "exit_code": self.exit_code,
+            }
         return {
             "job": job.name,
             "job_file": str(job.path),
@@ -84,6 +97,7 @@ class CheckReport:
             "archive": str(job.archive) if job.archive else None,
             "state_dir": str(job.state_dir),
             "lock": self.lock,
+            "webhook": self.webhook,
             "problems": self.problems,
             "files": [f.to_json() for f in self.files],
             "exit_code": self.exit_code,
@@ -93,9 +107,24 @@ class CheckReport:
 def check_job(job: Job, *, env: Mapping[str, str] = os.environ) -> CheckReport:
     """Validate a job's settings and its current inputs like `validate`, sending nothing.
 
-    Changes nothing on disk: no lock is taken and the state is read only.
+    Changes nothing on disk: no lock is taken and the state is read only. A job with
+    [[tenants]] checks every tenant (`CheckReport.tenants`).
     """
     report = CheckReport(job)
+    if job.notify.webhook_env is not None:
+        from batch.notify import webhook_url
+
+        try:
+            webhook_url(job.notify.webhook_env, env)  # never shown: the URL is a secret
+            report.webhook = (
+                f"{job.notify.webhook_format} to ${job.notify.webhook_env} "
+                f"(notify_on = {job.notify.notify_on})"
+            )
+        except ConfigError as error:
+            report.problems.append(str(error))
+    if job.tenants:
+        report.tenants = [check_job(tenant, env=env) for tenant in job.tenants]
+        return report
     try:
         tokens = job.tokens(env)
         if tokens is None:
@@ -203,7 +232,20 @@ def iter_check_lines(report: CheckReport) -> Iterator[tuple[bool, str]]:
         if job.input_file
         else (f"folder {job.folder} ({', '.join(job.globs)})")
     )
-    yield False, f"job {job.name} ({job.path})"
+    if report.tenants:
+        yield False, f"job {job.name} ({job.path}): {len(report.tenants)} tenants"
+        if report.webhook:
+            yield False, f"  webhook:     {report.webhook}"
+        for problem in report.problems:
+            yield True, f"error: {problem}"
+        for tenant in report.tenants:
+            for to_stderr, line in iter_check_lines(tenant):
+                yield to_stderr, line if to_stderr else f"  {line}"
+        verdict = {0: "ready", 1: "some input is bad", 2: "the job's settings are wrong"}
+        yield False, f"job {job.name}: {verdict[report.exit_code]} (exit {report.exit_code})"
+        return
+    label = f"tenant {job.tenant}" if job.tenant else f"job {job.name}"
+    yield False, f"{label} ({job.path})" if not job.tenant else label
     yield False, f"  input:       {where}"
     yield False, f"  graph:       {job.endpoints.cloud} {job.endpoints.graph_root}"
     if report.credentials:
@@ -211,6 +253,8 @@ def iter_check_lines(report: CheckReport) -> Iterator[tuple[bool, str]]:
     archive = f", archive {job.archive}" if job.archive else ""
     yield False, f"  output:      {job.output_root}{archive}"
     yield False, f"  lock:        {report.lock}"
+    if report.webhook:
+        yield False, f"  webhook:     {report.webhook}"
     for problem in report.problems:
         yield True, f"error: {problem}"
     for f in report.files:
@@ -232,7 +276,7 @@ def iter_check_lines(report: CheckReport) -> Iterator[tuple[bool, str]]:
     yield (
         False,
         (
-            f"job {job.name}: {pending} file{'s' if pending != 1 else ''} to process; "
+            f"{label}: {pending} file{'s' if pending != 1 else ''} to process; "
             f"{verdict[report.exit_code]} (exit {report.exit_code})"
         ),
     )

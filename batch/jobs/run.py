@@ -34,6 +34,7 @@ from batch.jobs.state import JobState
 if typing.TYPE_CHECKING:
     from batch.auth import TokenProvider
     from batch.engine import RunOptions, RunSummary
+    from batch.jobs.tenants import RollUp
     from batch.limiter import Limiter
     from batch.mapper import Prepared
 
@@ -218,8 +219,11 @@ class _JobRun:
     async def _watch(
         self, step: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None]
     ) -> None:
+        from batch.engine import signal_receiver
+
         try:
-            receiver = anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+            # The process's signals, or a job's tenant hub's (`batch.jobs.tenants`).
+            receiver = signal_receiver.get()(signal.SIGINT, signal.SIGTERM)
             with receiver as signals:
                 task_status.started()
                 async for signum in signals:
@@ -410,12 +414,19 @@ class _JobRun:
         return target
 
 
-def run_job(job: Job, *, env: Mapping[str, str] = os.environ, quiet: bool = False) -> JobReport:
+def run_job(
+    job: Job, *, env: Mapping[str, str] = os.environ, quiet: bool = False
+) -> JobReport | RollUp:
     """Run a job once: lock, resume, process new files, archive, log; returns the report.
 
     Raises `LockHeld` when another run of the job holds the lock, `ConfigError` for settings
-    that are wrong (credentials, folders); everything about the files is in the report.
+    that are wrong (credentials, folders); everything about the files is in the report. A job
+    with [[tenants]] runs them side by side (`batch.jobs.tenants`) and returns their roll-up.
     """
+    if job.tenants:
+        from batch.jobs.tenants import run_tenants
+
+        return run_tenants(job, env=env, quiet=quiet)
     tokens = job.tokens(env)
     if job.input_file is not None and not job.input_file.exists():
         require_processed(job)
@@ -474,6 +485,8 @@ def run_job(job: Job, *, env: Mapping[str, str] = os.environ, quiet: bool = Fals
         log.info(line, extra=report.to_json())
         _notify_file(job, f"{report.ended} {line}")
         _write_job_page(job, report, state)
+        write_summary_json(job.log_file.parent / "job.summary.json", report.to_json())
+        notify_webhook(job, report.to_json(), env)
         return report
     finally:
         if state is not None:
@@ -502,3 +515,46 @@ def _notify_file(job: Job, line: str) -> None:
             handle.write(line + "\n")
     except OSError as error:
         log.error("cannot write %s: %s", job.notify.file, error.strerror or error)
+
+
+def write_summary_json(path: Path, data: Mapping[str, Any]) -> None:
+    """job.summary.json (the run's report as JSON); the job's outcome never depends on it."""
+    import json
+
+    try:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as error:
+        log.error("cannot write %s: %s", path, error.strerror or error)
+
+
+def notify_webhook(job: Job, data: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    """[notify] webhook: one POST for this job run; returns sent, skipped, failed or "" (none).
+
+    A notification that fails is logged and never changes the job's exit code. Neither the
+    URL nor any part of it is logged: only the variable's name.
+    """
+    notify = job.notify
+    if notify.webhook_env is None:
+        return ""
+    from batch.notify import (
+        NotifyError,
+        build_payload,
+        post_webhook,
+        wants_notification,
+        webhook_url,
+    )
+
+    where = f"${notify.webhook_env}, {notify.webhook_format}"
+    if not wants_notification(notify.notify_on, data):
+        log.info("webhook (%s) not sent: no problems in this run (notify_on = problems)", where)
+        return "skipped"
+    try:
+        url = webhook_url(notify.webhook_env, env)
+        status = post_webhook(url, build_payload(notify.webhook_format, data))
+    except (ConfigError, NotifyError) as error:
+        log.error("webhook notification (%s) failed: %s", where, error)
+        return "failed"
+    log.info("webhook notification (%s) sent: HTTP %s", where, status)
+    return "sent"

@@ -39,8 +39,12 @@ _INPUT_RENAMES: Final = {"map_file": "map"}
 _INPUT_OWN_KEYS: Final = ("file", "folder", "glob", "settle_seconds")
 _GRAPH_KEYS: Final = ("cloud", "graph_url", "authority_host")
 _OUTPUT_KEYS: Final = ("root", "archive", "state_dir", "log")
-_NOTIFY_KEYS: Final = ("stdout", "file")
-_TOP_KEYS: Final = ("name",)
+_NOTIFY_KEYS: Final = ("stdout", "file", "webhook_env", "webhook_format", "notify_on")
+_TOP_KEYS: Final = ("name", "parallel_tenants", "tenants")
+# The tables a [[tenants]] entry may carry ([tenants.input], ...), overriding the top level's.
+_TENANT_TABLES: Final = ("input", "columns", "run", "graph", "credentials", "output")
+#: How many tenants of a job run at once unless `parallel_tenants` says otherwise.
+DEFAULT_PARALLEL_TENANTS: Final = 4
 _TABLES: Final = ("input", "columns", "run", "graph", "credentials", "output", "notify")
 
 # [credentials]: environment variable names mapped onto what `build_token_provider` reads.
@@ -51,14 +55,24 @@ _ENV_KEYS: Final = {
     "secret_env": "AZURE_CLIENT_SECRET",
     "certificate_path_env": "AZURE_CLIENT_CERTIFICATE_PATH",
     "certificate_password_env": "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+    "federated_token_file_env": "AZURE_FEDERATED_TOKEN_FILE",
 }
 # Not secrets: identifiers and a file path may be written in the job file as they are.
 _LITERAL_KEYS: Final = {
     "tenant_id": "AZURE_TENANT_ID",
     "client_id": "AZURE_CLIENT_ID",
     "certificate_path": "AZURE_CLIENT_CERTIFICATE_PATH",
+    "federated_token_file": "AZURE_FEDERATED_TOKEN_FILE",
 }
-_CREDENTIAL_FLAGS: Final = ("device_code", "token_cache")
+_LITERAL_PATHS: Final = ("certificate_path", "federated_token_file")
+# Settings, not variables: the source flags and a user-assigned managed identity's client id.
+_CREDENTIAL_FLAGS: Final = (
+    "device_code",
+    "token_cache",
+    "managed_identity",
+    "managed_identity_client_id",
+    "azure_cli",
+)
 _CREDENTIAL_VARIABLES: Final = (*_ENV_KEYS.values(),)
 _SECRET_WORDS: Final = re.compile(r"secret|password|passphrase|token|credential|key", re.I)
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -75,6 +89,9 @@ class Credentials:
     literals: Mapping[str, str] = field(default_factory=dict)
     device_code: bool = False
     token_cache: bool = False
+    managed_identity: bool = False
+    managed_identity_client_id: str | None = None
+    azure_cli: bool = False
     #: False when the job file has no [credentials] table: the standard variables are used.
     declared: bool = False
 
@@ -109,6 +126,11 @@ class Credentials:
         parts += [f"{std} from the job file" for std in self.literals]
         if self.device_code:
             parts.append("device code" + (" with token cache" if self.token_cache else ""))
+        if self.managed_identity:
+            client = self.managed_identity_client_id
+            parts.append(f"managed identity {client}" if client else "managed identity")
+        if self.azure_cli:
+            parts.append("Azure CLI")
         return ", ".join(parts) or "none"
 
 
@@ -118,6 +140,10 @@ class Notify:
 
     stdout: bool = True
     file: Path | None = None
+    #: The NAME of the environment variable holding the webhook URL (a secret).
+    webhook_env: str | None = None
+    webhook_format: Literal["teams", "slack", "json"] = "json"
+    notify_on: Literal["always", "problems"] = "always"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +166,11 @@ class Job:
     state_dir: Path
     log_file: Path
     notify: Notify
+    #: The tenant this job is, in a job file with [[tenants]] ("" for a single-tenant job).
+    tenant: str = ""
+    #: A multi-tenant job's tenants (each a complete job); empty for a single-tenant job.
+    tenants: tuple[Job, ...] = ()
+    parallel_tenants: int = DEFAULT_PARALLEL_TENANTS
 
     @property
     def dry_run(self) -> bool:
@@ -189,6 +220,9 @@ class Job:
             self.endpoints,
             device_code=self.credentials.device_code,
             token_cache=self.credentials.token_cache,
+            managed_identity=self.credentials.managed_identity,
+            managed_identity_client_id=self.credentials.managed_identity_client_id,
+            azure_cli=self.credentials.azure_cli,
             env=self.credentials.environment(env),
         )
 
@@ -218,8 +252,9 @@ def input_keys() -> dict[str, Any]:
 class _Reader:
     """Validates one job file's tables; every error names the file, table and key."""
 
-    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+    def __init__(self, path: Path, data: dict[str, Any], *, tenant: str = "") -> None:
         self.path = path
+        self.tenant = tenant
         self.base = path.parent
         self.data = data
         self.all_keys: dict[str, tuple[str, ...]] = {
@@ -232,9 +267,8 @@ class _Reader:
         }
 
     def error(self, where: str, message: str) -> ConfigError:
-        return ConfigError(
-            f"{self.path}: {where}: {message}" if where else f"{self.path}: {message}"
-        )
+        prefix = f"{self.path}: tenant {self.tenant}" if self.tenant else f"{self.path}"
+        return ConfigError(f"{prefix}: {where}: {message}" if where else f"{prefix}: {message}")
 
     def unknown(self, table: str, key: str) -> ConfigError:
         where = f"[{table}]" if table else "top level"
@@ -255,8 +289,10 @@ class _Reader:
         hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(valid)}"
         return self.error(where, f"unknown key {key!r} ({hint})")
 
-    def table(self, name: str) -> dict[str, Any]:
-        value = self.data.get(name, {})
+    def table(self, name: str, value: object = None) -> dict[str, Any]:
+        """Table `name` of the file (or `value`), keys normalised and checked."""
+        if value is None:
+            value = self.data.get(name, {})
         if not isinstance(value, dict):
             raise self.error(name, f"must be a table ([{name}]), not a single value")
         # TOML allows either spelling; the CLI's dashes and Python's underscores both work.
@@ -356,7 +392,17 @@ def load_job(path: Path) -> Job:
         raise reader.error(
             "name", "must be 1-100 letters, digits, '.', '_' or '-' (it names the lock and state)"
         )
+    notify = _notify(reader)
+    if "tenants" in data:
+        return _load_tenants(reader, name, notify)
+    if "parallel_tenants" in data:
+        raise reader.error("parallel_tenants", "only applies to a job file with [[tenants]]")
+    return _build(reader, name, notify)
 
+
+def _build(reader: _Reader, name: str, notify: Notify, tenant: str = "") -> Job:
+    """One tenant's job from `reader`'s tables (the file's own, or a tenant's merged ones)."""
+    path = reader.path
     # [input]
     raw_input = reader.table("input")
     input_file = folder = None
@@ -457,15 +503,6 @@ def load_job(path: Path) -> Job:
     if folder is not None and archive is not None and archive == folder:
         raise reader.error("[output] archive", "must not be the drop folder itself")
 
-    notify_table = reader.table("notify")
-    notify = Notify(
-        stdout=reader.convert("[notify] stdout", notify_table.get("stdout", True), bool),
-        file=(
-            reader.path_of(reader.text("[notify] file", notify_table["file"]))
-            if "file" in notify_table
-            else None
-        ),
-    )
     job = Job(
         path=path,
         name=name,
@@ -483,6 +520,7 @@ def load_job(path: Path) -> Job:
         state_dir=state_dir,
         log_file=log_file,
         notify=notify,
+        tenant=tenant,
     )
     try:
         job.run_options(input_file or Path("job-input"), out=None, resume=False).check()
@@ -493,6 +531,176 @@ def load_job(path: Path) -> Job:
 
         load_column_map(job.input_fields["map_file"])  # a bad map file fails here, not per file
     return job
+
+
+def _notify(reader: _Reader) -> Notify:
+    table = reader.table("notify")
+    webhook_env = None
+    if "webhook_env" in table:
+        value = table["webhook_env"]
+        # Never echo the value: a pasted webhook URL is a secret.
+        if not isinstance(value, str) or not _ENV_NAME.fullmatch(value.strip()):
+            raise reader.error(
+                "[notify] webhook_env",
+                "must be the NAME of an environment variable holding the webhook URL "
+                "(letters, digits and _), not the URL itself: the URL is a secret",
+            )
+        webhook_env = value.strip()
+    for key in ("webhook_format", "notify_on"):
+        if key in table and webhook_env is None:
+            raise reader.error(f"[notify] {key}", "needs webhook_env (the URL's variable)")
+    return Notify(
+        stdout=reader.convert("[notify] stdout", table.get("stdout", True), bool),
+        file=(
+            reader.path_of(reader.text("[notify] file", table["file"])) if "file" in table else None
+        ),
+        webhook_env=webhook_env,
+        webhook_format=reader.convert(
+            "[notify] webhook_format",
+            table.get("webhook_format", "json"),
+            Literal["teams", "slack", "json"],
+        ),
+        notify_on=reader.convert(
+            "[notify] notify_on", table.get("notify_on", "always"), Literal["always", "problems"]
+        ),
+    )
+
+
+def _merged_table(table: str, top: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """A tenant's table: the top level's keys, overridden key by key by the tenant's."""
+    base = dict(top)
+    if table == "input" and ("file" in own or "folder" in own):
+        # The tenant names its own input: the top level's file or folder does not apply.
+        for key in ("file", "folder", *(("glob", "settle_seconds") if "file" in own else ())):
+            base.pop(key, None)
+    if table == "credentials":
+        # `tenant_id` here replaces `tenant_id_env` there, and the other way round.
+        for key in own:
+            base.pop(key.removesuffix("_env") if key.endswith("_env") else f"{key}_env", None)
+    return {**base, **own}
+
+
+def _load_tenants(reader: _Reader, name: str, notify: Notify) -> Job:
+    """A job file with [[tenants]]: one complete `Job` per tenant, under one top-level job."""
+    data = reader.data
+    entries = data["tenants"]
+    if (
+        not isinstance(entries, list)
+        or not entries
+        or not all(isinstance(e, dict) for e in entries)
+    ):
+        raise reader.error("tenants", 'must be [[tenants]] tables, each with name = "..."')
+    parallel = reader.convert(
+        "parallel_tenants", data.get("parallel_tenants", DEFAULT_PARALLEL_TENANTS), int
+    )
+    if parallel < 1:
+        raise reader.error("parallel_tenants", "must be 1 or more")
+    top_output = reader.table("output")
+    root = reader.path_of(
+        reader.text("[output] root", top_output["root"]) if "root" in top_output else f"runs/{name}"
+    )
+    top_state = (
+        reader.path_of(reader.text("[output] state_dir", top_output["state_dir"]))
+        if "state_dir" in top_output
+        else None
+    )
+    state_dir = top_state or root / f"_job-{name}"
+    log_file = (
+        reader.path_of(reader.text("[output] log", top_output["log"]))
+        if "log" in top_output
+        else state_dir / "job.log"
+    )
+    top_tables = {t: reader.table(t) for t in _TENANT_TABLES if t in data}
+    seen: set[str] = set()
+    tenants: list[Job] = []
+    for entry in entries:
+        tenant = entry.get("name")
+        if not isinstance(tenant, str) or not _JOB_NAME.fullmatch(tenant):
+            raise reader.error(
+                "[[tenants]] name",
+                "every tenant needs a name of 1-100 letters, digits, '.', '_' or '-' "
+                "(it names the tenant's folder)",
+            )
+        if tenant.lower() in seen:
+            raise reader.error("[[tenants]] name", f"{tenant!r} is given twice")
+        seen.add(tenant.lower())
+        own_reader = _Reader(reader.path, entry, tenant=tenant)
+        for key in entry:
+            if key == "name" or key in _TENANT_TABLES:
+                continue
+            if key in (*_TOP_KEYS, *_TABLES):
+                raise own_reader.error(key, "applies to the whole job: give it at the top level")
+            raise own_reader.unknown("", key)
+        own = {t: own_reader.table(t) for t in _TENANT_TABLES if t in entry}
+        merged: dict[str, Any] = {"name": name}
+        for table in _TENANT_TABLES:
+            if table in top_tables or table in own:
+                merged[table] = _merged_table(table, top_tables.get(table, {}), own.get(table, {}))
+        # [columns] and [input] map exclude each other: the tenant's choice wins.
+        if "columns" in own:
+            merged.get("input", {}).pop("map", None)
+        elif "map" in own.get("input", {}):
+            merged.pop("columns", None)
+        own_output = own.get("output", {})
+        t_root = (
+            own_reader.path_of(own_reader.text("[output] root", own_output["root"]))
+            if "root" in own_output
+            else root / tenant
+        )
+        if "state_dir" in own_output:
+            t_state = own_reader.path_of(
+                own_reader.text("[output] state_dir", own_output["state_dir"])
+            )
+        else:
+            t_state = top_state / tenant if top_state else t_root / f"_job-{name}"
+        output = dict(merged.get("output", {}))
+        output.update(root=str(t_root), state_dir=str(t_state))
+        if "log" not in own_output:
+            output["log"] = str(t_state / "job.log")
+        merged["output"] = output
+        tenants.append(_build(_Reader(reader.path, merged, tenant=tenant), name, notify, tenant))
+    _check_tenants_apart(reader, tenants, state_dir)
+    from batch.clouds import resolve_endpoints
+
+    return Job(
+        path=reader.path,
+        name=name,
+        input_file=None,
+        folder=None,
+        globs=DEFAULT_GLOBS,
+        settle_seconds=DEFAULT_SETTLE_SECONDS,
+        input_fields={},
+        columns=None,
+        run_fields={},
+        endpoints=resolve_endpoints(),
+        credentials=Credentials(),
+        output_root=root,
+        archive=None,
+        state_dir=state_dir,
+        log_file=log_file,
+        notify=notify,
+        tenants=tuple(tenants),
+        parallel_tenants=parallel,
+    )
+
+
+def _check_tenants_apart(reader: _Reader, tenants: list[Job], job_state: Path) -> None:
+    """Tenants must not share what one of them changes: state, run folders, an archived input."""
+    for i, one in enumerate(tenants):
+        for other in tenants[i + 1 :]:
+            if one.state_dir == other.state_dir or one.state_dir == job_state:
+                raise reader.error(
+                    "[output] state_dir",
+                    f"tenants {one.tenant} and {other.tenant} would share {one.state_dir}",
+                )
+            same_input = (one.folder or one.input_file) == (other.folder or other.input_file)
+            if same_input and (one.archive or other.archive):
+                raise reader.error(
+                    "[input]",
+                    f"tenants {one.tenant} and {other.tenant} read the same "
+                    f"{'folder' if one.folder else 'file'} and [output] archive moves what is "
+                    "processed: give each tenant its own input ([tenants.input]) or no archive",
+                )
 
 
 def _columns(reader: _Reader, input_fields: Mapping[str, Any]) -> dict[str, str] | None:
@@ -536,7 +744,7 @@ def _credentials(reader: _Reader) -> Credentials:
             if _LITERAL_KEYS[key] in from_env:
                 raise reader.error(where, f"give either {key} or {key}_env, not both")
             literals[_LITERAL_KEYS[key]] = (
-                str(reader.path_of(text)) if key == "certificate_path" else text
+                str(reader.path_of(text)) if key in _LITERAL_PATHS else text
             )
     for standard in literals:
         if standard in from_env:
@@ -551,5 +759,16 @@ def _credentials(reader: _Reader) -> Credentials:
         token_cache=reader.convert(
             "[credentials] token_cache", table.get("token_cache", False), bool
         ),
+        managed_identity=reader.convert(
+            "[credentials] managed_identity", table.get("managed_identity", False), bool
+        ),
+        managed_identity_client_id=(
+            reader.text(
+                "[credentials] managed_identity_client_id", table["managed_identity_client_id"]
+            )
+            if "managed_identity_client_id" in table
+            else None
+        ),
+        azure_cli=reader.convert("[credentials] azure_cli", table.get("azure_cli", False), bool),
         declared=True,
     )

@@ -19,8 +19,9 @@ from batch.errors import EXIT_CODES
 
 if TYPE_CHECKING:
     from batch.jobs.run import JobReport
+    from batch.jobs.tenants import RollUp
 
-__all__ = ["render_job_report", "write_job_report"]
+__all__ = ["render_job_report", "render_tenants_report", "write_job_report", "write_tenants_report"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;margin:0 auto;
@@ -62,13 +63,12 @@ def _run_links(page: Path, run_dir: object) -> str:
     return " · ".join(links)
 
 
-def render_job_report(
-    page: Path, report: JobReport, recent: Sequence[Mapping[str, Any]] = ()
+def _sections(
+    page: Path, report: JobReport, recent: Sequence[Mapping[str, Any]], h: str = "h2"
 ) -> str:
-    """The page for one job run (`page`: where it will be written, for relative links)."""
+    """This run's files and the job's recent files (headings at level `h`)."""
     from batch.jobs.run import STATUS_WORDS
 
-    code = report.exit_code
     rows = "".join(
         f"<tr><td><code>{_e(f.path.name)}</code></td>"
         f'<td class="{"ok" if f.status == "ok" else "bad"}">{_e(STATUS_WORDS[f.status])}'
@@ -92,26 +92,86 @@ def render_job_report(
         for r in recent
     )
     recent_table = (
-        "<h2>Recent files of this job</h2><table><tr><th>file</th><th>state</th><th>exit</th>"
+        f"<{h}>Recent files of this {'tenant' if h == 'h3' else 'job'}</{h}>"
+        "<table><tr><th>file</th><th>state</th><th>exit</th>"
         "<th>rows</th><th>run folder</th><th>started</th><th>finished</th></tr>"
         f"{history}</table>"
         if recent
         else ""
     )
+    return f"<{h}>This run</{h}>{this_run}{recent_table}"
+
+
+def _head(title: str) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'\">"
-        f"<title>job {_e(report.job.name)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>Job {_e(report.job.name)}</h1>"
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+    )
+
+
+def render_job_report(
+    page: Path, report: JobReport, recent: Sequence[Mapping[str, Any]] = ()
+) -> str:
+    """The page for one job run (`page`: where it will be written, for relative links)."""
+    code = report.exit_code
+    return (
+        _head(f"job {report.job.name}") + f"<h1>Job {_e(report.job.name)}</h1>"
         f'<p data-key="exit_code" data-value="{code}"><b>exit {code}</b>: '
         f"{_e(EXIT_CODES.get(code, 'see the job log'))}</p>"
         f"<p>{_e(report.line())}</p>"
         f'<p class="note">job file <code>{_e(report.job.path)}</code> · started '
         f"{_e(report.started)} · ended {_e(report.ended)} · log "
         f"{_link(page, report.job.log_file, report.job.log_file.name)}</p>"
-        f"<h2>This run</h2>{this_run}{recent_table}</body></html>\n"
+        f"{_sections(page, report, recent)}</body></html>\n"
     )
+
+
+def render_tenants_report(page: Path, rollup: RollUp) -> str:
+    """The page for a job run over [[tenants]]: the verdict, then one section per tenant."""
+    code = rollup.exit_code
+    job = rollup.job
+    overview = "".join(
+        f'<tr><td><a href="#tenant-{_e(quote(t.name))}">{_e(t.name)}</a></td>'
+        f'<td class="{"ok" if t.exit_code == 0 else "bad"}">{t.exit_code}</td>'
+        f"<td>{len(t.report.files) if t.report else 0}</td>"
+        f"<td>{_counts(t.report.counts() if t.report else {})}</td><td>{_e(t.error)}</td></tr>"
+        for t in rollup.tenants
+    )
+    sections = []
+    for t in rollup.tenants:
+        body = (
+            _sections(page, t.report, t.recent, h="h3")
+            if t.report is not None
+            else f'<p class="bad">not run: {_e(t.error)}</p>'
+        )
+        sections.append(
+            f'<h2 id="tenant-{_e(quote(t.name))}">Tenant {_e(t.name)}</h2>'
+            f'<p data-key="tenant_exit_code" data-value="{t.exit_code}"><b>exit {t.exit_code}'
+            f"</b>: {_e(EXIT_CODES.get(t.exit_code, 'see the log'))}</p>"
+            f"<p>{_e(t.line())}</p>"
+            f'<p class="note">run folders <code>{_e(t.job.output_root)}</code> · log '
+            f"{_link(page, t.job.log_file, t.job.log_file.name)}</p>{body}"
+        )
+    return (
+        _head(f"job {job.name}") + f"<h1>Job {_e(job.name)}: {len(rollup.tenants)} tenants</h1>"
+        f'<p data-key="exit_code" data-value="{code}"><b>exit {code}</b>: '
+        f"{_e(EXIT_CODES.get(code, 'see the job log'))}</p>"
+        f'<p class="note">job file <code>{_e(job.path)}</code> · started '
+        f"{_e(rollup.started)} · ended {_e(rollup.ended)} · log "
+        f"{_link(page, job.log_file, job.log_file.name)}</p>"
+        "<h2>Tenants</h2><table><tr><th>tenant</th><th>exit</th><th>files</th><th>rows</th>"
+        f"<th>error</th></tr>{overview}</table>{''.join(sections)}</body></html>\n"
+    )
+
+
+def write_tenants_report(page: Path, rollup: RollUp) -> Path:
+    """Write a multi-tenant job's job.html at `page` (through a temporary file)."""
+    tmp = page.with_name(page.name + ".tmp")
+    tmp.write_text(render_tenants_report(page, rollup), encoding="utf-8")
+    os.replace(tmp, page)
+    return page
 
 
 def write_job_report(
