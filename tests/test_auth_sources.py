@@ -338,3 +338,41 @@ def test_job_files_accept_the_new_credential_keys(
     )
     federated = load_job(job_file).tokens({})
     assert credential_name(federated) == f"federated token file ({tmp_path / 'fed' / 'token'})"
+
+
+def test_the_emulator_checks_a_federated_assertion() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from batch.emulator.oauth import (
+        CLIENT_ASSERTION_TYPE,
+        FEDERATED_AUDIENCE,
+        AadError,
+        FederatedCredential,
+        IdentityProvider,
+    )
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    idp = IdentityProvider()
+    idp.register_app(CLIENT, federated=[FederatedCredential("https://issuer", "repo:a", public)])
+
+    def ask(subject: str, audience: str = FEDERATED_AUDIENCE) -> dict[str, Any]:
+        claims = {"iss": "https://issuer", "sub": subject, "aud": audience, "jti": subject}
+        claims["exp"] = int(time.time()) + 60
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": CLIENT,
+            "scope": "https://graph.microsoft.com/.default",
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": jwt.encode(claims, key, algorithm="RS256"),
+        }
+        return idp.token_response("t", form, audiences={"https://login/t/oauth2/v2.0/token"})
+
+    assert "access_token" in ask("repo:a") and idp.federated_seen == ["repo:a"]
+    with pytest.raises(AadError, match="AADSTS70021"):
+        ask("repo:other")
+    with pytest.raises(AadError, match="AADSTS700211"):
+        ask("repo:a", audience="api://somewhere-else")

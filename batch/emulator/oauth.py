@@ -222,7 +222,9 @@ class IdentityProvider:
         if not client_id:
             raise ValueError("client_id cannot be empty")
         if secret is None and certificate_pem is None and not federated:
-            raise ValueError("register_app needs a secret or a certificate_pem (or federated credentials)")
+            raise ValueError(
+                "register_app needs a secret or a certificate_pem (or federated credentials)"
+            )
         certs = _load_certificates(certificate_pem) if certificate_pem is not None else []
         self._apps[client_id] = _App(
             client_id, secret, certs, tenant, tuple(roles), tuple(federated)
