@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 import anyio
 import jwt
 import msal
+import platformdirs
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -329,14 +330,23 @@ def _matching_cert(path: Path, key: _PrivateKey, certs: list[x509.Certificate]) 
 # --- the persisted token cache --------------------------------------------------------------
 
 
-def token_cache_path(env: Mapping[str, str] = os.environ) -> Path:
+def token_cache_path(env: Mapping[str, str] = os.environ, *, platform: str = sys.platform) -> Path:
     """Where `--token-cache` keeps tokens: `$XDG_CONFIG_HOME/autopilot-batch/token_cache.json`.
 
     Without (an absolute) `XDG_CONFIG_HOME`, `~/.config` as the XDG spec says. Never a run folder.
+    On Windows, platformdirs' per-user local folder: `%LOCALAPPDATA%\\autopilot-batch\\`, which
+    the user profile's ACL keeps to its user (and SYSTEM and administrators); POSIX modes mean
+    nothing there.
     """
+    if platform == "win32":
+        local = platformdirs.user_data_path(_APP_DIR, appauthor=False, roaming=False)
+        return local / "token_cache.json"
     base = env.get("XDG_CONFIG_HOME", "").strip()
     root = Path(base) if base and Path(base).is_absolute() else _home(env) / ".config"
-    return root / "autopilot-batch" / "token_cache.json"
+    return root / _APP_DIR / "token_cache.json"
+
+
+_APP_DIR = "autopilot-batch"
 
 
 def _home(env: Mapping[str, str]) -> Path:
@@ -353,7 +363,7 @@ class _CacheFile:
         # A missing, unreadable or damaged cache costs one sign-in, never the run.
         try:
             text = path.read_text(encoding="utf-8")
-            if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
                 path.chmod(0o600)  # tokens are credentials: tighten a file loosened by hand
         except FileNotFoundError:
             return
@@ -378,7 +388,8 @@ class _CacheFile:
             temporary.unlink()
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.fchmod(fd, 0o600)
+            if hasattr(os, "fchmod"):  # POSIX; on Windows the profile folder's ACL protects it
+                os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as stream:
                 stream.write(self.cache.serialize())
             os.replace(temporary, self.path)

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -82,16 +81,18 @@ from batch.report.tally import Tally
 from batch.report.timeline import parts_summary, split_parts
 from batch.resolve import KeyResolver
 from batch.retry import transient_delay
+from batch.stop import open_stop_receiver, signal_name, stop_signals
 from batch.workqueue import WorkQueue
 
 __all__ = ["RowPlan", "RunOptions", "RunSummary", "default_out_dir", "execute"]
 
 log = logging.getLogger("batch.engine")
 
-#: Where a run takes SIGINT/SIGTERM from: the process's signals, or, when several runs share
-#: the process (`job run` over tenants), a hub handing each signal to every run (jobs.tenants).
+#: Where a run takes SIGINT/SIGTERM/SIGBREAK from: the process's signals (`batch.stop`: anyio's
+#: receiver, or `signal.signal` handlers where anyio has none, as on Windows), or, when several
+#: runs share the process (`job run` over tenants), a hub handing each signal to every run.
 signal_receiver: ContextVar[Callable[..., Any]] = ContextVar(
-    "signal_receiver", default=anyio.open_signal_receiver
+    "signal_receiver", default=open_stop_receiver
 )
 # The run whose task logs a record: run.log takes only its own run's records.
 _run_scope: ContextVar[object | None] = ContextVar("run_scope", default=None)
@@ -385,7 +386,7 @@ class _Run:
                 self._waits.discard(scope)
 
     async def watch_signals(self) -> None:
-        with signal_receiver.get()(signal.SIGINT, signal.SIGTERM) as signals:
+        with signal_receiver.get()(*stop_signals()) as signals:
             async for signum in signals:
                 self.signals += 1
                 if self.signals > 1:
@@ -395,7 +396,7 @@ class _Run:
                     if self.ledger is not None:
                         self.ledger.commit()
                     os._exit(130)
-                name = signal.Signals(signum).name
+                name = signal_name(signum)
                 await self.stop(Interrupted(f"{name} received; finishing requests in flight"))
 
     # --- producer --------------------------------------------------------------------------

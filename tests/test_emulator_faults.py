@@ -1,4 +1,4 @@
-"""The emulator's fault mix, drops after the work, and per-app counters (issue 14 benchmarks)."""
+"""The emulator's fault mix, drops after the work, per-app counters, another app's load (issue 14)."""
 
 from __future__ import annotations
 
@@ -110,3 +110,25 @@ def test_stats_per_app_in_open_mode(emulator_factory: EmulatorFactory) -> None:
 def test_fault_settings_are_checked(fields: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         EmulatorConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_background_writes_of_another_app_take_the_tenants_budget(
+    emulator_factory: EmulatorFactory,
+) -> None:
+    """Another app's load always gets through; the client under test gets what is left."""
+    server = emulator_factory(
+        write_limit=Rate(3, 60), tenant_write_limit=Rate(5, 60), retry_after_format="int", events=1
+    )
+    event_id = str(server.store.list()[0]["id"])
+    server.background_writes("other", 4)
+    with client(server, "ours") as ours:
+        answers = [
+            ours.patch(f"{EVENTS}/{event_id}", json={"userPrincipalName": "a@b.example"})
+            for _ in range(2)
+        ]
+    # The tenant's 5 writes a minute, less the other app's 4, leave one (not the app's 3).
+    assert [a.status_code for a in answers] == [204, 429]
+    assert float(answers[1].headers["Retry-After"]) > 50
+    apps = server.stats()["apps"]
+    assert apps["other"]["writes"] == 4  # type: ignore[index,call-overload]
+    assert apps["ours"]["writes"] == 1  # type: ignore[index,call-overload]

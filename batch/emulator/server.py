@@ -25,7 +25,7 @@ import uvicorn
 
 from batch.emulator.app import ConnectionDropped, build_app
 from batch.emulator.config import EmulatorConfig
-from batch.emulator.oauth import WRITE_PERMISSION
+from batch.emulator.oauth import DEFAULT_TENANT, WRITE_PERMISSION
 from batch.emulator.state import EmulatorState
 from batch.emulator.store import EventStore
 from batch.emulator.tls import make_tls_files
@@ -217,6 +217,21 @@ class EmulatorServer:
     def stats(self) -> dict[str, JSON]:
         """The counters of `GET /_emulator/stats`."""
         return self._on_loop(self.state.stats_dict)
+
+    def background_writes(self, app: str, writes: int = 1) -> None:
+        """Another app of the default tenant writes `writes` times now, and always gets through.
+
+        Load for a shared-budget test: the writes use `app`'s and the tenant's budgets and count
+        in `stats()["apps"][app]`, but they are no requests (no latency, no faults, never
+        refused), so the app takes exactly its share and the client under test gets what is left.
+        """
+
+        def consume() -> None:
+            for _ in range(writes):
+                self.state.throttle.consume(app, DEFAULT_TENANT, write=True)
+            self.state.stats.app(app).writes += writes
+
+        self._on_loop(consume)
 
     def reset(self, *, store: bool = False) -> None:
         """Clear counters and throttle state; with `store`, restore the events at start."""

@@ -230,6 +230,21 @@ class Throttle:
             log.add(now)
         return Decision(True)
 
+    def consume(self, app: str, tenant: str, *, write: bool) -> None:
+        """Use one unit of `app`'s and `tenant`'s budgets now, without judging it.
+
+        For load that always gets through (`EmulatorServer.background_writes`): another app of
+        the tenant that takes its share whatever the client under test does. A log may then
+        hold more than its limit for a while; requests judged by `admit` wait until it drains.
+        """
+        now = self._clock()
+        mine, theirs = self._app(app), self._tenant(tenant)
+        logs = [mine.requests, theirs.requests]
+        if write:
+            logs += [mine.writes, theirs.writes]
+        for log in logs:
+            log.add(now)
+
     def retry_after_until(self, app: str) -> float:
         """When the app's current Retry-After period ends (clock time; -inf when none ran)."""
         budgets = self._apps.get(app)

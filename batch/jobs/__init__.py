@@ -4,9 +4,9 @@ A job file names its input (one file, or a drop folder and glob patterns), every
 the cloud, where credentials come from (environment variable *names*, never secrets), an output
 root, an archive folder and how to report. A job run:
 
-1. takes the job's lock (`<state dir>/job.lock`, `fcntl.flock`, released by the kernel when the
-   process dies, so a lock left by a dead process is simply taken over); an overlapping start
-   exits at once with `LockHeld` (exit 75);
+1. takes the job's lock (`<state dir>/job.lock`, `fcntl.flock` or Windows' `msvcrt.locking`,
+   released by the OS when the process dies, so a lock left by a dead process is simply taken
+   over); an overlapping start exits at once with `LockHeld` (exit 75);
 2. resumes an interrupted file first (its run folder is continued with `--resume`), then processes
    each new input file once, oldest first (modification time, then name), each in its own run
    folder under the output root; files are remembered by content SHA-256 in

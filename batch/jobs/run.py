@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import typing
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -30,6 +29,7 @@ from batch.jobs.lock import JobLock
 from batch.jobs.plan import Item, plan_files, require_processed, write_column_map
 from batch.jobs.spec import Job
 from batch.jobs.state import JobState
+from batch.stop import signal_name, stop_signals
 
 if typing.TYPE_CHECKING:
     from batch.auth import TokenProvider
@@ -223,14 +223,14 @@ class _JobRun:
 
         try:
             # The process's signals, or a job's tenant hub's (`batch.jobs.tenants`).
-            receiver = signal_receiver.get()(signal.SIGINT, signal.SIGTERM)
+            receiver = signal_receiver.get()(*stop_signals())
             with receiver as signals:
                 task_status.started()
                 async for signum in signals:
                     if self.signal_name is not None:
                         log.error("second interrupt: exiting at once")
                         os._exit(130)
-                    self.signal_name = signal.Signals(signum).name
+                    self.signal_name = signal_name(signum)
                     log.warning("%s received: stopping the job", self.signal_name)
                     step.cancel()
         except (NotImplementedError, ValueError, RuntimeError):

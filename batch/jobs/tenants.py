@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -50,6 +49,7 @@ from batch.jobs.run import (
 )
 from batch.jobs.spec import Job
 from batch.jobs.state import JobState
+from batch.stop import open_stop_receiver, signal_name, stop_signals
 
 __all__ = ["RollUp", "TenantResult", "run_tenants", "worst_exit_code"]
 
@@ -195,10 +195,10 @@ class _SignalHub:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         try:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with open_stop_receiver(*stop_signals()) as signals:
                 task_status.started()
                 async for signum in signals:
-                    self.signal_name = signal.Signals(signum).name
+                    self.signal_name = signal_name(signum)
                     log.warning("%s received: stopping every tenant", self.signal_name)
                     for send in list(self._streams):
                         with contextlib.suppress(
