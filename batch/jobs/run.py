@@ -414,6 +414,20 @@ class _JobRun:
         return target
 
 
+def open_job_log(job: Job, failure: str) -> logging.Handler:
+    """Make the job's state folder and open its JSON-lines log; `ConfigError(failure…)` if not."""
+    from batch.logs import JsonLinesHandler
+
+    try:
+        job.state_dir.mkdir(parents=True, exist_ok=True)
+        job.log_file.parent.mkdir(parents=True, exist_ok=True)
+        return JsonLinesHandler(job.log_file)
+    except OSError as error:
+        raise ConfigError(
+            f"{failure} ({job.state_dir}, {job.log_file}): {error.strerror or error}"
+        ) from None
+
+
 def run_job(
     job: Job, *, env: Mapping[str, str] = os.environ, quiet: bool = False
 ) -> JobReport | RollUp:
@@ -430,17 +444,7 @@ def run_job(
     tokens = job.tokens(env)
     if job.input_file is not None and not job.input_file.exists():
         require_processed(job)
-    from batch.logs import JsonLinesHandler
-
-    try:
-        job.state_dir.mkdir(parents=True, exist_ok=True)
-        job.log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = JsonLinesHandler(job.log_file)
-    except OSError as error:
-        raise ConfigError(
-            f"{job.path}: cannot write the job's state or log ({job.state_dir}, {job.log_file}): "
-            f"{error.strerror or error}"
-        ) from None
+    handler = open_job_log(job, f"{job.path}: cannot write the job's state or log")
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     lock = JobLock(job.state_dir / "job.lock", job.name)

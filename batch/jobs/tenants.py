@@ -45,6 +45,7 @@ from batch.jobs.run import (
     _write_job_page,
     log,
     notify_webhook,
+    open_job_log,
     write_summary_json,
 )
 from batch.jobs.spec import Job
@@ -242,17 +243,7 @@ async def _one_tenant(
             tokens = job.tokens(env)
             if job.input_file is not None and not job.input_file.exists():
                 require_processed(job)
-            from batch.logs import JsonLinesHandler
-
-            try:
-                job.state_dir.mkdir(parents=True, exist_ok=True)
-                job.log_file.parent.mkdir(parents=True, exist_ok=True)
-                handler = JsonLinesHandler(job.log_file)
-            except OSError as error:
-                raise ConfigError(
-                    f"cannot write the tenant's state or log ({job.state_dir}): "
-                    f"{error.strerror or error}"
-                ) from None
+            handler = open_job_log(job, "cannot write the tenant's state or log")
             handler.addFilter(_TenantFilter(job.tenant))
             log.addHandler(handler)
             lock = JobLock(job.state_dir / "job.lock", f"{job.name} (tenant {job.tenant})")
