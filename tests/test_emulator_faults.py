@@ -1,4 +1,4 @@
-"""The emulator's fault mix, drops after the work, per-app counters, another app's load (issue 14)."""
+"""The emulator's fault mix, drops after the work, per-app counters, another app's load."""
 
 from __future__ import annotations
 
