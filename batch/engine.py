@@ -1020,7 +1020,12 @@ class _Run:
         done = [w for w in works if landed.get(w.seq)]
         again = [w for w in works if not landed.get(w.seq)]
         failed = [w for w in again if w.seq in landed]
-        self.limiter.settle(grant, counted=len(done), released=len(failed))
+        self.limiter.settle(
+            grant,
+            counted=len(done),
+            released=len(failed),
+            unknown=len(again) - len(failed),
+        )
         for w in again:
             w.lost = None if w.seq in landed else grant
         for w in done:

@@ -4,17 +4,31 @@ Graph throttles Intune writes per app per tenant (100 per 20 s) and all requests
 counting every item of a `$batch` individually (GRAPH.md, "Throttling"). The limiter turns those
 budgets into waits *before* sending, so a well-behaved run never sees a 429:
 
-- **Sliding log.** Each budget keeps the send times of its recent items (one timestamp per item).
-  An item may go at time `t` only while fewer than `N` items were sent in `(t - W, t]`, with
-  `W = seconds * (1 + margin)`. Hence any `N + 1` consecutive sends span at least `W`, and no
-  `seconds`-long window ever holds more than `N` sends; the margin absorbs clock and network
-  jitter. The log counts *send times* (the moment a slot is granted), not answers: a request that
-  takes long to answer still used its slot when it left.
+- **Sliding log.** Each budget keeps a time per recent item. An item may go at time `t` only
+  while fewer than `N` items are logged in `(t - W, t]`, with `W = seconds * (1 + margin)`, so
+  no `seconds`-long window ever holds more than `N`. A grant is logged at its send time, which
+  is earlier than Graph counts it by up to the request's latency: the margin covers that.
+- **Settled by the answer** (`reserve_writes` → `settle`, issue 14). Once Graph answered, the
+  engine says what it made of each write: *counted* ones are logged again at the answer, less
+  the margin, so a slot is used again exactly one plain window after Graph's answer (Graph
+  counted it before it answered: no latency can make that too early, and the margin no longer
+  costs 3 % of every window); *released* ones (429, 503, a lost answer whose write did not
+  land) leave the log at once: a request the service refused costs no budget, and the writer
+  waiting at the head of the queue is woken to take the slot mid-window.
+- **In flight.** Settled grants keep at most a `$batch`'s worth of writes in flight, and where
+  room is in doubt (after a 429; above the level the limit held, while probing a step up) they
+  start with one write and grow as Graph counts them: a budget smaller than the log thinks (an
+  unknown limit, another app's share of the tenant) costs one 429, not a batch of them.
 - **Pause gate.** A 429 means Graph's budget for this app is spent, whatever our own log says, so
   `throttled()` closes one gate for every caller until the `Retry-After` has passed (or an
   exponential backoff with jitter when Graph gives none). Nothing is granted through a closed gate.
-- **Adaptive rate.** When 429s keep coming (another app shares the tenant's budget), the effective
-  write limit drops multiplicatively and climbs back additively over quiet windows (AIMD).
+  503, 504 and lost answers never touch the gate or the rate: they delay only their request.
+- **Adaptive rate.** Every 429 aims the write limit at what the log says Graph took from us in
+  the last window (the refused slots given back first), never below half of where the episode
+  began: that is what is left for us, whether the app's limit is lower than configured or
+  another app takes part of the tenant's budget. It climbs back over quiet windows in which
+  the limit held writes back: after one, by 5, 10, 20, 25 % of N per window (a halving is
+  undone in four windows, not twenty), each step probed slowly, so a step too far costs one 429.
 - **Carried over across processes.** Graph's window does not end with our process: a run resumed
   right after an interruption at full speed would otherwise start with an empty log and spend a
   budget Graph still counts as used. A `Journal` hears of every grant (and refund, and pause) the
@@ -22,7 +36,9 @@ budgets into waits *before* sending, so a well-behaved run never sees a 429:
   new limiter with what an earlier process sent, given as ages ("0.8 s ago"), not clock readings:
   the monotonic clocks of two processes share no origin, so the ledger keeps wall-clock times and
   turns them into ages. `window()` is the inverse, for a ledger that starts journaling a limiter
-  which already sent (`job run` shares one limiter among its files' runs).
+  which already sent (`job run` shares one limiter among its files' runs). The journal keeps send
+  times only (settling is not journaled): a resumed run waits the margin-widened window, which
+  errs on the safe side.
 
 Every pause and every change of the adaptive rate is a `batch.runlog` event (`pause`, `rate`) in
 run.log. All time goes through an injected `Clock`, so `FakeClock` tests run without real sleeping.
@@ -30,14 +46,13 @@ run.log. All time goes through an injected `Clock`, so `FakeClock` tests run wit
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import math
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -60,10 +75,15 @@ _MIN_SLEEP = 1e-6
 # capped, scaled down for short test windows.
 _BACKOFF_BASE = 1.0
 _BACKOFF_CAP = 60.0
-# Adaptive rate when 429s keep coming: step down to just under what the last window carried,
-# but at most to half at once; restore 5 % of the configured limit per quiet window.
-_DECREASE_FACTOR = 0.5
-_INCREASE_SHARE = 0.05
+# Adaptive rate (see `_adapt_down` and `_recover`): one 429 episode never cuts the limit below
+# this share of what it was; the first step up is this share of the configured limit, and each
+# step after a successful one is twice as large, up to `_STEP_MAX_SHARE`.
+_DECREASE_FLOOR = 0.5
+_STEP_SHARE = 0.05
+_STEP_MAX_SHARE = 0.25
+# Write slots of settled grants in flight at most (one $batch): a budget smaller than the log
+# thinks meets at most this many writes at once (`reserve_writes`).
+_IN_FLIGHT = 20
 
 
 class Clock(Protocol):
@@ -233,20 +253,33 @@ class Limiter:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._adaptive = adaptive
         self._rng = rng if rng is not None else random.Random()
-        # Send times, oldest first; a write is logged in both (it is also "any request").
-        self._write_log: deque[float] = deque()
-        self._any_log: deque[float] = deque()
+        # A write is logged in both (it is also "any request"); writes in flight are not in
+        # either but in `_pending`, and count against both.
+        self._write_log = _Log(write.seconds, margin)
+        self._any_log = _Log(self._read.seconds, margin)
         self._write_lock = anyio.Lock()
         self._read_lock = anyio.Lock()
         # Pause gate and adaptive state.
         self._paused_until = -math.inf
         self._limit = write.count
         self._streak = 0  # consecutive 429 episodes without a success in between
-        self._last_episode_end: float | None = None
         # Every episode closes the gate at least this long (0.21 s for a 20 s window), so the
         # other answers of one burst land inside it even when Graph says Retry-After: 0.
         self._min_pause = self._write_window / 100.0
         self._quiet_since: float | None = None  # start of the current quiet period while < N
+        self._base_step = max(1, round(write.count * _STEP_SHARE))
+        self._max_step = max(1, round(write.count * _STEP_MAX_SHARE))
+        self._step = self._base_step  # the next step up
+        self._waited = 0  # binding quiet windows held since the last 429
+        self._peak = 0  # the most writes the log held since the current quiet window began
+        self._episode_from = write.count  # the limit in force when the episode began
+        self._held = write.count  # the limit known to hold (a quiet window, or an episode's end)
+        # Slow start (`reserve_writes`): after a 429, and above the held limit, writes go out
+        # at most as many at once as slow-started writes were counted since it began, until a
+        # $batch's worth was. Grants made slowly, by time, so their answers count.
+        self._cautious = False
+        self._ok = 0
+        self._slow: set[float] = set()
         # Counters for `stats`.
         self._throttled = 0
         self._pauses = 0
@@ -258,8 +291,16 @@ class Limiter:
         self._journal: Journal | None = None
         # A writer is sleeping until the write window has room (read by `holding`).
         self._window_wait = False
-        # Set when slots are given back, to wake that writer early (`_nap`).
+        # Set when slots are given back or answered, to wake that writer early (`_nap`).
         self._freed = anyio.Event()
+        # Settled grants in flight: grant time -> slots not settled yet (`reserve_writes`).
+        self._pending: dict[float, int] = {}
+        self._in_flight = 0
+        # Settled grants whose answers were lost and not known to have landed (`unknown`):
+        # counted from their send time like those in flight, but no longer in flight.
+        self._lost: dict[float, int] = {}
+        self._last_grant = -math.inf
+        self._last_settles = False  # whether the latest grant is in `_pending` (refund_writes)
         # What the journal was last told of the gate, so a burst of 429s is one record.
         self._journaled_gate: tuple[float, int] | None = None
 
@@ -268,10 +309,11 @@ class Limiter:
     async def acquire_writes(self, want: int, *, at_least: int = 1) -> int:
         """Take up to `want` write slots (at least `at_least`) and return how many were taken.
 
-        `reserve_writes` without the grant's identity: for callers that never `settle` (their
-        slots then count from their send time, as the margin allows).
+        `reserve_writes` for callers that never `settle`: their slots count from their send
+        time (with the margin), and they are not held to the in-flight allowance, which only
+        settled grants can keep track of.
         """
-        return (await self.reserve_writes(want, at_least=at_least)).count
+        return (await self._take_writes(want, at_least, settles=False)).count
 
     async def reserve_writes(self, want: int, *, at_least: int = 1) -> Grant:
         """Take up to `want` write slots (at least `at_least`); the `Grant` says how many, when.
@@ -282,39 +324,96 @@ class Limiter:
         `at_least` larger than the current effective limit is lowered to it (waiting for more
         slots than the window can ever hold would wait forever). Hand the grant to `settle`
         once Graph answered.
+
+        Until it is settled, a grant's slots are *in flight*, and few may be, so that a budget
+        smaller than the log thinks (another app took part of the tenant's) costs few 429s:
+        the first 429 closes the gate before much else left. At most `_IN_FLIGHT` (a `$batch`)
+        at once; and where room is in doubt they start slowly: after a 429, and beyond the
+        level the limit held for a whole window (the probe of a step up, `_recover`), one write
+        goes alone, then as many at once as were counted since (1, 1, 2, 4, ...), so a burst
+        that finds no room costs one 429, not a batch. A window's budget still goes out in a
+        few round trips.
         """
+        return await self._take_writes(want, at_least, settles=True)
+
+    async def _take_writes(self, want: int, at_least: int, *, settles: bool) -> Grant:
         want, at_least = _check_counts(want, at_least)
         async with self._write_lock:
             while True:
                 await self._wait_gate()
                 now = self._clock.now()
                 self._recover(now)
-                _prune(self._write_log, self._write_window, now)
-                _prune(self._any_log, self._read_window, now)
+                used, used_any = self._used(now)
                 limit = self._limit
                 need = min(at_least, limit, self._read.count)
-                free = min(
-                    limit - len(self._write_log),
-                    self._read.count - len(self._any_log),
-                )
-                if free >= need:
-                    take = min(want, free)
-                    self._write_log.extend(itertools.repeat(now, take))
-                    self._any_log.extend(itertools.repeat(now, take))
+                free = min(limit - used, self._read.count - used_any)
+                room = free
+                slow = False
+                if settles:
+                    room = max(_IN_FLIGHT - self._in_flight, 0)
+                    need = min(need, _IN_FLIGHT)
+                    below = self._held - used  # slots up to the held limit
+                    if self._limit > self._held and below > 0:
+                        room = min(room, below)  # the slots above it go slowly
+                    probing = self._limit > self._held and below <= 0
+                    slow = self._ok < _IN_FLIGHT and (self._cautious or probing)
+                    if slow:
+                        need, room = 1, min(room, max(self._ok, 1) - self._in_flight)
+                if free >= need and room >= need:
+                    take = min(want, free, room)
+                    if settles:
+                        self._pending[now] = self._pending.get(now, 0) + take
+                        self._in_flight += take
+                    else:
+                        self._write_log.sent.extend(itertools.repeat(now, take))
+                        self._any_log.sent.extend(itertools.repeat(now, take))
+                    if slow:
+                        self._slow.add(now)
+                    self._peak = max(self._peak, used + take)
                     self._writes += take
+                    self._last_grant, self._last_settles = now, settles
                     if self._journal is not None:
                         self._journal.granted(take, 0)
                     return Grant(take, now)
+                unanswered = self._unanswered()
                 delay = max(
-                    _delay(self._write_log, limit, self._write_window, need, now),
-                    _delay(self._any_log, self._read.count, self._read_window, need, now),
+                    self._write_log.delay(unanswered, used, limit, need, now),
+                    self._any_log.delay(unanswered, used_any, self._read.count, need, now),
                 )
+                if free >= need:
+                    # Only writes in flight hold this grant back: an answer frees it (`_nap`
+                    # wakes on settle), at the latest when the oldest grant's window ends.
+                    delay = min(self._pending, default=now) + self._write_window - now
                 # Loop back through the gate: a 429 may have closed it while we waited.
                 self._window_wait = True
                 try:
                     await self._nap(max(delay, _MIN_SLEEP))
                 finally:
                     self._window_wait = False
+
+    def _used(self, now: float) -> tuple[int, int]:
+        """Write and any-request slots in use now: logged in the windows, or in flight."""
+        self._write_log.prune(now)
+        self._any_log.prune(now)
+        # A grant never settled (an answer that never came), or lost, stops counting after a
+        # window from its send, like any send.
+        for at in [at for at in self._pending if at + self._write_window <= now]:
+            self._unpend(at, self._pending[at])
+            self._slow.discard(at)
+        for at in [at for at in self._lost if at + self._write_window <= now]:
+            del self._lost[at]
+        unanswered = self._in_flight + sum(self._lost.values())
+        return len(self._write_log) + unanswered, len(self._any_log) + unanswered
+
+    def _unanswered(self) -> Counter[float]:
+        """Grant time → writes in flight or lost: counted from their send times."""
+        return Counter(self._pending) + Counter(self._lost)
+
+    def _unpend(self, at: float, n: int) -> int:
+        """Up to `n` slots of the grant made at `at` are no longer in flight; how many were."""
+        n = _take(self._pending, at, n)
+        self._in_flight -= n
+        return n
 
     async def _nap(self, seconds: float) -> None:
         """Sleep `seconds` on the clock, or less when slots are given back meanwhile.
@@ -340,18 +439,24 @@ class Limiter:
         Call it right after that acquire, before awaiting anything: the newest `n` send times are
         then the caller's own (a `$batch` that found fewer rows than it was granted slots).
         """
-        n = max(0, min(n, len(self._write_log)))
-        for _ in range(n):
-            self._write_log.pop()
-            if self._any_log:
-                self._any_log.pop()
+        if self._last_settles:
+            n = max(0, min(n, self._pending.get(self._last_grant, 0)))
+            self._unpend(self._last_grant, n)
+        else:
+            n = max(0, min(n, len(self._write_log.sent)))
+            for _ in range(n):
+                self._write_log.sent.pop()
+                if self._any_log.sent:
+                    self._any_log.sent.pop()
         self._writes -= n
         if n:
             self._freed.set()
             if self._journal is not None:
                 self._journal.refunded(n)
 
-    def settle(self, grant: Grant, *, counted: int = 0, released: int = 0) -> None:
+    def settle(
+        self, grant: Grant, *, counted: int = 0, released: int = 0, unknown: int = 0
+    ) -> None:
         """What Graph made of `grant`'s writes, told once their answers are in.
 
         `counted`: Graph carried them out, or answered them for what they were (400, 404). It
@@ -359,27 +464,31 @@ class Limiter:
         window after the answer (no margin: no network delay can make that too early) instead
         of one widened window after the send. `released`: Graph did not carry them out (429,
         503, a lost answer whose write did not land): their slots are free again at once, so a
-        request the service refused costs no budget. Slots left unsettled keep their send time
-        and the margin. Any number of awaits may lie between the grant and its settling.
+        request the service refused costs no budget. `unknown`: their answers are lost for good
+        (and a read could not tell whether they landed): they stay counted from their send time,
+        with the margin, but are no longer in flight; a later `settle` of the same grant (the
+        read-back that worked) counts or releases them after all. Slots left unsettled stay in
+        flight (until a window passed after their send). Any number of awaits may lie between
+        the grant and its settling, and a grant may be settled in parts.
         """
         now = self._clock.now()
-        counted, released = max(counted, 0), max(released, 0)
-        for _ in range(counted + released):
-            # A send already pruned (an answer slower than the window) is simply not found;
-            # a counted one is logged again below all the same, conservatively.
-            _remove(self._write_log, grant.at)
-            _remove(self._any_log, grant.at)
-        if released:
-            self._freed.set()
-        # Logged `margin` earlier than the answer, so that the margin-widened window that every
-        # log entry gets ends exactly one plain window after the answer.
-        for log, window, plain in (
-            (self._write_log, self._write_window, self._write.seconds),
-            (self._any_log, self._read_window, self._read.seconds),
-        ):
-            at = now - (window - plain)
-            for _ in range(counted):
-                _insert(log, at)
+        counted, released, unknown = max(counted, 0), max(released, 0), max(unknown, 0)
+        self._unpend(grant.at, counted + released + unknown)
+        # Read back later, a lost write is counted or released after all.
+        _take(self._lost, grant.at, counted + released)
+        if unknown:
+            self._lost[grant.at] = self._lost.get(grant.at, 0) + unknown
+        if grant.at in self._slow:
+            self._ok += counted
+            if grant.at not in self._pending:
+                self._slow.discard(grant.at)
+            if self._ok >= _IN_FLIGHT:
+                self._cautious = False
+        self._freed.set()
+        # A grant already out of flight (an answer slower than the window) is counted all the
+        # same: Graph may have counted it as late as now.
+        for log in (self._write_log, self._any_log):
+            log.answered.extend(itertools.repeat(now, counted))
 
     async def acquire_reads(self, want: int, *, at_least: int = 1) -> int:
         """Take up to `want` slots of the any-request budget (at least `at_least`); see writes.
@@ -391,17 +500,17 @@ class Limiter:
             while True:
                 await self._wait_gate()
                 now = self._clock.now()
-                _prune(self._any_log, self._read_window, now)
+                _, used = self._used(now)
                 need = min(at_least, self._read.count)
-                free = self._read.count - len(self._any_log)
+                free = self._read.count - used
                 if free >= need:
                     take = min(want, free)
-                    self._any_log.extend(itertools.repeat(now, take))
+                    self._any_log.sent.extend(itertools.repeat(now, take))
                     self._reads += take
                     if self._journal is not None:
                         self._journal.granted(0, take)
                     return take
-                delay = _delay(self._any_log, self._read.count, self._read_window, need, now)
+                delay = self._any_log.delay(self._unanswered(), used, self._read.count, need, now)
                 await self._clock.sleep(max(delay, _MIN_SLEEP))
 
     async def _wait_gate(self) -> None:
@@ -427,12 +536,8 @@ class Limiter:
         new_episode = now >= self._paused_until
         if new_episode:
             self._pauses += 1
-            if (
-                self._adaptive
-                and self._last_episode_end is not None
-                and now - self._last_episode_end < self._write_window
-            ):
-                self._decrease()
+        if self._adaptive:
+            self._adapt_down(new_episode)
         # A negative or NaN Retry-After is no instruction at all.
         wait = retry_after if retry_after is not None and retry_after >= 0 else None
         if new_episode:
@@ -447,10 +552,11 @@ class Limiter:
         if until > self._paused_until:
             self._paused_seconds += until - max(self._paused_until, now)
             self._paused_until = until
-        self._last_episode_end = self._paused_until
         if self._limit < self._write.count:
             # A quiet window only starts counting once the pause is over.
             self._quiet_since = self._paused_until
+            self._waited = 0
+            self._peak = 0
         self._journal_gate(now)
         return max(self._paused_until - now, 0.0)
 
@@ -474,32 +580,62 @@ class Limiter:
         # zero and send straight back into a throttle that is still on.
         return ceiling * self._rng.uniform(0.5, 1.0)
 
-    def _decrease(self) -> None:
-        # What went out in the last window is what Graph has just refused more of: the best
-        # estimate of the real limit. Aim just under it rather than cutting blindly, since
-        # undershooting costs throughput while overshooting costs only re-sent 429s. Never
-        # below the multiplicative cut at once, so a window thinned out by a long pause (or
-        # another app eating the tenant's budget) steps down steadily instead of collapsing.
-        _prune(self._write_log, self._write_window, self._clock.now())
-        observed = len(self._write_log)
-        lowered = max(1, int(self._limit * _DECREASE_FACTOR), min(self._limit - 1, observed - 1))
+    def _adapt_down(self, new_episode: bool) -> None:
+        """A 429: aim the write limit at what Graph took from us in the last window.
+
+        Called for every 429, after the engine gave back the slots of the refused requests
+        (`settle`), so the log holds what Graph admitted from us in the window plus what is
+        still in flight; each further 429 of a burst lowers the estimate as its slot goes back.
+        That count is the best estimate of what is left for us, whether the app's limit is
+        lower than configured or another app takes a share of the tenant's budget: undershooting
+        it costs throughput, overshooting costs only re-sent 429s. One episode never cuts below
+        half of where it began, so a window thinned out by a pause does not collapse the rate.
+        """
+        if new_episode:
+            self._step = self._base_step
+            self._episode_from = self._limit
+            self._cautious, self._ok = True, 0
+            self._slow.clear()
+        observed, _ = self._used(self._clock.now())
+        floor = max(1, int(self._episode_from * _DECREASE_FLOOR))
+        lowered = max(floor, min(self._limit - 1, observed))
         if lowered < self._limit:
-            runlog.rate(lowered, self._limit, "429s keep coming")
+            runlog.rate(lowered, self._limit, "429: aiming at what Graph took in the last window")
+            if new_episode or self._limit == self._episode_from:
+                self._decreases += 1
             self._limit = lowered
-            self._decreases += 1
+        self._held = self._limit
 
     def _recover(self, now: float) -> None:
-        """Additive increase: each full quiet window since the last 429 restores 5 % of N."""
+        """Step the write limit back up over quiet windows in which it held the writes back.
+
+        Only a limit that held writes back (the log reached it) since it was set is raised: one
+        the rows never reached says nothing about a higher one. After one quiet window at the
+        level an episode left, each further one raises the limit by a step that doubles while
+        they keep coming (5, 10, 20, 25 % of N): back from a halving in four windows, not
+        twenty. A step that meets a 429 is undone by `_adapt_down`; it cost one 429, since the
+        writes above the held level start slowly (`reserve_writes`), so probing every window
+        is cheap. Windows are counted from the end of the last pause, whenever the limiter is
+        next asked (so not aligned with bursts).
+        """
         if self._limit >= self._write.count or self._quiet_since is None:
             return
         windows = int((now - self._quiet_since) // self._write_window)
         if windows <= 0:
             return
-        step = max(1, round(self._write.count * _INCREASE_SHARE))
-        previous = self._limit
-        self._limit = min(self._write.count, self._limit + windows * step)
-        runlog.rate(self._limit, previous, f"{windows} quiet window{'s' if windows > 1 else ''}")
         self._quiet_since += windows * self._write_window
+        if self._peak < self._limit:
+            return  # the limit held nothing back since it was set: no reason to raise it
+        self._held = self._limit  # a whole window at this limit without a 429
+        if self._waited < 1:
+            self._waited += windows
+            return
+        previous = self._limit
+        self._limit = min(self._write.count, self._limit + self._step)
+        self._step = min(self._step * 2, self._max_step)
+        self._peak = 0
+        self._ok = 0  # the writes above the held limit start slowly
+        runlog.rate(self._limit, previous, "a quiet window at the limit")
 
     # -- across processes ------------------------------------------------------------------
 
@@ -543,16 +679,14 @@ class Limiter:
                 anys.extend(itertools.repeat(at, max(sent.writes, 0) + max(sent.reads, 0)))
             if at + self._write_window > now:
                 writes.extend(itertools.repeat(at, max(sent.writes, 0)))
-        # Sorted merges: the logs must stay oldest first for `_prune` and `_delay`.
-        self._write_log = deque(sorted([*self._write_log, *writes]))
-        self._any_log = deque(sorted([*self._any_log, *anys]))
+        # Sorted merges: the logs must stay oldest first for pruning and delays.
+        self._write_log.sent = deque(sorted([*self._write_log.sent, *writes]))
+        self._any_log.sent = deque(sorted([*self._any_log.sent, *anys]))
         if carried.pause_ends_in is not None:
             ends = now + carried.pause_ends_in
             self._paused_until = max(self._paused_until, ends)
-            # A 429 soon after it belongs to "429s keep coming" (see `throttled`).
-            self._last_episode_end = ends
             if carried.write_limit is not None and 1 <= carried.write_limit < self._limit:
-                self._limit = carried.write_limit
+                self._limit = self._held = carried.write_limit
                 self._quiet_since = ends
         return len(writes)
 
@@ -560,13 +694,14 @@ class Limiter:
         """What this limiter's windows hold now, in the form `carry_over` takes.
 
         Sends that left the write window but not the any-request one come back as reads: for
-        the budgets that is what they still are.
+        the budgets that is what they still are. Writes in flight come back at their send time,
+        answered ones at their answer's (the process that carries them over adds the margin).
         """
         now = self._clock.now()
-        _prune(self._write_log, self._write_window, now)
-        _prune(self._any_log, self._read_window, now)
-        writes = Counter(self._write_log)
-        anys = Counter(self._any_log)
+        self._used(now)
+        unanswered = self._unanswered()
+        writes = Counter(self._write_log.sent) + Counter(self._write_log.answered) + unanswered
+        anys = Counter(self._any_log.sent) + Counter(self._any_log.answered) + unanswered
         sends = tuple(
             Sent(now - t, writes[t], max(anys[t] - writes[t], 0))
             for t in sorted(writes.keys() | anys.keys())
@@ -638,23 +773,50 @@ def _prune(log: deque[float], window: float, now: float) -> None:
         log.popleft()
 
 
-def _insert(log: deque[float], at: float) -> None:
-    """Log a send at `at`, keeping the log in time order (usually at or near its end)."""
-    i = len(log)
-    while i and log[i - 1] > at:
-        i -= 1
-    log.insert(i, at)
+class _Log:
+    """One budget's sliding log, in two parts kept in time order.
+
+    `sent`: send times, each counted a margin-widened window (`wide`); `answered`: the answer
+    times of writes Graph counted (`Limiter.settle`), each counted a plain window. Writes in
+    flight, or whose answers were lost, are in neither: the limiter keeps them by grant time
+    (`_pending`, `_lost`) and counts them against both budgets from their send times.
+    """
+
+    def __init__(self, seconds: float, margin: float) -> None:
+        self.plain = seconds
+        self.wide = seconds * (1.0 + margin)
+        self.sent: deque[float] = deque()
+        self.answered: deque[float] = deque()
+
+    def __len__(self) -> int:
+        return len(self.sent) + len(self.answered)
+
+    def prune(self, now: float) -> None:
+        """Forget what left its window."""
+        _prune(self.sent, self.wide, now)
+        _prune(self.answered, self.plain, now)
+
+    def delay(
+        self, unanswered: Mapping[float, int], used: int, limit: int, need: int, now: float
+    ) -> float:
+        """Seconds until `need` slots are free, `used` being in use (logged and `unanswered`)."""
+        expire = used - limit + need  # how many items must leave the window first
+        if expire <= 0:
+            return 0.0
+        in_flight = (at + self.wide for at in sorted(unanswered) for _ in range(unanswered[at]))
+        expiries = heapq.merge(
+            (t + self.wide for t in self.sent), (t + self.plain for t in self.answered), in_flight
+        )
+        nth = next(itertools.islice(expiries, expire - 1, None), now)
+        return nth - now
 
 
-def _remove(log: deque[float], at: float) -> None:
-    """Forget one send logged at `at`, if the log still holds one (O(n): n ≤ the budget)."""
-    with contextlib.suppress(ValueError):
-        log.remove(at)
-
-
-def _delay(log: deque[float], limit: int, window: float, need: int, now: float) -> float:
-    """Seconds until `need` slots are free in a pruned log holding at most `limit` in `window`."""
-    expire = len(log) - limit + need  # how many of the oldest sends must leave the window
-    if expire <= 0:
-        return 0.0
-    return log[expire - 1] + window - now
+def _take(counts: dict[float, int], at: float, n: int) -> int:
+    """Take up to `n` from `counts[at]` (dropping it at 0); return how many were there."""
+    have = counts.get(at, 0)
+    n = min(max(n, 0), have)
+    if n == have:
+        counts.pop(at, None)
+    else:
+        counts[at] = have - n
+    return n

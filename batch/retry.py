@@ -6,12 +6,18 @@ sender's) then waits at the gate. A 503, 504 or lost connection says nothing abo
 it delays only its own request, by its Retry-After or an exponential backoff with jitter.
 Anything else (400, 403, 404, ...) is final and not retried.
 
-The engine wraps one request like this::
+A caller that does one thing at a time wraps a request like this (list pages, `export`,
+`whoami`)::
 
     async for attempt in graph_retrying(limiter, max_retries=8, clock=clock):
         with attempt:
-            await limiter.acquire_writes(1)
-            resp = await client.patch_event(eid, body)
+            await limiter.acquire_reads(1)
+            page = await client.list_page(url)
+
+Decision (issue 14): the engine's writes do not loop here. tenacity sleeps inside its caller,
+and a sender that sleeps through a 503's Retry-After leaves one of `--concurrency` idle; the
+engine re-queues the row with `transient_delay` instead (its `WorkQueue` holds the row until
+then) and the sender goes on with the next one. Both paths share this module's policy.
 """
 
 from __future__ import annotations
@@ -82,8 +88,8 @@ def graph_retrying(limiter: Limiter, *, max_retries: int, clock: Clock) -> tenac
 def transient_delay(limiter: Limiter, error: GraphError, attempt: int) -> float:
     """The wait `retry_wait` chooses after `attempt` failed attempts ending in `error`.
 
-    For callers that re-queue a request instead of looping (the `$batch` sender re-sends
-    throttled or failed items in later batches), so both paths share one policy.
+    For callers that re-queue a request instead of looping (the engine's senders re-send a
+    failed row later, from the queue), so both paths share one policy.
     """
     state = RetryCallState(tenacity.AsyncRetrying(), None, (), {})
     state.attempt_number = max(attempt, 1)

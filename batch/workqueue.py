@@ -8,8 +8,11 @@ Decisions:
   Retry-After, a backoff) sits in a heap with its not-before time while the senders go on with
   other rows; it comes out ahead of fresh rows once due. A sender that slept through the delay
   would leave one of `--concurrency` idle for a whole Retry-After.
-* **Time is the queue's clock.** Waits for a delayed row or a linger run on the injected `Clock`
-  (not anyio's own timer), so a `FakeClock` test re-queues with a one-second delay in no time.
+* **Time is the queue's clock.** Waits for a delayed row or a linger run on the injected `Clock`,
+  so a `FakeClock` test re-queues with a one-second delay in no time: a task sleeping on the
+  clock ends the wait. With the `SystemClock` (the event loop's own time) anyio's timer does it:
+  the readers wait for rows all the time, and a task per wait cost a third of the unthrottled
+  throughput in batch mode.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Generic, Protocol, TypeVar
 
 import anyio
 
-from batch.limiter import Clock
+from batch.limiter import Clock, SystemClock
 
 __all__ = ["WorkQueue"]
 
@@ -63,6 +66,11 @@ class WorkQueue(Generic[W]):
         """Wait (holding the condition's lock) for a notification or `seconds` on the clock."""
         if seconds == math.inf:
             await self._cond.wait()
+            return
+        if isinstance(self._clock, SystemClock):
+            # The real clock is the event loop's: its own timer is much cheaper than a task.
+            with anyio.move_on_after(seconds):
+                await self._cond.wait()
             return
         async with anyio.create_task_group() as alarm:
 

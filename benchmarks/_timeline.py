@@ -6,7 +6,8 @@ picture is a few hundred SVG elements written by hand, readable in any browser a
 What it shows, on the emulator's clock from the run's first request:
 
 - grey bars: the tool's admitted writes per second in short bins (the burst pattern of a
-  sliding window: a window's budget goes out at once, then nothing until slots free);
+  sliding window: a window's budget goes out at once, then nothing until slots free; cut off
+  at three times the limit);
 - blue line: the tool's writes per second over the *last window* (sliding): at the ceiling it
   hugs the limit line, and every dip below it is throughput lost;
 - dashed line: the limit in writes per second (N / W), or what another app left of the
@@ -26,8 +27,8 @@ from xml.sax.saxutils import escape
 
 __all__ = ["Timeline", "write_svg"]
 
-_WIDTH, _HEIGHT = 900, 320
-_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 16, 34, 58
+_WIDTH, _HEIGHT = 900, 340
+_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 16, 58, 58
 
 
 @dataclass
@@ -61,7 +62,9 @@ def write_svg(path: Path, timeline: Timeline) -> Path:
     bins = [0] * (int(end / bin_width) + 1)
     for w in writes:
         bins[int(w / bin_width)] += 1
-    peak = max([b / bin_width for b in bins] + [t.limit_rate * 1.3, *(r for _, r in t.left)])
+    # Bursts reach many times the limit for an instant; the scale is for the rates (bars above
+    # it are cut off at the top).
+    peak = max([t.limit_rate * 3, *(r * 1.3 for _, r in t.left)])
     plot_w = _WIDTH - _LEFT - _RIGHT
     plot_h = _HEIGHT - _TOP - _BOTTOM
 
@@ -152,10 +155,9 @@ def write_svg(path: Path, timeline: Timeline) -> Path:
     if other:
         legend.append(("#8a3ab9", "other app, over the last W"))
     legend += [("#d62728", f"429 ({len(t.rejected)})"), ("#ff7f0e", f"fault ({len(t.faults)})")]
-    lx = _LEFT + 320
     for i, (colour, label) in enumerate(legend):
-        ly = 10 + (i % 3) * 10
-        col = lx + (i // 3) * 200
+        ly = 32 + (i % 2) * 12
+        col = _LEFT + (i // 2) * 200
         parts.append(
             f'<rect x="{col}" y="{ly - 6}" width="10" height="6" fill="{colour}"/>'
             f'<text x="{col + 14}" y="{ly}" font-size="9">{escape(label)}</text>'

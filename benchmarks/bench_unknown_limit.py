@@ -1,7 +1,7 @@
 """Issue 14: the limit unknown, and another app taking a changing share of the tenant's budget.
 
     .venv/bin/python benchmarks/bench_unknown_limit.py [--limit 100/5] [--factor 2]
-        [--rows 1000] [--latency-ms 30] [--shares 0.25,0.75,0.4,0.9,0.5] [--phase-windows 3]
+        [--rows 1800] [--latency-ms 30] [--shares 0.25,0.75,0.4,0.6] [--phase-windows 6]
         [--modes single,batch] [--seed 14]
 
 The emulator enforces Graph's budgets with the window scaled (`--limit` per app, twice that per
@@ -215,7 +215,12 @@ def run_mode(
         "during_retry_after": us.get("during_retry_after", 0),
         "http_requests": output["requests_sent"],
         "timeline_svg": str(picture.relative_to(OUT.parent)),
-        "timeline": {"start": first, "writes": my_writes, "rejected": my_429},
+        "timeline": {
+            "start": first,
+            "writes": my_writes,
+            "rejected": my_429,
+            "other": their_writes,
+        },
         "exit_code": done.returncode,
     }
 
@@ -225,10 +230,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", default="100/5", help="the emulator's real per-app N/SECONDS")
     parser.add_argument("--factor", type=float, default=2.0, help="tool limit = factor * real")
-    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--rows", type=int, default=1800)
     parser.add_argument("--latency-ms", type=int, default=30)
-    parser.add_argument("--shares", default="0.25,0.75,0.4,0.9,0.5")
-    parser.add_argument("--phase-windows", type=int, default=3)
+    parser.add_argument("--shares", default="0.25,0.75,0.4,0.6")
+    parser.add_argument("--phase-windows", type=int, default=6)
     parser.add_argument("--modes", default="single,batch")
     parser.add_argument("--seed", type=int, default=14)
     args = parser.parse_args()

@@ -6,8 +6,8 @@ Each benchmark is its own script (see its docstring for what it measures and how
 starts them in turn as child processes — never two at once, so they do not disturb each other —
 and writes what they printed, with the exact command, its exit status and its duration, to
 `benchmarks/out/run_all.md` (the raw figures of each are in `benchmarks/out/<name>.json`).
-The default sizes are the issue's and take about 14 minutes on 2 cores; `--quick` runs every
-benchmark on small inputs in about 3 minutes, to check that they all work. A benchmark that
+The default sizes are the issues' and take about 22 minutes on 2 cores; `--quick` runs every
+benchmark on small inputs in about 4 minutes, to check that they all work. A benchmark that
 misses its target exits 1; the runner carries on and reports it.
 """
 
@@ -30,10 +30,15 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         [],
         ["--rows", "400", "--limit", "100/2"],
     ),
+    "faults": (
+        "bench_faults.py",
+        [],
+        ["--rows", "300", "--limit", "100/2", "--cases", "none,mixed"],
+    ),
     "unknown_limit": (
         "bench_unknown_limit.py",
         [],
-        ["--rows", "400", "--limit", "100/2"],
+        ["--rows", "500", "--limit", "100/2", "--phase-windows", "3"],
     ),
     "overhead": ("bench_overhead.py", [], ["--rows", "2000", "--small", "500"]),
     "scale": ("bench_scale.py", [], ["--csv-rows", "100000", "--xlsx-rows", "10000"]),

@@ -354,41 +354,111 @@ async def test_answers_of_one_burst_are_one_episode() -> None:
     for _ in range(20):  # a $batch whose items were all throttled
         limiter.throttled(0.0)
     assert limiter.stats["pauses"] == 1
-    assert limiter.effective_write_limit == 100
+    # An empty window says little about the real limit: one episode at most halves it.
+    assert limiter.effective_write_limit == 50
+    assert limiter.stats["decreases"] == 1
 
 
 # -- adaptive rate -----------------------------------------------------------------------------
 
 
-async def test_repeated_429s_step_the_rate_down_and_quiet_windows_restore_it() -> None:
+async def _fill(limiter: Limiter, clock: FakeClock, n: int) -> list[float]:
+    """Take `n` write slots one at a time, answered at once; the times they were granted."""
+    times = []
+    for _ in range(n):
+        grant = await limiter.reserve_writes(1)
+        limiter.settle(grant, counted=1)
+        times.append(clock.now())
+    return times
+
+
+async def test_a_429_aims_the_limit_at_what_graph_took_in_the_window() -> None:
     clock = FakeClock()
     limiter = Limiter(write=WRITE, clock=clock)
-    assert await limiter.acquire_writes(60) == 60  # what the last window carried
-    clock.advance(limiter.throttled(2.0))
-    assert limiter.effective_write_limit == 100  # one 429 alone may be bad luck
-    clock.advance(3.0)
-    clock.advance(limiter.throttled(2.0))  # 429s keep coming
-    assert limiter.effective_write_limit == 59  # just under what Graph just refused more of
-    clock.advance(1.0)
+    await _fill(limiter, clock, 70)
+    grant = await limiter.reserve_writes(10)  # in flight when the first 429 comes back
     limiter.throttled(2.0)
-    assert limiter.effective_write_limit == 58  # still too much: one step further down
-    assert limiter.stats["decreases"] == 2
-    clock.advance(2.0)  # pause over; quiet windows count from here
-    clock.advance(WINDOW - 0.01)
-    assert limiter.effective_write_limit == 58
-    clock.advance(0.02)
-    assert limiter.effective_write_limit == 63  # +5 % of N per quiet window
-    clock.advance(3 * WINDOW)
-    assert limiter.effective_write_limit == 78
-    clock.advance(10 * WINDOW)
-    assert limiter.effective_write_limit == 100  # never above the configured N
+    assert limiter.effective_write_limit == 80  # 70 answered and 10 in flight
+    limiter.settle(grant, released=10)  # those ten were refused too: their slots come back
+    limiter.throttled(2.0)
+    assert limiter.effective_write_limit == 70
+    assert limiter.stats["decreases"] == 1 and limiter.stats["pauses"] == 1
+
+
+async def test_a_429_with_a_full_window_still_lowers_the_limit_by_one() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(10, 20.0), clock=clock)
+    await _fill(limiter, clock, 10)
+    limiter.throttled(1.0)  # our own log cannot explain it: the budget is smaller
+    assert limiter.effective_write_limit == 9
+
+
+async def test_quiet_windows_at_the_limit_step_it_back_up_doubling() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    await _fill(limiter, clock, 40)
+    clock.advance(limiter.throttled(1.0))
+    assert limiter.effective_write_limit == 50  # at most a halving at once
+    seen = []
+    for _ in range(7):  # each round fills the limit, i.e. the limit holds the writes back
+        await _fill(limiter, clock, limiter.effective_write_limit)
+        seen.append(limiter.effective_write_limit)
+    # One quiet window at 50 first; then +5, +10, +20, +25 % of N; never above N.
+    assert seen == [50, 50, 55, 65, 85, 100, 100]
+    assert limiter.stats["pauses"] == 1
+
+
+async def test_a_limit_the_rows_never_reach_is_not_raised() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    clock.advance(limiter.throttled(1.0))
+    assert limiter.effective_write_limit == 50
+    for _ in range(5):
+        await _fill(limiter, clock, 10)  # ten a window: the limit of 50 holds nothing back
+        clock.advance(WINDOW)
+    assert limiter.effective_write_limit == 50
+
+
+async def test_a_step_up_is_probed_one_write_at_a_time() -> None:
+    """Above the level the limit held, writes go alone until one is counted: a failed step up
+    costs one 429, not a batch."""
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    await _fill(limiter, clock, 40)
+    clock.advance(limiter.throttled(1.0))
+    for _ in range(3):
+        await _fill(limiter, clock, limiter.effective_write_limit)
+    assert limiter.effective_write_limit == 55  # held 50 for a window, now probing 55
+    clock.advance(WINDOW)
+    up_to_held = await limiter.reserve_writes(100)
+    assert up_to_held.count == 20  # a $batch in flight at most
+    limiter.settle(up_to_held, counted=20)
+    for _ in range(2):
+        grant = await limiter.reserve_writes(100)
+        limiter.settle(grant, counted=grant.count)
+    probe = await limiter.reserve_writes(100)
+    assert probe.count == 1  # the 51st: above what held, alone
+    limiter.settle(probe, released=1)
+    limiter.throttled(1.0)
+    assert limiter.effective_write_limit == 50
+
+
+async def test_after_a_429_writes_start_again_slowly() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    clock.advance(limiter.throttled(1.0))
+    counts = []
+    for _ in range(6):
+        grant = await limiter.reserve_writes(20)
+        counts.append(grant.count)
+        limiter.settle(grant, counted=grant.count)
+    assert counts == [1, 1, 2, 4, 8, 16]
+    assert (await limiter.reserve_writes(20)).count == 18  # 32 counted: a $batch again, to 50
 
 
 async def test_the_lowered_rate_is_enforced() -> None:
     clock = FakeClock()
     limiter = Limiter(write=Rate(10, 20.0), clock=clock)
-    clock.advance(limiter.throttled(1.0))
-    clock.advance(1.5)
     clock.advance(limiter.throttled(1.0))
     # An empty window says nothing about the real limit: at most a halving at once.
     assert limiter.effective_write_limit == 5
@@ -424,8 +494,8 @@ async def test_stats_report_the_counters() -> None:
         "throttled": 1,
         "pauses": 1,
         "paused_seconds": 4.0,
-        "decreases": 0,
-        "write_limit": 100,
+        "decreases": 1,
+        "write_limit": 50,
         "configured_write_limit": 100,
         "writes": 3,
         "reads": 2,
@@ -440,6 +510,93 @@ async def test_refunded_write_slots_are_free_again() -> None:
     limiter.refund_writes(4)  # a batch found only 6 rows for its 10 slots
     assert await limiter.acquire_writes(10) == 4
     assert clock.now() == 0  # no waiting: the refunded slots were free at once
+
+
+# -- settling: what Graph made of the writes -----------------------------------------------------
+
+
+async def test_an_answered_write_counts_a_plain_window_from_its_answer() -> None:
+    """No margin for a settled slot: Graph counted it before its answer arrived."""
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(10, 20.0), clock=clock)
+    grant = await limiter.reserve_writes(10)
+    clock.advance(0.5)  # the answer
+    limiter.settle(grant, counted=10)
+    assert await limiter.acquire_writes(1) == 1
+    assert clock.now() == pytest.approx(20.5)  # not 20 * 1.03, not 20 from the send
+
+
+async def test_an_unsettled_write_keeps_its_send_time_and_the_margin() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(10, 20.0), clock=clock)
+    await limiter.reserve_writes(10)
+    assert await limiter.acquire_writes(1) == 1
+    assert clock.now() == pytest.approx(20.6)
+
+
+async def test_a_released_slot_is_free_at_once_for_a_waiting_writer() -> None:
+    """A 503 gives its slot back mid-window: the writer waiting for one takes it then."""
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(2, 60.0), clock=clock)
+    refused = await limiter.reserve_writes(1)
+    await limiter.reserve_writes(1)
+    got: list[float] = []
+
+    async def waiter() -> None:
+        await limiter.reserve_writes(1)
+        got.append(clock.now())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await clock.sleep(1.0)
+        limiter.settle(refused, released=1)
+    assert got == [1.0]
+
+
+async def test_in_flight_writes_are_at_most_a_batch() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    first = await limiter.reserve_writes(100)
+    assert first.count == 20
+    got: list[float] = []
+
+    async def waiter() -> None:
+        got.append((await limiter.reserve_writes(100)).count)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await clock.sleep(0.3)
+        assert got == []  # the budget has room, but twenty are in flight
+        limiter.settle(first, counted=20)
+    assert got == [20] and clock.now() == pytest.approx(0.3)
+    # Callers that never settle (`acquire_writes`) are not held to it.
+    assert await limiter.acquire_writes(100) == 60
+
+
+async def test_a_lost_write_read_back_later_is_counted_or_released_then() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=Rate(2, 60.0), clock=clock)
+    first, second = await limiter.reserve_writes(1), await limiter.reserve_writes(1)
+    limiter.settle(first, unknown=1)  # lost, and the read-back failed: still counted
+    limiter.settle(second, unknown=1)
+    clock.advance(1.0)
+    limiter.settle(first, released=1)  # read back again: it had not landed
+    limiter.settle(second, counted=1)  # it had
+    assert await limiter.acquire_writes(2) == 1 and clock.now() == 1.0
+    assert await limiter.acquire_writes(1) == 1
+    assert clock.now() == pytest.approx(61.0)  # a plain window from the second's read-back
+
+
+async def test_a_write_whose_answer_never_comes_stops_being_in_flight() -> None:
+    clock = FakeClock()
+    limiter = Limiter(write=WRITE, clock=clock)
+    lost = await limiter.reserve_writes(20)
+    limiter.settle(lost, unknown=20)  # a read could not tell whether it landed
+    assert (await limiter.reserve_writes(20)).count == 20
+    assert clock.now() == 0
+    # Never settled at all: after a window it no longer holds the others back either.
+    assert (await limiter.reserve_writes(20)).count == 20
+    assert clock.now() == pytest.approx(WINDOW)
 
 
 # -- carried over from an interrupted process ----------------------------------------------------
@@ -535,15 +692,13 @@ async def test_a_carried_pause_holds_the_gate_and_a_lowered_rate_stays_lowered()
     assert limiter.effective_write_limit == 60
     assert await limiter.acquire_writes(100) == 60
     assert clock.now() == pytest.approx(3.0)
-    # It recovers as it would have in the earlier process: +5 % per quiet window from the pause.
+    # It recovers as it would have in the earlier process: windows count from the pause's end,
+    # and a limit that held the writes back for one is raised after the next.
+    clock.advance(WINDOW)
+    assert await limiter.acquire_writes(60) == 60
+    assert limiter.effective_write_limit == 60
     clock.advance(WINDOW)
     assert limiter.effective_write_limit == 65
-
-    # A 429 soon after the carried pause means 429s keep coming: the rate steps down again.
-    again = Limiter(write=WRITE, clock=clock)
-    again.carry_over(Carried(pause_ends_in=-1.0, write_limit=100))
-    again.throttled(1.0)
-    assert again.stats["decreases"] == 1
 
 
 async def test_a_pause_that_ended_leaves_the_gate_open() -> None:
@@ -571,8 +726,8 @@ async def test_the_journal_hears_every_grant_refund_and_pause() -> None:
         ("granted", 20, 0),
         ("refunded", 3, 0),
         ("granted", 0, 7),
-        ("throttled", 4.0, 100),
-        ("throttled", 10.0, 100),
+        ("throttled", 4.0, 50),  # the write limit the 429 left
+        ("throttled", 10.0, 50),
     ]
     limiter.attach(None)
     await limiter.acquire_writes(1)
@@ -589,11 +744,12 @@ async def test_window_gives_back_what_carry_over_takes() -> None:
     limiter.throttled(2.0)
     window = limiter.window()
     assert list(window.sends) == [(3.0, 4, 0), (0.0, 6, 5)]
-    assert window.pause_ends_in == 2.0 and window.write_limit == 10
+    assert window.pause_ends_in == 2.0 and window.write_limit == 9
 
     twin = Limiter(write=Rate(10, 20.0), read=Rate(30, 20.0), clock=FakeClock(start=50.0))
     assert twin.carry_over(window) == 10
     assert twin.paused_for == 2.0
-    assert await twin.acquire_writes(10) == 4  # the 4 of "3 s ago" leave first
+    # The 4 of "3 s ago" leave first; the 429 with a full window left the limit at 9.
+    assert await twin.acquire_writes(10) == 3
     assert twin.window().sends[-1].ago == 0.0
     assert Limiter(write=WRITE, clock=FakeClock()).window() == Carried()
