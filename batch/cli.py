@@ -11,8 +11,10 @@ import logging
 import os
 import random
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import anyio
 import typer
@@ -24,22 +26,12 @@ from batch.logs import setup_console
 from batch.model import Rate
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from batch.auth import TokenProvider
-    from batch.engine import RunOptions, RunSummary
+    from batch.engine import RunSummary
     from batch.mapper import InputOptions, Prepared
-
-
-class _SendSettings(TypedDict):
-    """How `run` and `revert` send: their shared RunOptions fields."""
-
-    mode: Literal["single", "batch"]
-    batch_size: int
-    write_limit: Rate
-    read_limit: Rate | None
-    concurrency: int
-    max_retries: int
+    from batch.options import RunOptions, Sending
 
 
 # Commands import the heavy modules (pandas, httpx, msal) when they run, so `--help` stays quick.
@@ -180,6 +172,7 @@ def _input_options(
     `excel` is (`--header-row`, `--allow-numeric-text`, `--skip-hidden-rows`).
     """
     from batch.mapper import InputOptions
+    from batch.options import key_choice
 
     header_row, allow_numeric_text, skip_hidden_rows = excel
     return InputOptions(
@@ -189,43 +182,32 @@ def _input_options(
         null_token=null_token,
         assume_tz=assume_tz,
         ignore_unknown_columns=ignore_unknown_columns,
-        key=_key_option(key, pick),
+        key=key_choice(key, pick),
         header_row=header_row,
         allow_numeric_text=allow_numeric_text,
         skip_hidden_rows=skip_hidden_rows,
     )
 
 
-def _send_settings(
+def _sending(
     mode: str,
     batch_size: int,
     write_limit: str,
     read_limit: str | None,
     concurrency: int,
     max_retries: int,
-) -> _SendSettings:
-    """The RunOptions fields `run` and `revert` take from the same options, parsed."""
-    return {
-        "mode": _mode(mode),
-        "batch_size": batch_size,
-        "write_limit": _parse_rate(write_limit, "--write-limit"),
-        "read_limit": _parse_rate(read_limit, "--read-limit") if read_limit else None,
-        "concurrency": concurrency,
-        "max_retries": max_retries,
-    }
+) -> Sending:
+    """How `run` and `revert` send, from the options they share, parsed and checked."""
+    from batch.options import Sending
 
-
-def _key_option(text: str | None, pick: str | None) -> str | None:
-    """`--key` as a property name (or None); `--pick` only with `--key`."""
-    from batch.mapper import key_property
-
-    if text is None:
-        if pick is not None:
-            raise UsageError("--pick chooses among events with the same --key: pass --key too")
-        return None
-    if pick is not None and pick != "latest":
-        raise UsageError(f"--pick must be latest, not {pick!r}")
-    return key_property(text)
+    return Sending(
+        mode=_mode(mode),
+        batch_size=batch_size,
+        write_limit=_parse_rate(write_limit, "--write-limit"),
+        read_limit=_parse_rate(read_limit, "--read-limit") if read_limit else None,
+        concurrency=concurrency,
+        max_retries=max_retries,
+    )
 
 
 def _version(value: bool) -> None:
@@ -249,16 +231,51 @@ def error_object(message: str, exit_code: int) -> str:
     return json.dumps({"ok": False, "error": message, "exit_code": exit_code}, ensure_ascii=False)
 
 
+def _say(error: BatchError, *, as_json: bool, open_object: str | None = None) -> None:
+    """A domain error as one `Error:` line on stderr (and, with `--json`, a JSON object).
+
+    `open_object`: what closes a JSON object the command already began on stdout; the error's
+    fields then complete that object, so stdout still holds exactly one.
+    """
+    if as_json:
+        answer = error_object(str(error), error.exit_code)
+        typer.echo(answer if open_object is None else open_object + answer[1:])
+    typer.echo(f"Error: {error}", err=True)
+
+
 def fail(error: BatchError, *, as_json: bool = False) -> NoReturn:
     """Print a domain error as one line on stderr and exit with its code.
 
     `as_json` (the command's `--json`): stdout also gets one JSON object saying so, since a
     script reading stdout must get an answer whatever happened.
     """
-    if as_json:
-        typer.echo(error_object(str(error), error.exit_code))
-    typer.echo(f"Error: {error}", err=True)
+    _say(error, as_json=as_json)
     raise typer.Exit(error.exit_code)
+
+
+@dataclass
+class _Stdout:
+    """What a command has begun on stdout, as far as its error handler must know."""
+
+    # Set by a command that streams one JSON object (`validate --json`) once it has begun
+    # writing it: the text that closes what is open before the error's fields are added.
+    open_object: str | None = None
+
+
+@contextmanager
+def _domain_errors(*, as_json: bool = False) -> Iterator[_Stdout]:
+    """Every command's one handler: a `BatchError` becomes `Error: ...` and its exit code.
+
+    The library raises its own errors and knows nothing of terminals (sqlite-utils' split); the
+    block a command runs in this turns them into CONTRACT.md's messages and exit codes. Anything
+    else passes through to `main`, which reports a bug as one line too.
+    """
+    stdout = _Stdout()
+    try:
+        yield stdout
+    except BatchError as error:
+        _say(error, as_json=as_json, open_object=stdout.open_object)
+        raise typer.Exit(error.exit_code) from None
 
 
 # What the interpreter or the user raise to stop: never a bug, so never reported as one.
@@ -314,9 +331,7 @@ def main() -> None:
             sys.exit(_main_for_json())
         app()
     except BatchError as error:
-        if as_json:
-            typer.echo(error_object(str(error), error.exit_code))
-        typer.echo(f"Error: {error}", err=True)
+        _say(error, as_json=as_json)
         sys.exit(error.exit_code)
     except BaseException as error:
         # A bug: still one line, the traceback only on request. BaseException, not Exception:
@@ -331,9 +346,7 @@ def main() -> None:
             if errors is not None and rest is None:
                 leaf = _first_leaf(errors)
                 assert isinstance(leaf, BatchError)
-                if as_json:
-                    typer.echo(error_object(str(leaf), leaf.exit_code))
-                typer.echo(f"Error: {leaf}", err=True)
+                _say(leaf, as_json=as_json)
                 sys.exit(leaf.exit_code)
         if os.environ.get("AUTOPILOT_BATCH_DEBUG"):
             raise
@@ -460,42 +473,40 @@ def run(
     """Send the updates in INPUT to Graph and write the run folder."""
     from batch.auth import build_token_provider
     from batch.clouds import resolve_endpoints
-    from batch.engine import RunOptions
+    from batch.options import Judging, RunOptions, Source, Target
 
     setup_console(quiet=quiet or as_json)
-    try:
+    with _domain_errors(as_json=as_json):
         endpoints = resolve_endpoints(cloud, graph_url=graph_url, authority_host=authority_host)
-        options = RunOptions(
-            input=input,
-            out=out,
-            resume=resume,
-            dry_run=dry_run,
-            **_send_settings(mode, batch_size, write_limit, read_limit, concurrency, max_retries),
-            input_options=_input_options(
-                encoding,
-                sheet,
-                map_file,
-                null_token,
-                assume_tz,
-                ignore_unknown_columns,
-                key,
-                pick,
-                (header_row, allow_numeric_text, skip_hidden_rows),
-            ),
-            graph_root=endpoints.graph_root,
-            cloud=endpoints.cloud,
-            only_changed=only_changed,
-            backup=backup,
-            pick=pick,
-            force=force,
-            accept_lost_zeros=accept_lost_zeros,
+        sending = _sending(mode, batch_size, write_limit, read_limit, concurrency, max_retries)
+        reading = _input_options(
+            encoding,
+            sheet,
+            map_file,
+            null_token,
+            assume_tz,
+            ignore_unknown_columns,
+            key,
+            pick,
+            (header_row, allow_numeric_text, skip_hidden_rows),
         )
-        options.check()
-        # A dry run touches no Graph, unless --only-changed needs the current values or --key
-        # the ids (both only read).
+        options = RunOptions(
+            source=Source(file=input, reading=reading, pick=pick),
+            sending=sending,
+            target=Target(graph_root=endpoints.graph_root, cloud=endpoints.cloud),
+            judging=Judging(
+                only_changed=only_changed,
+                backup=backup,
+                force=force,
+                accept_lost_zeros=accept_lost_zeros,
+            ),
+            dry_run=dry_run,
+            resume=resume,
+            out=out,
+        )
         tokens = (
             None
-            if dry_run and not only_changed and key is None
+            if not options.touches_graph
             else build_token_provider(
                 endpoints,
                 device_code=device_code,
@@ -509,10 +520,8 @@ def run(
             options,
             tokens,
             quiet=quiet or as_json,
-            on_prepared=_token_lifetime_check(tokens, options.write_limit),
+            on_prepared=_token_lifetime_check(tokens, options.sending.write_limit),
         )
-    except BatchError as error:
-        fail(error, as_json=as_json)
     _print_summary(summary, as_json=as_json)
     raise typer.Exit(summary.exit_code)
 
@@ -561,20 +570,17 @@ def demo(
     """Start the Graph emulator in-process and run the bundled sample through it."""
     from batch.auth import StaticTokenProvider
     from batch.emulator import EmulatorConfig, EmulatorServer, generate_event
-    from batch.engine import RunOptions
+    from batch.options import RunOptions, Sending, Source, Target
 
     setup_console(quiet=quiet or as_json)
-    try:
+    with _domain_errors(as_json=as_json):
         sample = input or _bundled_sample()
         limit = _parse_rate(write_limit, "--write-limit")
         options = RunOptions(
-            input=sample,
+            source=Source(file=sample),
+            sending=Sending(mode=_mode(mode), write_limit=limit, concurrency=4),
             out=out,
-            mode=_mode(mode),
-            write_limit=limit,
-            concurrency=4,
         )
-        options.check()
         config = EmulatorConfig(
             write_limit=limit,
             tenant_write_limit=Rate(limit.count * 2, limit.seconds),
@@ -589,7 +595,7 @@ def demo(
                 ids = dict.fromkeys(m.event_id for _, m in prepared.rows() if m.event_id)
                 server.add_events(generate_event(rng, event_id=i) for i in ids)
 
-            options.graph_root = server.url
+            options = replace(options, target=Target(graph_root=server.url))
             if not (quiet or as_json):
                 typer.echo(f"Graph emulator listening on {server.url} (limit {limit})", err=True)
             summary = _execute(
@@ -599,8 +605,6 @@ def demo(
                 on_prepared=preload,
             )
             stats = server.stats()
-    except BatchError as error:
-        fail(error, as_json=as_json)
     _print_summary(summary, as_json=as_json)
     if not as_json:
         typer.echo(
@@ -678,11 +682,11 @@ def revert(
     """Undo the changes of the run in RUN_DIR from its before-images."""
     from batch.auth import build_token_provider
     from batch.clouds import CLOUDS, resolve_endpoints
-    from batch.engine import RunOptions
+    from batch.options import Judging, RunOptions, Source, Target
     from batch.revert import RevertPlan, recorded_endpoint, revert_out_dir
 
     setup_console(quiet=quiet or as_json)
-    try:
+    with _domain_errors(as_json=as_json):
         plan = RevertPlan(run_dir)
         if cloud is None and graph_url is None:
             recorded_cloud, recorded_root = recorded_endpoint(run_dir)
@@ -694,18 +698,15 @@ def revert(
             cloud or "global", graph_url=graph_url, authority_host=authority_host
         )
         options = RunOptions(
-            input=run_dir,
             out=out or revert_out_dir(run_dir, Path("runs"), resume=resume),
-            resume=resume,
+            source=Source(file=run_dir),
+            sending=_sending(mode, batch_size, write_limit, read_limit, concurrency, max_retries),
+            target=Target(graph_root=endpoints.graph_root, cloud=endpoints.cloud),
+            # A revert reads every row's current values: that is how it finds conflicts.
+            judging=Judging(only_changed=True, backup=True, force=force),
             dry_run=dry_run,
-            **_send_settings(mode, batch_size, write_limit, read_limit, concurrency, max_retries),
-            graph_root=endpoints.graph_root,
-            cloud=endpoints.cloud,
-            only_changed=True,
-            backup=True,
-            force=force,
+            resume=resume,
         )
-        options.check()
         if plan.total == 0:
             if as_json:
                 typer.echo(json.dumps({"rows": 0, "exit_code": 0, "run_dir": str(run_dir)}))
@@ -725,8 +726,6 @@ def revert(
             azure_cli=azure_cli,
         )
         summary = _execute(options, tokens, quiet=quiet or as_json, plan=plan)
-    except BatchError as error:
-        fail(error, as_json=as_json)
     _print_summary(summary, as_json=as_json)
     raise typer.Exit(summary.exit_code)
 
@@ -752,12 +751,10 @@ def report(
     """(Re)write RUN_DIR/report.html: one page with figures, outcomes, timeline and failures."""
     from batch.report.html import write_report
 
-    try:
+    with _domain_errors():
         if not run_dir.is_dir():
             raise UsageError(f"{run_dir}: no such run folder")
         target = write_report(run_dir)
-    except BatchError as error:
-        fail(error)
     typer.echo(f"wrote {target}")
 
 
@@ -796,7 +793,7 @@ def whoami(
     from batch.whoami import check_identity, expiry_text
 
     setup_console(quiet=as_json)
-    try:
+    with _domain_errors(as_json=as_json):
         endpoints = resolve_endpoints(cloud, graph_url=graph_url, authority_host=authority_host)
         tokens = build_token_provider(
             endpoints,
@@ -807,8 +804,6 @@ def whoami(
             azure_cli=azure_cli,
         )
         identity = anyio.run(lambda: check_identity(endpoints, tokens))
-    except BatchError as error:
-        fail(error, as_json=as_json)
     if as_json:
         typer.echo(json.dumps(identity.to_json(), ensure_ascii=False))
     else:
@@ -886,8 +881,7 @@ def validate(
 
     out, err = sys.stdout, sys.stderr
     counts = {"valid": 0, "invalid": 0, "skipped": 0}
-    started_json = False
-    try:
+    with _domain_errors(as_json=as_json) as stdout:
         options = _input_options(
             encoding,
             sheet,
@@ -922,7 +916,7 @@ def validate(
                 head["key"] = options.key
             # The head object without its closing brace; the tail closes the list and the object.
             out.write(_json_line(head)[:-1] + ', "invalid_rows": [')
-            started_json = True
+            stdout.open_object = "], "
         first = True
         file_warnings = set(prepared.warnings)
         for _raw, mapped in prepared.rows():
@@ -952,14 +946,6 @@ def validate(
                     # Plain writes: a file of a million bad rows prints a million lines.
                     for problem in mapped.problems:
                         err.write(f"row {mapped.number}: {problem}\n")
-    except BatchError as error:
-        if as_json and started_json:
-            # The object is half written: close it with the error, so stdout stays one object.
-            out.write("], " + error_object(str(error), error.exit_code)[1:] + "\n")
-            out.flush()
-            typer.echo(f"Error: {error}", err=True)
-            raise typer.Exit(error.exit_code) from None
-        fail(error, as_json=as_json)
     exit_code = 1 if counts["invalid"] else 0
     rows = sum(counts.values())
     if as_json:
@@ -1075,11 +1061,9 @@ def template(
     """Write an empty input file: the header row only, id first (CSV is UTF-8 with BOM)."""
     from batch.mapper import template_columns
 
-    try:
+    with _domain_errors():
         headers = template_columns(include_legacy=include_legacy)
         _write_template(out, headers, force=force)
-    except BatchError as error:
-        fail(error)
     typer.echo(f"wrote {out} ({len(headers)} columns)")
 
 
@@ -1189,7 +1173,7 @@ def export(
     )
 
     setup_console(quiet=quiet or as_json)
-    try:
+    with _domain_errors(as_json=as_json):
         endpoints = resolve_endpoints(cloud, graph_url=graph_url, authority_host=authority_host)
         options = ExportOptions(
             out=out,
@@ -1216,8 +1200,6 @@ def export(
             result = anyio.run(lambda: export_events(options, tokens=tokens, progress=progress))
         except KeyboardInterrupt:
             raise Interrupted(f"interrupted: {out} was not written") from None
-    except BatchError as error:
-        fail(error, as_json=as_json)
     if as_json:
         typer.echo(json.dumps(result.data, ensure_ascii=False))
     else:
@@ -1278,11 +1260,9 @@ def job_run(
     from batch.jobs import load_job, run_job
 
     setup_console(quiet=quiet or as_json)
-    try:
+    with _domain_errors(as_json=as_json):
         job = load_job(job_file)
         report = run_job(job, quiet=quiet or as_json)
-    except BatchError as error:
-        fail(error, as_json=as_json)
     if as_json:
         typer.echo(json.dumps(report.to_json(), ensure_ascii=False))
     elif job.notify.stdout:
@@ -1312,11 +1292,9 @@ def job_check(
     from batch.jobs import check_job, iter_check_lines, load_job
 
     setup_console(quiet=quiet or as_json)
-    try:
+    with _domain_errors(as_json=as_json):
         job = load_job(job_file)
         report = check_job(job)
-    except BatchError as error:
-        fail(error, as_json=as_json)
     if as_json:
         typer.echo(json.dumps(report.to_json(), ensure_ascii=False))
     else:
@@ -1450,7 +1428,7 @@ def emulator(
     """Serve a local Microsoft Graph emulator to rehearse runs against (Ctrl-C stops it)."""
     from batch.emulator import EmulatorConfig, EventStore, serve
 
-    try:
+    with _domain_errors():
         if events is not None and seed_events is not None:
             raise UsageError("--events and --seed-events exclude each other")
         if profile not in ("friendly", "realistic"):
@@ -1514,5 +1492,3 @@ def emulator(
         else:
             store.seed(100 if seed_events is None else seed_events, seed=seed)
         serve(config, store=store, echo=typer.echo)
-    except BatchError as error:
-        fail(error)

@@ -23,9 +23,9 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -64,8 +64,9 @@ from batch.graph import BatchItemResponse, GraphClient, GraphResponse
 from batch.ledger import Ledger, read_meta, read_timeline
 from batch.limiter import Clock, Grant, Limiter, SystemClock
 from batch.logs import JsonLinesHandler
-from batch.mapper import InputOptions, Prepared, prepare
-from batch.model import JSON, Invalid, Outcome, Rate, RawRow, RowResult, Skipped, Update
+from batch.mapper import Prepared, prepare
+from batch.model import JSON, Invalid, Outcome, RawRow, RowResult, Skipped, Update
+from batch.options import RunOptions
 from batch.planner import MAX_BATCH, batch_requests, patch_url
 from batch.progress import ProgressSink, make_progress
 from batch.report import (
@@ -107,76 +108,6 @@ REORDER_WINDOW = 20_000
 PRODUCER_YIELD_ROWS = 64
 # How long a reader waits for a full `$batch` of rows to read before it sends fewer.
 READ_LINGER_SECONDS = 0.1
-
-
-@dataclass(kw_only=True)
-class RunOptions:
-    """Everything that shapes one run (the CLI and job files both build this)."""
-
-    input: Path
-    out: Path | None = None
-    resume: bool = False
-    dry_run: bool = False
-    mode: Literal["single", "batch"] = "batch"
-    batch_size: int = MAX_BATCH
-    write_limit: Rate = field(default_factory=lambda: Rate(100, 20))
-    # None: ten times the write budget over the same window, as Graph's limits are (1000 vs 100).
-    read_limit: Rate | None = None
-    concurrency: int = 4
-    max_retries: int = 8
-    input_options: InputOptions = field(default_factory=InputOptions)
-    graph_root: str = "https://graph.microsoft.com"
-    cloud: str = "global"
-    runs_root: Path = Path("runs")
-    # Read the current values first; rows already holding the given values are `unchanged`.
-    only_changed: bool = False
-    # Keep before-images (read before writing, stored before the PATCH); drives `revert`.
-    backup: bool = True
-    # Write fields someone else changed since the reverted run (revert) or since the export
-    # (a file from `export`, batch.stamp); otherwise such fields are a `conflict`.
-    force: bool = False
-    # With `input_options.key` (--key): how to choose among several events with one key.
-    pick: str | None = None
-    # Send changes that look like Excel's damage to the current value (leading zeros stripped,
-    # digits in scientific notation); otherwise such rows are `invalid` (batch.changes).
-    accept_lost_zeros: bool = False
-
-    @property
-    def reads(self) -> Rate:
-        """The read (any request) budget in effect."""
-        return self.read_limit or Rate(self.write_limit.count * 10, self.write_limit.seconds)
-
-    def check(self) -> None:
-        """Reject impossible combinations before anything is read or sent."""
-        if not 1 <= self.batch_size <= MAX_BATCH:
-            raise UsageError(f"--batch-size must be between 1 and {MAX_BATCH}")
-        if self.concurrency < 1:
-            raise UsageError("--concurrency must be at least 1")
-        if self.max_retries < 0:
-            raise UsageError("--max-retries must be 0 or more")
-        if self.mode not in ("single", "batch"):
-            raise UsageError("--mode must be single or batch")
-        if self.pick is not None and self.input_options.key is None:
-            raise UsageError("--pick chooses among events with the same --key: pass --key too")
-
-    def recorded(self) -> dict[str, Any]:
-        """The options as stored in the ledger and summary (no secrets exist here)."""
-        return {
-            "mode": self.mode,
-            "batch_size": self.batch_size,
-            "write_limit": str(self.write_limit),
-            "concurrency": self.concurrency,
-            "max_retries": self.max_retries,
-            "dry_run": self.dry_run,
-            "graph_root": self.graph_root,
-            "cloud": self.cloud,
-            "only_changed": self.only_changed,
-            "backup": self.backup,
-            "key": self.input_options.key,
-            "pick": self.pick,
-            "force": self.force,
-            "accept_lost_zeros": self.accept_lost_zeros,
-        }
 
 
 @dataclass
@@ -236,7 +167,7 @@ class RowPlan(Protocol):
 def default_out_dir(options: RunOptions, now: dt.datetime | None = None) -> Path:
     """`runs/<UTC timestamp>-<input stem>/`."""
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return options.runs_root / f"{stamp}-{options.input.stem}"
+    return options.runs_root / f"{stamp}-{options.source.file.stem}"
 
 
 # --- a row in flight ---------------------------------------------------------------------------
@@ -286,13 +217,13 @@ class _Run:
         self.progress = progress
         self.clock = clock
         self.limiter = limiter or Limiter(
-            write=options.write_limit, read=options.reads, clock=clock
+            write=options.sending.write_limit, read=options.sending.reads, clock=clock
         )
         if ledger is not None:
             # Graph's window outlives a process: a resume starts from what the interrupted run
             # sent in it, and this run's sends are kept for the next resume.
             ledger.keep_window(self.limiter, resume=options.resume)
-        capacity = max(options.concurrency * options.batch_size * 2, 64)
+        capacity = max(options.sending.concurrency * options.sending.batch_size * 2, 64)
         self.queue = WorkQueue[_Work](capacity, clock)
         self.counts: Counter[str] = Counter()
         self.requests_sent = 0
@@ -321,7 +252,9 @@ class _Run:
         # conflicts): rows go producer → read queue → readers → (write) queue → senders.
         # An export's stamps need the tenant's values (three-way), even with --no-backup.
         self.reading = client is not None and (
-            options.only_changed or prepared.stamped or (options.backup and not options.dry_run)
+            options.judging.only_changed
+            or prepared.stamped
+            or (options.judging.backup and not options.dry_run)
         )
         if prepared.stamped and not self.reading:
             log.warning(
@@ -334,7 +267,7 @@ class _Run:
         self.reads_held_until = -math.inf  # see _hold_reads
         self.before_images = (
             BeforeImages(out_dir / "before.jsonl")
-            if self.reading and ledger is not None and options.backup
+            if self.reading and ledger is not None and options.judging.backup
             else None
         )
         # Resumed rows whose before-image was already committed (their write may have gone out).
@@ -428,7 +361,7 @@ class _Run:
                     self.requests_writer.write(
                         raw.number,
                         "PATCH",
-                        patch_url(self.o.graph_root, mapped.event_id),
+                        patch_url(self.o.target.graph_root, mapped.event_id),
                         mapped.body,
                     )
                     await self._emit(
@@ -524,7 +457,7 @@ class _Run:
         if not (
             self.reading
             and not self.prepared.stamped
-            and use_list_walk(self.prepared.total, only_changed=self.o.only_changed)
+            and use_list_walk(self.prepared.total, only_changed=self.o.judging.only_changed)
         ):
             return
         assert self.client is not None
@@ -534,7 +467,7 @@ class _Run:
             self._retry_clock,
             select=self.prepared.columns.values(),
             max_events=min(2 * self.prepared.total, LIST_MAX_EVENTS),
-            max_retries=self.o.max_retries,
+            max_retries=self.o.sending.max_retries,
         )
         try:
             self.walked = await walk.run(self.stopping.is_set)
@@ -572,9 +505,9 @@ class _Run:
         return judge(
             update,
             current,
-            only_changed=self.o.only_changed,
-            force=self.o.force,
-            accept_lost_zeros=self.o.accept_lost_zeros,
+            only_changed=self.o.judging.only_changed,
+            force=self.o.judging.force,
+            accept_lost_zeros=self.o.judging.accept_lost_zeros,
         )
 
     def _resumed_verdict(self, work: _Work, image: dict[str, JSON]) -> Verdict:
@@ -649,7 +582,7 @@ class _Run:
         `$batch` of reads sent into the penalty would only prolong it, 20 items at a time.
         """
         if retry_after is None:
-            window = max(self.o.write_limit.seconds, self.o.reads.seconds) * 1.05
+            window = max(self.o.sending.write_limit.seconds, self.o.sending.reads.seconds) * 1.05
             self.reads_held_until = max(self.reads_held_until, self.clock.now() + window)
 
     async def _wait_read_hold(self) -> None:
@@ -665,7 +598,7 @@ class _Run:
     async def _read_stage(self) -> None:
         try:
             async with anyio.create_task_group() as readers:
-                for _ in range(self.o.concurrency):
+                for _ in range(self.o.sending.concurrency):
                     readers.start_soon(self.read_sender)
         finally:
             with anyio.CancelScope(shield=True):
@@ -745,7 +678,7 @@ class _Run:
 
     async def _reread(self, work: _Work, error: GraphError, delay: float) -> None:
         work.last_error = error
-        if work.read_attempts <= self.o.max_retries:
+        if work.read_attempts <= self.o.sending.max_retries:
             await self.read_queue.retry(work, delay)
         elif not await self._graph_unreachable(error, work.answers_at_read):
             await self._complete(work, self._read_failed(work, error), self.read_queue)
@@ -801,7 +734,7 @@ class _Run:
         work.conflicts = describe_conflicts(verdict.conflicts) if verdict.conflicts else ""
         if self.requests_writer is None:
             return None
-        url = patch_url(self.o.graph_root, work.update.event_id)
+        url = patch_url(self.o.target.graph_root, work.update.event_id)
         self.requests_writer.write(work.raw.number, "PATCH", url, verdict.body)
         # The diff is printed by the reporter, in input order (readers finish in any order).
         if work.conflicts:
@@ -896,7 +829,7 @@ class _Run:
         """
         if error.status == 0 and self.answers == answers_before:
             await self.stop(
-                RunAborted(f"Graph is unreachable at {self.o.graph_root}: {error.message}")
+                RunAborted(f"Graph is unreachable at {self.o.target.graph_root}: {error.message}")
             )
             return True
         return False
@@ -1134,7 +1067,7 @@ class _Run:
             except AuthError as error:
                 await self.stop(error)
                 return  # the row stays in flight and is reported not_attempted by drain()
-            want = min(self.o.batch_size, 1 + self.queue.ready_count())
+            want = min(self.o.sending.batch_size, 1 + self.queue.ready_count())
             grant = await self._reserve_writes(want)
             if not grant.count or self.stopping.is_set():
                 return  # the row stays in flight and is reported not_attempted by drain()
@@ -1293,7 +1226,7 @@ class _Run:
             while (delay := await self._patch_once(w)) is not None:
                 if self.stopping.is_set():
                     return  # these rows stay in flight, reported not_attempted
-                if w.attempts > self.o.max_retries:
+                if w.attempts > self.o.sending.max_retries:
                     await self._give_up(w)
                     break
                 await self._stoppable_sleep(delay)
@@ -1310,7 +1243,7 @@ class _Run:
 
     async def _requeue(self, work: _Work, delay: float) -> None:
         """Send the row again after `delay` seconds (waiting in the queue), or give up on it."""
-        if work.attempts > self.o.max_retries:
+        if work.attempts > self.o.sending.max_retries:
             await self._give_up(work)
             return
         await self.queue.retry(work, delay)
@@ -1414,12 +1347,14 @@ class _Run:
             with anyio.CancelScope() as senders_scope:
                 tg.start_soon(self._grace_killer, senders_scope, killer)
                 if self.client is not None and (self.reading or not self.o.dry_run):
-                    sender = self.single_sender if self.o.mode == "single" else self.batch_sender
+                    sender = (
+                        self.single_sender if self.o.sending.mode == "single" else self.batch_sender
+                    )
                     async with anyio.create_task_group() as senders:
                         if self.reading:
                             senders.start_soon(self._read_stage)
                         if not self.o.dry_run:
-                            for _ in range(self.o.concurrency):
+                            for _ in range(self.o.sending.concurrency):
                                 senders.start_soon(sender)
             killer.cancel()
             # Whatever was never answered (stop, abort) is reported not_attempted; its ledger
@@ -1523,7 +1458,7 @@ def _latest_run(options: RunOptions, sha256: str) -> Path:
     ]
     if not candidates:
         raise UsageError(
-            f"--resume: no earlier run of {options.input.name} under {root}/ "
+            f"--resume: no earlier run of {options.source.file.name} under {root}/ "
             "(no ledger there recorded this file's content); pass --out RUN_DIR"
         )
     return max(candidates, key=lambda p: p.stat().st_mtime).parent
@@ -1533,14 +1468,14 @@ def _latest_run(options: RunOptions, sha256: str) -> Path:
 async def _client(
     options: RunOptions, tokens: TokenProvider | None, http: httpx.AsyncClient | None
 ) -> AsyncIterator[GraphClient | None]:
-    if (options.dry_run and not options.only_changed) or tokens is None:
+    if not options.touches_graph or tokens is None:
         yield None  # a plain dry run touches no Graph; with --only-changed it reads
         return
     async with GraphClient(
-        options.graph_root,
+        options.target.graph_root,
         tokens,
         http=http,
-        max_connections=max(options.concurrency * 2, 8),
+        max_connections=max(options.sending.concurrency * 2, 8),
     ) as client:
         yield client
 
@@ -1558,22 +1493,21 @@ async def execute(
 ) -> RunSummary:
     """Run (or dry-run) one input file end to end and write its run folder.
 
-    `plan` replaces the input file (`revert` passes its `RevertPlan`; `options.input` then only
-    names the run). `limiter`: budgets shared with earlier runs of this process against the same
-    app and tenant (`job run` passes one to each file, so a file never spends the budget the
+    `plan` replaces the input file (`revert` passes its `RevertPlan`; `options.source.file` then
+    only names the run). `limiter`: budgets shared with earlier runs of this process against the
+    same app and tenant (`job run` passes one to each file, so a file never spends the budget the
     previous one used; it must run on `clock`). Raises `UsageError`/`InputFileError`/
     `ResumeError` before anything is sent; after that every outcome, including an abort or an
     interrupt, is in the returned summary's `exit_code`.
     """
-    options.check()
-    key = options.input_options.key
-    keys = KeyResolver(key, pick=options.pick) if key and plan is None else None
+    key = options.source.reading.key
+    keys = KeyResolver(key, pick=options.source.pick) if key and plan is None else None
     prepared: RowPlan
     if plan is not None:
         prepared = plan
     else:
         prepared = prepare(
-            options.input, options.input_options, resolve=keys.resolve if keys else None
+            options.source.file, options.source.reading, resolve=keys.resolve if keys else None
         )
         if keys is not None:
             keys.want(prepared)
@@ -1593,13 +1527,13 @@ async def execute(
                 return _nothing_to_resume(out_dir, ended)
         else:
             ledger.set_meta(
-                input_path=str(options.input.resolve()),
+                input_path=str(options.source.file.resolve()),
                 input_sha256=prepared.sha256,
                 total_rows=str(prepared.total),
                 tool_version=__version__,
                 # Where the run wrote: `revert` goes back to the same Graph by default.
-                graph_root=options.graph_root,
-                cloud=options.cloud,
+                graph_root=options.target.graph_root,
+                cloud=options.target.cloud,
             )
     if keys is not None:
         try:
@@ -1609,9 +1543,9 @@ async def execute(
                 ledger=ledger,
                 resume=options.resume,
                 tokens=tokens,
-                graph_root=options.graph_root,
-                read_limit=options.reads,
-                max_retries=options.max_retries,
+                graph_root=options.target.graph_root,
+                read_limit=options.sending.reads,
+                max_retries=options.sending.max_retries,
                 clock=clock,
                 http=http,
             )
@@ -1632,12 +1566,12 @@ async def execute(
     started = time.monotonic()
     log.info(
         "run started: %s -> %s (%s)",
-        options.input.name,
+        options.source.file.name,
         out_dir,
         "resumed" if options.resume else "new",
         extra={
             "event": "run_started",
-            "input": str(options.input),
+            "input": str(options.source.file),
             "out": str(out_dir),
             **options.recorded(),
         },
@@ -1645,7 +1579,7 @@ async def execute(
     for warning in prepared.warnings:
         log.warning("%s", warning)
     if ledger is not None:
-        ledger.start_part(resumed=options.resume, write_limit=str(options.write_limit))
+        ledger.start_part(resumed=options.resume, write_limit=str(options.sending.write_limit))
     run: _Run | None = None
     try:
         async with _client(options, tokens, http) as client:
@@ -1662,8 +1596,8 @@ async def execute(
             if keys is not None:
                 run.count_reads_of(keys)
             progress.watch(run.waiting)
-            verb = "dry run" if options.dry_run else f"sending ({options.mode} mode)"
-            progress.start(prepared.total, f"{options.input.name}: {verb}")
+            verb = "dry run" if options.dry_run else f"sending ({options.sending.mode} mode)"
+            progress.start(prepared.total, f"{options.source.file.name}: {verb}")
             await run.run()
         summary = _summarise(
             options, prepared, out_dir, run, started_wall, time.monotonic() - started
@@ -1760,7 +1694,7 @@ def _summarise(
         "tool_version": __version__,
         # `revert`: the input is the reverted run's folder.
         "command": "revert" if _reverting(prepared) else "run",
-        "input": str(options.input),
+        "input": str(options.source.file),
         "input_sha256": prepared.sha256,
         "out_dir": str(out_dir),
         "rows": prepared.total,

@@ -676,7 +676,9 @@ def test_no_patch_leaves_before_its_before_image_is_committed(tmp_path: Path) ->
     async def main() -> Any:
         async with httpx.AsyncClient(transport=_transport(state, spy)) as http:
             return await execute(
-                RunOptions(input=src, out=out, graph_root="http://graph.test", batch_size=7),
+                RunOptions.from_flat(
+                    input=src, out=out, graph_root="http://graph.test", batch_size=7
+                ),
                 tokens=StaticTokenProvider(TOKEN),
                 http=http,
             )

@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from batch.auth import StaticTokenProvider
-from batch.engine import RunOptions, RunSummary, execute
+from batch.engine import RunSummary, execute
 from batch.limiter import FakeClock, Limiter
 from batch.model import Rate
+from batch.options import Judging, RunOptions, Sending, Source, Target
 from tests.e2e import read_csv, write_csv
 
 GRAPH = "http://graph.test"
@@ -130,14 +131,13 @@ def run(
     rows = [{"id": i, "userPrincipalName": f"after{n}@x.example"} for n, i in enumerate(ids)]
     src = write_csv(tmp_path / "in.csv", rows)
     options = RunOptions(
-        input=src,
+        source=Source(file=src),
+        sending=Sending(
+            mode=mode, concurrency=concurrency, write_limit=write_limit, batch_size=batch_size
+        ),
+        target=Target(graph_root=GRAPH),
+        judging=Judging(backup=backup),
         out=tmp_path / "run",
-        graph_root=GRAPH,
-        mode=mode,
-        concurrency=concurrency,
-        write_limit=write_limit,
-        batch_size=batch_size,
-        backup=backup,
     )
 
     async def main() -> RunSummary:

@@ -68,8 +68,8 @@ def test_the_documented_examples_load() -> None:
         "AUTOPILOT_CERTIFICATE_PASSWORD"
     )
     options = one_off.run_options(one_off.input_file or Path(), out=None, resume=False)
-    assert options.input_options.sheet == "Updates" and options.only_changed is True
-    assert options.write_limit == Rate(100, 20)
+    assert options.source.reading.sheet == "Updates" and options.judging.only_changed is True
+    assert options.sending.write_limit == Rate(100, 20)
 
     nightly = load_job(REPO / "jobs" / "nightly-drop-folder.toml")
     assert nightly.folder == Path("/srv/autopilot/drop")
@@ -133,19 +133,20 @@ def test_every_option_of_run_can_come_from_a_job_file(tmp_path: Path) -> None:
         "max_retries": 2,
         "pick": "latest",
     }
-    from batch.engine import RunOptions
+    from batch.options import RunOptions, Source
 
-    defaults = RunOptions(input=Path("x"))
+    defaults = RunOptions(source=Source(file=Path("x"))).flat()
     lines = ["[input]", 'file = "in.csv"', 'key = "deviceSerialNumber"', "[run]"]
     for key, hint in run_keys().items():
-        value = samples.get(key, not getattr(defaults, key) if hint is bool else None)
+        value = samples.get(key, not defaults[key] if hint is bool else None)
         assert value is not None, f"add a sample value for the new [run] key {key!r}"
         lines.append(f"{key} = {json.dumps(value)}")
     job = load_job(_job(tmp_path, "\n".join(lines)))
     options = job.run_options(tmp_path / "in.csv", out=None, resume=False)
+    flat = options.flat()
     for key in run_keys():
-        value = getattr(options, key)
-        expected = samples.get(key, not getattr(defaults, key))
+        value = flat[key]
+        expected = samples.get(key, not defaults[key])
         assert (str(value) if isinstance(value, Rate) else value) == expected, key
 
 

@@ -67,7 +67,9 @@ def test_a_whole_batch_refusal_sends_its_rows_one_by_one(tmp_path: Path) -> None
     summary = _run(
         state,
         transport,
-        RunOptions(input=src, out=out, graph_root=GRAPH, batch_size=10, write_limit=Rate(100, 1)),
+        RunOptions.from_flat(
+            input=src, out=out, graph_root=GRAPH, batch_size=10, write_limit=Rate(100, 1)
+        ),
     )
     assert transport.broken == 1
     assert summary.exit_code == 0
@@ -88,7 +90,7 @@ def test_a_batch_refused_for_rights_stops_the_run_naming_the_permission(tmp_path
     summary = _run(
         state,
         httpx.ASGITransport(app=build_app(state)),
-        RunOptions(input=src, out=out, graph_root=GRAPH, backup=False),
+        RunOptions.from_flat(input=src, out=out, graph_root=GRAPH, backup=False),
     )
     assert summary.exit_code == 3
     assert "DeviceManagementManagedDevices.ReadWrite.All" in summary.data["stopped_because"]
@@ -108,7 +110,7 @@ def test_intune_error_text_reaches_results_without_the_json_document(tmp_path: P
     summary = _run(
         state,
         httpx.ASGITransport(app=build_app(state)),
-        RunOptions(input=src, out=out, graph_root=GRAPH, backup=False),
+        RunOptions.from_flat(input=src, out=out, graph_root=GRAPH, backup=False),
     )
     assert summary.exit_code == 1
     failed = read_csv(out / "results.csv")[1]

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from batch.engine import RunOptions
 from batch.ledger import PartRecord, SecondRecord, TimelineRecord
 from batch.mapper import InputOptions
 from batch.model import Outcome, Rate, RowResult
+from batch.options import Judging, RunOptions, Sending, Source, Target
 from batch.progress import MAX_WIDTH, _Bar
 from batch.report.commands import resume_command, revert_command
 from batch.report.console import summary_lines
@@ -166,24 +166,27 @@ def test_the_tally_counts_fields_and_error_codes() -> None:
 
 def test_the_resume_command_repeats_every_option_that_is_not_a_default() -> None:
     options = RunOptions(
-        input=Path("my updates.xlsx"),
-        mode="single",
-        write_limit=Rate(50, 20),
-        graph_root="http://127.0.0.1:8765",
-        only_changed=True,
-        input_options=InputOptions(sheet="Week 2", key="deviceSerialNumber"),
-        pick="latest",
+        source=Source(
+            file=Path("my updates.xlsx"),
+            reading=InputOptions(sheet="Week 2", key="deviceSerialNumber"),
+            pick="latest",
+        ),
+        sending=Sending(mode="single", write_limit=Rate(50, 20)),
+        target=Target(graph_root="http://127.0.0.1:8765"),
+        judging=Judging(only_changed=True),
     )
     assert resume_command(options, Path("runs/m"), reverting=False) == (
         "autopilot-batch run 'my updates.xlsx' --out runs/m --resume --mode single "
         "--write-limit 50/20 --graph-url http://127.0.0.1:8765 --sheet 'Week 2' "
         "--key deviceSerialNumber --pick latest --only-changed"
     )
-    assert resume_command(RunOptions(input=Path("a.csv")), Path("r"), reverting=False) == (
-        "autopilot-batch run a.csv --out r --resume"
-    )
+    assert resume_command(
+        RunOptions(source=Source(file=Path("a.csv"))), Path("r"), reverting=False
+    ) == ("autopilot-batch run a.csv --out r --resume")
     assert (
-        resume_command(RunOptions(input=Path("a.csv"), dry_run=True), Path("r"), reverting=False)
+        resume_command(
+            RunOptions(source=Source(file=Path("a.csv")), dry_run=True), Path("r"), reverting=False
+        )
         is None
     )
     assert revert_command(Path("runs/m"), wrote=False) is None

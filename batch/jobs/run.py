@@ -375,7 +375,7 @@ class _JobRun:
         if self.limiter is None:
             from batch.limiter import Limiter
 
-            self.limiter = Limiter(write=options.write_limit, read=options.reads)
+            self.limiter = Limiter(write=options.sending.write_limit, read=options.sending.reads)
         return self.limiter
 
     def _fresh_run_dir(self, path: Path) -> Path:

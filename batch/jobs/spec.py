@@ -21,7 +21,7 @@ from batch.model import Rate
 if typing.TYPE_CHECKING:
     from batch.auth import TokenProvider
     from batch.clouds import Endpoints
-    from batch.engine import RunOptions
+    from batch.options import RunOptions
 
 
 #: Patterns a drop folder is searched with when the job names none.
@@ -29,11 +29,10 @@ DEFAULT_GLOBS: Final = ("*.csv", "*.xlsx", "*.xlsm")
 #: A drop-folder file modified less than this many seconds ago may still be being written.
 DEFAULT_SETTLE_SECONDS: Final = 30.0
 
-# RunOptions fields a job sets from elsewhere than its [run] table (input, output, graph).
-# (`force` is a [run] key: `run --force` overrides the conflicts of an exported file.)
-_RUN_FIELDS_ELSEWHERE: Final = frozenset(
-    {"input", "out", "resume", "input_options", "graph_root", "cloud", "runs_root"}
-)
+# Flat RunOptions fields (`batch.options.FLAT_FIELDS`) a job sets from elsewhere than its [run]
+# table (output, graph). (`force` is a [run] key: `run --force` overrides the conflicts of an
+# exported file.)
+_RUN_FIELDS_ELSEWHERE: Final = frozenset({"out", "resume", "graph_root", "cloud", "runs_root"})
 # InputOptions fields under another name in [input] (the CLI's spelling: --map).
 _INPUT_RENAMES: Final = {"map_file": "map"}
 _INPUT_OWN_KEYS: Final = ("file", "folder", "glob", "settle_seconds")
@@ -179,12 +178,9 @@ class Job:
 
     @property
     def needs_token(self) -> bool:
-        """Whether a run touches Graph (a plain dry run does not; reads for --only-changed do)."""
-        return (
-            not self.dry_run
-            or bool(self.run_fields.get("only_changed", False))
-            or self.input_fields.get("key") is not None
-        )
+        """Whether a run touches Graph (`RunOptions.touches_graph`; a plain dry run does not)."""
+        # Any file name will do: whether a run talks to Graph does not depend on its input.
+        return self.run_options(self.path, out=None, resume=False).touches_graph
 
     def input_options(self, map_file: Path | None = None) -> InputOptions:
         """The input options of every file; `map_file` holds the inline [columns] table."""
@@ -197,13 +193,13 @@ class Job:
         self, input: Path, *, out: Path | None, resume: bool, map_file: Path | None = None
     ) -> RunOptions:
         """The `run` options for one input file of this job."""
-        from batch.engine import RunOptions
+        from batch.options import RunOptions
 
-        return RunOptions(
+        return RunOptions.from_flat(
             input=input,
+            reading=self.input_options(map_file),
             out=out,
             resume=resume,
-            input_options=self.input_options(map_file),
             graph_root=self.endpoints.graph_root,
             cloud=self.endpoints.cloud,
             runs_root=self.output_root,
@@ -228,14 +224,11 @@ class Job:
 
 
 def run_keys() -> dict[str, Any]:
-    """The [run] keys: every `RunOptions` field a job sets there, with its type."""
-    from batch import engine
+    """The [run] keys: every flat `RunOptions` option a job sets there, with its type."""
+    from batch.options import flat_field_types
 
-    hints = typing.get_type_hints(engine.RunOptions, vars(engine))
     return {
-        f.name: hints[f.name]
-        for f in dataclasses.fields(engine.RunOptions)
-        if f.name not in _RUN_FIELDS_ELSEWHERE
+        name: hint for name, hint in flat_field_types().items() if name not in _RUN_FIELDS_ELSEWHERE
     }
 
 
@@ -445,10 +438,11 @@ def _build(reader: _Reader, name: str, notify: Notify, tenant: str = "") -> Job:
         field_name = next((f for f, k in _INPUT_RENAMES.items() if k == key), key)
         input_fields[field_name] = reader.convert(f"[input] {key}", value, typed_inputs[key])
     if input_fields.get("key") is not None:
-        from batch.mapper import key_property
+        from batch.options import key_choice
 
         try:
-            input_fields["key"] = key_property(input_fields["key"])
+            # `--pick` is judged with it once the [run] table is read, as the options are built.
+            input_fields["key"] = key_choice(input_fields["key"], None)
         except BatchError as error:
             raise reader.error("[input] key", str(error)) from None
 
@@ -461,8 +455,6 @@ def _build(reader: _Reader, name: str, notify: Notify, tenant: str = "") -> Job:
         key: reader.convert(f"[run] {key}", value, typed_run[key])
         for key, value in reader.table("run").items()
     }
-    if run_fields.get("pick") not in (None, "latest"):
-        raise reader.error("[run] pick", "must be 'latest'")
 
     # [graph]
     graph = reader.table("graph")
@@ -523,7 +515,8 @@ def _build(reader: _Reader, name: str, notify: Notify, tenant: str = "") -> Job:
         tenant=tenant,
     )
     try:
-        job.run_options(input_file or Path("job-input"), out=None, resume=False).check()
+        # Built once here, so impossible options (checked as they are built) fail the load.
+        job.run_options(input_file or Path("job-input"), out=None, resume=False)
     except UsageError as error:
         raise reader.error("[run]", str(error)) from None
     if job.input_fields.get("map_file") is not None:

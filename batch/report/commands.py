@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from batch.clouds import CLOUDS
 
 if TYPE_CHECKING:
-    from batch.engine import RunOptions
+    from batch.options import RunOptions
 
 __all__ = ["report_command", "resume_command", "revert_command"]
 
@@ -29,30 +29,30 @@ def _join(words: list[str]) -> str:
 def _send_options(options: RunOptions) -> list[str]:
     """The sending options of `run` and `revert` that differ from their defaults."""
     words: list[str] = []
-    if options.mode != "batch":
-        words += ["--mode", options.mode]
-    if options.batch_size != 20:
-        words += ["--batch-size", str(options.batch_size)]
-    if str(options.write_limit) != "100/20":
-        words += ["--write-limit", str(options.write_limit)]
-    if options.read_limit is not None:
-        words += ["--read-limit", str(options.read_limit)]
-    if options.concurrency != 4:
-        words += ["--concurrency", str(options.concurrency)]
-    if options.max_retries != 8:
-        words += ["--max-retries", str(options.max_retries)]
-    if options.cloud != "global":
-        words += ["--cloud", options.cloud]
-    cloud = CLOUDS.get(options.cloud.lower())
-    if cloud is None or cloud.graph_root.rstrip("/") != options.graph_root.rstrip("/"):
-        words += ["--graph-url", options.graph_root]
-    if options.force:
+    if options.sending.mode != "batch":
+        words += ["--mode", options.sending.mode]
+    if options.sending.batch_size != 20:
+        words += ["--batch-size", str(options.sending.batch_size)]
+    if str(options.sending.write_limit) != "100/20":
+        words += ["--write-limit", str(options.sending.write_limit)]
+    if options.sending.read_limit is not None:
+        words += ["--read-limit", str(options.sending.read_limit)]
+    if options.sending.concurrency != 4:
+        words += ["--concurrency", str(options.sending.concurrency)]
+    if options.sending.max_retries != 8:
+        words += ["--max-retries", str(options.sending.max_retries)]
+    if options.target.cloud != "global":
+        words += ["--cloud", options.target.cloud]
+    cloud = CLOUDS.get(options.target.cloud.lower())
+    if cloud is None or cloud.graph_root.rstrip("/") != options.target.graph_root.rstrip("/"):
+        words += ["--graph-url", options.target.graph_root]
+    if options.judging.force:
         words.append("--force")
     return words
 
 
 def _input_options(options: RunOptions) -> list[str]:
-    i = options.input_options
+    i = options.source.reading
     words: list[str] = []
     for flag, value in (
         ("--encoding", i.encoding),
@@ -60,7 +60,7 @@ def _input_options(options: RunOptions) -> list[str]:
         ("--map", None if i.map_file is None else str(i.map_file)),
         ("--assume-tz", i.assume_tz),
         ("--key", i.key),
-        ("--pick", options.pick),
+        ("--pick", options.source.pick),
         ("--header-row", None if i.header_row is None else str(i.header_row)),
     ):
         if value is not None:
@@ -71,9 +71,9 @@ def _input_options(options: RunOptions) -> list[str]:
         ("--ignore-unknown-columns", i.ignore_unknown_columns),
         ("--allow-numeric-text", i.allow_numeric_text),
         ("--skip-hidden-rows", i.skip_hidden_rows),
-        ("--only-changed", options.only_changed),
-        ("--no-backup", not options.backup),
-        ("--accept-lost-zeros", options.accept_lost_zeros),
+        ("--only-changed", options.judging.only_changed),
+        ("--no-backup", not options.judging.backup),
+        ("--accept-lost-zeros", options.judging.accept_lost_zeros),
     ):
         if on:
             words.append(flag)
@@ -83,14 +83,14 @@ def _input_options(options: RunOptions) -> list[str]:
 def resume_command(options: RunOptions, out_dir: Path, *, reverting: bool) -> str | None:
     """The command that continues this run (None: a dry run, which leaves nothing to resume).
 
-    `reverting`: the run is a `revert` (its `options.input` is the reverted run's folder).
+    `reverting`: the run is a `revert` (its `options.source.file` is the reverted run's folder).
     """
     if options.dry_run:
         return None
     if reverting:
-        words = [_PROGRAM, "revert", str(options.input), "--out", str(out_dir), "--resume"]
+        words = [_PROGRAM, "revert", str(options.source.file), "--out", str(out_dir), "--resume"]
         return _join(words + _send_options(options))
-    words = [_PROGRAM, "run", str(options.input), "--out", str(out_dir), "--resume"]
+    words = [_PROGRAM, "run", str(options.source.file), "--out", str(out_dir), "--resume"]
     return _join(words + _send_options(options) + _input_options(options))
 
 
