@@ -41,7 +41,8 @@ budgets into waits *before* sending, so a well-behaved run never sees a 429:
   errs on the safe side.
 
 Every pause and every change of the adaptive rate is a `batch.runlog` event (`pause`, `rate`) in
-run.log. All time goes through an injected `Clock`, so `FakeClock` tests run without real sleeping.
+run.log. All time goes through an injected `Clock`, so tests on `batch.testing.FakeClock` run
+without real sleeping.
 """
 
 from __future__ import annotations
@@ -53,16 +54,15 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import anyio
-import anyio.lowlevel
 
 from batch import runlog
 from batch.model import Rate
 
-__all__ = ["Carried", "Clock", "FakeClock", "Grant", "Journal", "Limiter", "Sent", "SystemClock"]
+__all__ = ["Carried", "Clock", "Grant", "Journal", "Limiter", "Sent", "SystemClock"]
 
 #: The any-request budget Graph documents for Intune (per app per tenant).
 DEFAULT_READ_RATE = Rate(1000, 20.0)
@@ -162,69 +162,6 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         """Sleep for real; non-positive values still yield once."""
         await anyio.sleep(max(seconds, 0.0))
-
-
-@dataclass(order=True)
-class _Sleeper:
-    deadline: float
-    seq: int
-    done: bool = field(default=False, compare=False)
-
-
-class FakeClock:
-    """Virtual time for tests: sleeping advances the clock instead of waiting.
-
-    Concurrent sleepers wake in deadline order, each at its own deadline (not the sum of all
-    sleeps): a sleeper advances the clock only once it holds the earliest deadline and has seen
-    that for several scheduler rounds in a row, which gives tasks just woken the chance to
-    register their next sleep first. Every sleep yields to the event loop, so tasks interleave
-    deterministically. `advance()` moves time by hand (e.g. to let a window go quiet).
-    """
-
-    # Scheduler rounds the earliest sleeper waits before jumping the clock; enough for a woken
-    # task to pass a lock hand-over and a few checkpoints before it sleeps again.
-    _SETTLE_ROUNDS = 8
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._now = start
-        self._sleepers: list[_Sleeper] = []
-        self._seq = itertools.count()
-
-    def now(self) -> float:
-        """The virtual time."""
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        """Move virtual time forward by hand; sleepers whose deadline passed wake up."""
-        if seconds < 0:
-            raise ValueError("a clock cannot go backwards")
-        self._now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        """Wait until virtual time reaches now + `seconds`, yielding to other tasks meanwhile."""
-        if not seconds > 0:  # also catches NaN
-            await anyio.lowlevel.checkpoint()
-            return
-        me = _Sleeper(self._now + seconds, next(self._seq))
-        heapq.heappush(self._sleepers, me)
-        rounds = 0
-        try:
-            while self._now < me.deadline:
-                await anyio.lowlevel.checkpoint()
-                self._drop_done()
-                if self._sleepers[0] is me:
-                    rounds += 1
-                    if rounds >= self._SETTLE_ROUNDS:
-                        self._now = max(self._now, me.deadline)
-                else:
-                    rounds = 0
-        finally:
-            me.done = True
-            self._drop_done()
-
-    def _drop_done(self) -> None:
-        while self._sleepers and self._sleepers[0].done:
-            heapq.heappop(self._sleepers)
 
 
 class Limiter:
@@ -820,3 +757,13 @@ def _take(counts: dict[float, int], at: float, n: int) -> int:
     else:
         counts[at] = have - n
     return n
+
+
+def __getattr__(name: str) -> object:
+    # `FakeClock` is a test double and lives in `batch.testing`; the old import path keeps
+    # working for tests written against it (branches in flight while it moved).
+    if name == "FakeClock":
+        from batch.testing import FakeClock
+
+        return FakeClock
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

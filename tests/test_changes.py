@@ -42,11 +42,12 @@ from batch.engine import RunOptions, execute
 from batch.errors import UsageError
 from batch.graph import GraphClient
 from batch.ledger import Ledger
-from batch.limiter import FakeClock, Limiter
+from batch.limiter import Limiter
 from batch.model import JSON, Invalid, Outcome, Rate, RowResult, Skipped, Update
 from batch.revert import RevertPlan, revert_out_dir
 from batch.schema import PROPERTIES, coerce_text
 from batch.stamp import Stamper, parse_stamp
+from batch.testing import FakeClock
 from tests.e2e import read_csv, write_csv
 
 TOKEN = "test-token"

@@ -20,9 +20,10 @@ import pytest
 
 from batch.auth import StaticTokenProvider
 from batch.engine import RunSummary, execute
-from batch.limiter import FakeClock, Limiter
+from batch.limiter import Limiter
 from batch.model import Rate
 from batch.options import Judging, RunOptions, Sending, Source, Target
+from batch.testing import FakeClock
 from tests.e2e import read_csv, write_csv
 
 GRAPH = "http://graph.test"

@@ -29,13 +29,13 @@ from batch.export import (
     parse_columns,
     parse_since,
 )
-from batch.limiter import FakeClock
 from batch.mapper import InputOptions, prepare, template_columns
 from batch.model import Rate, Skipped, Update
 from batch.reader import open_input
 from batch.report import neutralise_cell
 from batch.schema import PROPERTIES, canonical
 from batch.stamp import NOT_EDITED, STAMP_COLUMN, Stamper
+from batch.testing import FakeClock
 from tests.conftest import EmulatorFactory
 from tests.e2e import cli, cli_here, read_csv
 

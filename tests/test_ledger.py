@@ -11,8 +11,9 @@ import anyio
 import pytest
 
 from batch.ledger import Ledger
-from batch.limiter import FakeClock, Limiter
+from batch.limiter import Limiter
 from batch.model import Rate
+from batch.testing import FakeClock
 from tests.test_limiter import max_in_any_window
 
 pytestmark = pytest.mark.anyio

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import anyio
 import pytest
 
-from batch.limiter import Carried, FakeClock, Limiter, Sent, SystemClock
+from batch.limiter import Carried, Limiter, Sent, SystemClock
 from batch.model import Rate
+from batch.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 

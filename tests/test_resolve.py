@@ -21,10 +21,10 @@ from batch.auth import StaticTokenProvider
 from batch.emulator import EmulatorConfig, EmulatorServer, EventStore, generate_event
 from batch.errors import AuthError, InputFileError, RunAborted, UsageError
 from batch.ledger import Ledger
-from batch.limiter import FakeClock
 from batch.mapper import InputOptions, key_property, prepare
 from batch.model import Invalid, Problem, Rate, Skipped, Update
 from batch.resolve import KEYS_FILE, KeyResolver
+from batch.testing import FakeClock
 from tests.conftest import EmulatorFactory
 from tests.e2e import cli, cli_here, read_csv, write_csv
 

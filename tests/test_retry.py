@@ -13,9 +13,10 @@ from tenacity import RetryCallState
 
 from batch.errors import AuthError, GraphError, PermissionDenied
 from batch.graph import GraphClient, GraphResponse
-from batch.limiter import FakeClock, Limiter
+from batch.limiter import Limiter
 from batch.model import Rate
 from batch.retry import graph_retrying, is_transient, retry_wait
+from batch.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 
