@@ -22,6 +22,8 @@ reads back as it was.
 Reading: one paged walk of the event list (`$top`, `@odata.nextLink`), each page paced by the read
 budget and retried on 429/503/504/no answer (`batch.retry.graph_retrying`), so a 429 closes the
 limiter's gate for its Retry-After. `EventReader` does the walk; `batch.resolve` reuses it.
+Time (the waits, the elapsed time reported, the progress rate) comes from the one `Clock` the
+caller passes (`batch.limiter.Clock`), so a test on `batch.testing.FakeClock` waits for nothing.
 
 Writing: rows stream to a `.partial` file next to OUT that replaces OUT only once every page is
 written, so a failed or interrupted export never leaves a half file (or destroys the old one).
@@ -43,7 +45,6 @@ import json
 import logging
 import os
 import re
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -369,16 +370,17 @@ class _QuietProgress:
 class _LineProgress:
     """A log line every `every` seconds: what cron mails and CI logs keep."""
 
-    def __init__(self, every: float) -> None:
+    def __init__(self, every: float, clock: Clock) -> None:
         self._every = every
-        self._started = self._last = time.monotonic()
+        self._clock = clock
+        self._started = self._last = clock.now()
 
     def start(self, description: str) -> None:
-        self._started = self._last = time.monotonic()
+        self._started = self._last = self._clock.now()
         log.info("%s: reading the tenant's autopilot events", description)
 
     def update(self, *, read: int, written: int, throttled: int) -> None:
-        now = time.monotonic()
+        now = self._clock.now()
         if now - self._last >= self._every:
             self._last = now
             rate = read / max(now - self._started, 1e-9)
@@ -397,7 +399,7 @@ class _LineProgress:
 class _BarProgress:
     """A rich progress line: events written and read, rate, 429s, elapsed time."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -412,17 +414,18 @@ class _BarProgress:
             console=console,
         )
         self._task: Any = None
-        self._started = time.monotonic()
+        self._clock = clock
+        self._started = clock.now()
 
     def start(self, description: str) -> None:
-        self._started = time.monotonic()
+        self._started = self._clock.now()
         self._task = self._progress.add_task(description, total=None, read=0, rate=0.0, throttled=0)
         self._progress.start()
 
     def update(self, *, read: int, written: int, throttled: int) -> None:
         if self._task is None:
             return
-        rate = read / max(time.monotonic() - self._started, 1e-9)
+        rate = read / max(self._clock.now() - self._started, 1e-9)
         self._progress.update(
             self._task, completed=written, read=read, rate=rate, throttled=throttled
         )
@@ -431,15 +434,21 @@ class _BarProgress:
         self._progress.stop()
 
 
-def make_export_progress(*, quiet: bool, every: float = 10.0) -> ExportProgress:
-    """A bar when stderr is a terminal, periodic log lines otherwise, nothing with `--quiet`."""
+def make_export_progress(
+    *, quiet: bool, every: float = 10.0, clock: Clock | None = None
+) -> ExportProgress:
+    """A bar when stderr is a terminal, periodic log lines otherwise, nothing with `--quiet`.
+
+    `clock` (default: the real one) times the rate shown and the lines' spacing.
+    """
     import sys
 
+    clock = clock or SystemClock()
     if quiet:
         return _QuietProgress()
     if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
-        return _BarProgress()
-    return _LineProgress(every)
+        return _BarProgress(clock)
+    return _LineProgress(every, clock)
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -713,7 +722,7 @@ async def export_events(
     columns = options.columns
     keep = _Filter(options)
     result = ExportResult(out=options.out, columns=columns)
-    started = time.monotonic()
+    started = clock.now()
     partial = _partial_path(options.out)
     sink = _open_sink(partial, options.out.suffix.lower(), (*columns, STAMP_COLUMN))
     stamp = Stamper(columns)
@@ -775,7 +784,7 @@ async def export_events(
         progress.close()
         if not finished:
             sink.discard()
-    result.elapsed = time.monotonic() - started
+    result.elapsed = clock.now() - started
     if isinstance(sink, _XlsxSink) and sink.altered:
         result.altered_cells = sink.altered
         log.warning(

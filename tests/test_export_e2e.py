@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,6 +28,7 @@ from batch.export import (
     cell_text,
     export_events,
     load_serials,
+    make_export_progress,
     parse_columns,
     parse_since,
 )
@@ -526,3 +529,35 @@ async def test_a_value_that_starts_with_a_quote_reads_back_as_it_was(
     ((_, mapped),) = list(prepared.rows())
     assert isinstance(mapped, Update)
     assert mapped.body == {"osVersion": "'=not a formula"}
+
+
+@pytest.mark.anyio
+async def test_export_times_itself_on_the_clock_it_is_given(tmp_path: Path) -> None:
+    # One request per 10 s over five pages: 40 s of waiting on the fake clock, none for real.
+    clock = FakeClock(start=1000.0)
+    events = [{"id": f"id-{i}", "osVersion": "1"} for i in range(9)]
+    options = ExportOptions(out=tmp_path / "e.csv", graph_root=ROOT, read_limit=Rate(1, 10))
+    started = time.monotonic()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(Pages(events))) as http:
+        result = await export_events(
+            options, tokens=StaticTokenProvider(TOKEN), clock=clock, http=http
+        )
+    assert result.pages == 5
+    assert result.elapsed == pytest.approx(clock.now() - 1000.0) and result.elapsed >= 40
+    assert time.monotonic() - started < 30
+
+
+def test_export_progress_lines_follow_the_clock(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    progress = make_export_progress(quiet=False, every=10.0, clock=clock)
+    with caplog.at_level(logging.INFO, logger="batch.export"):
+        progress.start("export to e.csv")
+        clock.advance(5)
+        progress.update(read=50, written=50, throttled=0)  # not yet: 5 s < 10 s
+        clock.advance(5)
+        progress.update(read=100, written=90, throttled=1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "export to e.csv: reading the tenant's autopilot events",
+        "export: 100 events read, 90 written (10 events/s, 429s 1)",
+    ]
