@@ -1,7 +1,9 @@
 """The `autopilot-batch` command line: a thin layer over the library.
 
 Each command parses its options, calls into the library, and turns domain errors (`batch.errors`)
-into one-line messages and the exit codes of CONTRACT.md. Nothing else lives here.
+into one-line messages and the exit codes of CONTRACT.md. Nothing else lives here. That turning
+happens in one place, `_domain_errors`, the block every command runs in; `main` says it the same
+way (`_say`) for what escapes a command: a domain error wrapped in a task group's exception group.
 """
 
 from __future__ import annotations
