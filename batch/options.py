@@ -30,7 +30,6 @@ from typing import Any, Final, Literal
 from batch.errors import UsageError
 from batch.mapper import InputOptions, key_property
 from batch.model import Rate
-from batch.planner import MAX_BATCH
 
 __all__ = [
     "FLAT_FIELDS",
@@ -67,12 +66,21 @@ def _default_write_limit() -> Rate:
     return Rate(100, 20)
 
 
+def _max_batch() -> int:
+    # Imported when a `Sending` is built, not with this module: the planner pulls in the Graph
+    # client (httpx, MSAL), which `validate` (it uses `key_choice`) never needs.
+    from batch.planner import MAX_BATCH
+
+    return MAX_BATCH
+
+
 @dataclass(frozen=True, kw_only=True)
 class Sending:
     """How requests go out: mode, `$batch` size, budgets, senders in flight, retries."""
 
     mode: Literal["single", "batch"] = "batch"
-    batch_size: int = MAX_BATCH
+    # Default: the most requests one `$batch` may hold (`batch.planner.MAX_BATCH`).
+    batch_size: int = field(default_factory=_max_batch)
     write_limit: Rate = field(default_factory=_default_write_limit)
     # None: ten times the write budget over the same window, as Graph's limits are (1000 vs 100).
     read_limit: Rate | None = None
@@ -80,8 +88,9 @@ class Sending:
     max_retries: int = 8
 
     def __post_init__(self) -> None:
-        if not 1 <= self.batch_size <= MAX_BATCH:
-            raise UsageError(f"--batch-size must be between 1 and {MAX_BATCH}")
+        most = _max_batch()
+        if not 1 <= self.batch_size <= most:
+            raise UsageError(f"--batch-size must be between 1 and {most}")
         if self.concurrency < 1:
             raise UsageError("--concurrency must be at least 1")
         if self.max_retries < 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -241,3 +243,15 @@ def test_validate_json_closes_its_open_object_with_the_error(
     assert answer["error"] == "in.csv: the disk went away"
     assert [item["row"] for item in answer["invalid_rows"]] == [2]
     assert result.stderr == "Error: in.csv: the disk went away\n"
+
+
+def test_the_options_module_leaves_the_graph_client_unloaded() -> None:
+    # `validate` judges --key/--pick here; it must not pay for httpx and MSAL to do so.
+    code = (
+        "import sys, batch.options; "
+        "print(sorted(m for m in ('httpx', 'msal', 'batch.graph') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
