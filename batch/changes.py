@@ -58,7 +58,6 @@ __all__ = [
     "Restore",
     "Verdict",
     "conflicts_from_json",
-    "conflicts_key",
     "conflicts_to_json",
     "current_values",
     "describe_conflicts",
@@ -71,7 +70,6 @@ __all__ = [
     "same_value",
     "scientific_form",
     "use_list_walk",
-    "written_key",
 ]
 
 log = logging.getLogger("batch.changes")
@@ -84,16 +82,6 @@ LIST_MAX_EVENTS: Final = 100_000
 _SCIENTIFIC: Final = re.compile(r"[+]?(\d+)(?:[.,](\d*))?[eE]([+-]?\d{1,3})")
 # What lets a row through that looks like Excel's damage (one option for both kinds).
 _ACCEPT: Final = "--accept-lost-zeros sends it anyway"
-
-
-def written_key(number: int) -> str:
-    """The ledger cache key under which a row's sent body is kept (revert checks against it)."""
-    return f"written:{number}"
-
-
-def conflicts_key(number: int) -> str:
-    """The ledger cache key of the conflicts a written row left alone (`--resume` reports them)."""
-    return f"conflicts:{number}"
 
 
 # --- comparing ----------------------------------------------------------------------------------
@@ -345,7 +333,7 @@ def resumed_verdict(
 
 
 def conflicts_to_json(conflicts: Iterable[Conflict]) -> list[JSON]:
-    """Conflicts as JSON for the ledger's cache (see `resumed_verdict`)."""
+    """Conflicts as JSON for the ledger (`Ledger.save_before`; see `resumed_verdict`)."""
     return [
         {
             "name": c.name,
