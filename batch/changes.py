@@ -40,12 +40,11 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import quote
 
-from batch import runlog
 from batch.errors import GraphError
 from batch.graph import BatchRequest, GraphClient, event_path
 from batch.limiter import Clock, Limiter
+from batch.listing import AUTOPILOT_EVENTS, ListWalker
 from batch.model import JSON, Update
-from batch.retry import graph_retrying
 from batch.schema import PROPERTIES, EdmType, canonical
 from batch.stamp import ExportStamp
 
@@ -59,7 +58,6 @@ __all__ = [
     "Restore",
     "Verdict",
     "conflicts_from_json",
-    "conflicts_key",
     "conflicts_to_json",
     "current_values",
     "describe_conflicts",
@@ -72,7 +70,6 @@ __all__ = [
     "same_value",
     "scientific_form",
     "use_list_walk",
-    "written_key",
 ]
 
 log = logging.getLogger("batch.changes")
@@ -81,22 +78,10 @@ log = logging.getLogger("batch.changes")
 LIST_MIN_ROWS: Final = 500
 #: The walk keeps the selected values of every event it sees: this many at most (memory).
 LIST_MAX_EVENTS: Final = 100_000
-# What a walk asks for; Intune caps the page (50 for autopilot events) and nothing relies on it.
-_PAGE: Final = 999
 # A number as Excel shows it in scientific notation (also with a decimal comma): 9.36382E+11.
 _SCIENTIFIC: Final = re.compile(r"[+]?(\d+)(?:[.,](\d*))?[eE]([+-]?\d{1,3})")
 # What lets a row through that looks like Excel's damage (one option for both kinds).
 _ACCEPT: Final = "--accept-lost-zeros sends it anyway"
-
-
-def written_key(number: int) -> str:
-    """The ledger cache key under which a row's sent body is kept (revert checks against it)."""
-    return f"written:{number}"
-
-
-def conflicts_key(number: int) -> str:
-    """The ledger cache key of the conflicts a written row left alone (`--resume` reports them)."""
-    return f"conflicts:{number}"
 
 
 # --- comparing ----------------------------------------------------------------------------------
@@ -348,7 +333,7 @@ def resumed_verdict(
 
 
 def conflicts_to_json(conflicts: Iterable[Conflict]) -> list[JSON]:
-    """Conflicts as JSON for the ledger's cache (see `resumed_verdict`)."""
+    """Conflicts as JSON for the ledger (`Ledger.save_before`; see `resumed_verdict`)."""
     return [
         {
             "name": c.name,
@@ -540,48 +525,69 @@ class ListWalk:
         max_events: int,
         max_retries: int,
     ) -> None:
-        self._client = client
-        self._limiter = limiter
-        self._clock = clock
         self._select = sorted(set(select) - {"id"})
         self._max_events = max_events
-        self._max_retries = max_retries
-        self.pages = 0  # list requests sent (retries included)
-        self.throttled = 0
-        self.retries = 0
-        self.retry_reasons: Counter[str] = Counter()
-        self.answers = 0
+        # The paging, pacing and retrying are `ListWalker`'s; this class only decides.
+        self._walker = ListWalker(
+            client,
+            limiter,
+            AUTOPILOT_EVENTS,
+            select=self._select,
+            max_retries=max_retries,
+            clock=clock,
+        )
+
+    @property
+    def pages(self) -> int:
+        """List requests sent (retries included)."""
+        return self._walker.requests
+
+    @property
+    def answers(self) -> int:
+        """List requests Graph answered."""
+        return self._walker.answers
+
+    @property
+    def throttled(self) -> int:
+        """429 answers to list requests."""
+        return self._walker.throttled
+
+    @property
+    def retries(self) -> int:
+        """List requests sent again."""
+        return self._walker.retries
+
+    @property
+    def retry_reasons(self) -> Counter[str]:
+        """The retries by reason (`batch.runlog.RETRY_REASONS`)."""
+        return self._walker.retry_reasons
 
     async def run(self, stopping: Callable[[], bool]) -> dict[str, dict[str, JSON]] | None:
         """Every event's selected values keyed by case-folded id; None when the walk gave up."""
         if not self._select:
             return None
         events: dict[str, dict[str, JSON]] = {}
-        link: str | None = None
-        first = True
-        while first or link is not None:
-            if stopping():
-                return None
-            try:
-                items, link = await self._page(link)
-            except GraphError as error:
-                log.warning(
-                    "reading the event list failed (%s: %s); reading rows by id instead",
-                    error.status or error.code,
-                    error.message,
-                )
-                return None
-            first = False
-            for item in items:
-                event_id = item.get("id")
-                if isinstance(event_id, str):
-                    events[event_id.casefold()] = current_values(item)
-            if len(events) > self._max_events:
-                log.info(
-                    "the tenant holds more than %d events: reading rows by id instead",
-                    self._max_events,
-                )
-                return None
+        try:
+            async for items in self._walker.walk(stopping):
+                for item in items:
+                    event_id = item.get("id")
+                    if isinstance(event_id, str):
+                        events[event_id.casefold()] = current_values(item)
+                if len(events) > self._max_events:
+                    log.info(
+                        "the tenant holds more than %d events: reading rows by id instead",
+                        self._max_events,
+                    )
+                    return None
+        except GraphError as error:
+            log.warning(
+                "reading the event list failed (%s: %s); reading rows by id instead",
+                error.status or error.code,
+                error.message,
+            )
+            return None
+        if self._walker.stopped:
+            return None
         log.info(
             "read %d event%s in %d list page%s",
             len(events),
@@ -590,35 +596,3 @@ class ListWalk:
             "" if self.pages == 1 else "s",
         )
         return events
-
-    async def _page(self, link: str | None) -> tuple[list[dict[str, JSON]], str | None]:
-        attempts = 0
-        last: GraphError | None = None
-        async for attempt in graph_retrying(
-            self._limiter, max_retries=self._max_retries, clock=self._clock
-        ):
-            with attempt:
-                await self._limiter.acquire_reads(1)
-                attempts += 1
-                if attempts > 1:
-                    self.retries += 1
-                    if last is not None:
-                        self.retry_reasons[runlog.retry_reason(last)] += 1
-                        runlog.retry(last, kind="list", attempt=attempts)
-                self.pages += 1
-                try:
-                    page = await self._client.list_page(link, top=_PAGE, select=self._select)
-                except GraphError as error:
-                    last = error
-                    if error.status:
-                        self.answers += 1
-                    if error.status == 429:
-                        self.throttled += 1
-                        runlog.throttled(error, kind="list")
-                    elif error.transient:
-                        runlog.transient(error, kind="list")
-                    raise
-                self.answers += 1
-                self._limiter.note_success()
-                return page
-        raise AssertionError("tenacity stops by raising")  # pragma: no cover

@@ -40,7 +40,6 @@ from batch.changes import (
     Change,
     ListWalk,
     Verdict,
-    conflicts_key,
     conflicts_to_json,
     current_values,
     describe_conflicts,
@@ -50,7 +49,6 @@ from batch.changes import (
     resumed_verdict,
     same_value,
     use_list_walk,
-    written_key,
 )
 from batch.errors import (
     AuthError,
@@ -424,7 +422,7 @@ class _Run:
 
     async def _emit(self, seq: int, raw: RawRow, result: RowResult, restored: bool = False) -> None:
         if restored:
-            result.extra["restored"] = "1"
+            result.restored = True
         # Without yielding while the stream has room: the reporter then takes rows in chunks.
         try:
             self.results_send.send_nowait((seq, raw, result))
@@ -512,11 +510,10 @@ class _Run:
 
     def _resumed_verdict(self, work: _Work, image: dict[str, JSON]) -> Verdict:
         assert self.ledger is not None
-        written = self.ledger.get_cache(written_key(work.raw.number))
-        if not isinstance(written, dict):
+        written = self.ledger.written(work.raw.number)
+        if written is None:
             return self._judge(work.update, image)
-        conflicts = self.ledger.get_cache(conflicts_key(work.raw.number))
-        return resumed_verdict(written, image, conflicts)
+        return resumed_verdict(written.body, image, written.conflicts)
 
     async def read_sender(self) -> None:
         """Read the current values of up to 20 rows per `$batch`, under the read budget."""
@@ -696,13 +693,15 @@ class _Run:
         if not writes:
             return
         for w, v in writes:
-            self.ledger.save_before(w.raw.number, w.update.event_id, v.before)
-        for w, v in writes:
-            # set_cache commits, the before-images with it; revert checks against these bodies.
-            self.ledger.set_cache(written_key(w.raw.number), v.body)
-            if v.conflicts:
-                # A resumed row must still report the fields it left alone.
-                self.ledger.set_cache(conflicts_key(w.raw.number), conflicts_to_json(v.conflicts))
+            # Revert checks against these bodies; a resumed row must still report the fields
+            # its conflicts left alone.
+            self.ledger.save_before(
+                w.raw.number,
+                w.update.event_id,
+                v.before,
+                written=v.body,
+                conflicts=conflicts_to_json(v.conflicts),
+            )
         self.ledger.commit()
         for w, v in writes:
             self.before_images.write(w.raw.number, w.update.event_id, v.before)
@@ -1271,7 +1270,7 @@ class _Run:
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 if self.ledger is not None:
-                    self.ledger.record(r for _, _, r in batch if "restored" not in r.extra)
+                    self.ledger.record(r for _, _, r in batch if not r.restored)
                     self.ledger.commit()
                 for s, rw, rs in batch:
                     pending[s] = (rw, rs)

@@ -19,11 +19,11 @@ CSV cells a spreadsheet would run as formulas (`=`, `+`, `-`, `@` first) get a l
 a value that itself starts with `'` and then `= + - @` gets one more `'` there too, so that it
 reads back as it was.
 
-Reading: one paged walk of the event list (`$top`, `@odata.nextLink`), each page paced by the read
-budget and retried on 429/503/504/no answer (`batch.retry.graph_retrying`), so a 429 closes the
-limiter's gate for its Retry-After. `EventReader` does the walk; `batch.resolve` reuses it.
-Time (the waits, the elapsed time reported, the progress rate) comes from the one `Clock` the
-caller passes (`batch.limiter.Clock`), so a test on `batch.testing.FakeClock` waits for nothing.
+Reading: one paged walk of the event list (`batch.listing.ListWalker`: `$top`, `@odata.nextLink`),
+each page paced by the read budget and retried on 429/503/504/no answer, so a 429 closes the
+limiter's gate for its Retry-After. Time (the waits, the elapsed time reported, the progress rate)
+comes from the one `Clock` the caller passes (`batch.limiter.Clock`), so a test on
+`batch.testing.FakeClock` waits for nothing.
 
 Writing: rows stream to a `.partial` file next to OUT that replaces OUT only once every page is
 written, so a failed or interrupted export never leaves a half file (or destroys the old one).
@@ -45,8 +45,7 @@ import json
 import logging
 import os
 import re
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
@@ -54,22 +53,18 @@ from typing import IO, Any, Final, Protocol
 import anyio
 import httpx
 
-from batch import runlog
 from batch.auth import TokenProvider
-from batch.errors import AuthError, BatchError, GraphError, InputFileError, RunAborted, UsageError
-from batch.graph import GraphClient
-from batch.limiter import Clock, Limiter, SystemClock
+from batch.errors import BatchError, GraphError, InputFileError, UsageError
+from batch.graph import PAGE_SIZE, GraphClient
+from batch.limiter import DEFAULT_READ_RATE, Clock, Limiter, SystemClock
+from batch.listing import AUTOPILOT_EVENTS, ListWalker
 from batch.mapper import resolve_header, suggest_property, template_columns
 from batch.model import JSON, Rate
 from batch.report import neutralise_cell
-from batch.retry import graph_retrying
 from batch.schema import PROPERTIES, canonical, normalize_header
 from batch.stamp import STAMP_COLUMN, Stamper
 
 __all__ = [
-    "DEFAULT_READ_LIMIT",
-    "PAGE_SIZE",
-    "EventReader",
     "ExportOptions",
     "ExportProgress",
     "ExportResult",
@@ -84,10 +79,6 @@ __all__ = [
 
 log = logging.getLogger("batch.export")
 
-# Graph's "any request" limit per app (GRAPH.md, "Throttling"): 1000 per 20 s.
-DEFAULT_READ_LIMIT: Final = Rate(1000, 20)
-# The largest page Graph serves for this list: fewer requests, less of the read budget.
-PAGE_SIZE: Final = 999
 SUFFIXES: Final = (".csv", ".xlsx")
 _EVENT_DATE: Final = PROPERTIES["eventDateTime"]
 _SERIAL: Final = "deviceSerialNumber"
@@ -237,107 +228,6 @@ def _serials_from_text(path: Path) -> frozenset[str]:
     # One serial per line; a serial in quotes (as spreadsheets save them) loses the quotes.
     cells = (next(csv.reader([line.strip()]), [""]) for line in lines)
     return frozenset(k for cell in cells if cell and (k := fold_key(cell[0])))
-
-
-# --- reading ----------------------------------------------------------------------------------
-
-
-class EventReader:
-    """Walks the event list page by page under the read budget, retrying transient errors.
-
-    Counts pages (`pages_read`), 429 answers and retries. A page that still fails after
-    `max_retries` retries stops the walk: `RunAborted` (Graph unreachable or refusing),
-    `AuthError` (401 after a fresh token, or 403: the app lacks the permission).
-    """
-
-    def __init__(
-        self,
-        client: GraphClient,
-        limiter: Limiter,
-        *,
-        select: Sequence[str] | None = None,
-        max_retries: int = 8,
-        clock: Clock | None = None,
-        page_size: int = PAGE_SIZE,
-    ) -> None:
-        self._client = client
-        self._limiter = limiter
-        self._select = tuple(select) if select else None
-        self._max_retries = max_retries
-        self._clock: Clock = clock or SystemClock()
-        self._page_size = page_size
-        self._next: str | None = None
-        self._started = False
-        self.pages_read = 0
-        self.requests = 0  # list requests sent, retries included
-        self.throttled = 0
-        self.retries = 0
-        self.retry_reasons: Counter[str] = Counter()
-
-    @property
-    def done(self) -> bool:
-        """Whether the last page has been read."""
-        return self._started and self._next is None
-
-    async def next_page(self) -> list[dict[str, JSON]]:
-        """The next page's events (empty once `done`)."""
-        if self.done:
-            return []
-        url, self._started = self._next, True
-        items, self._next = await self._fetch(url)
-        return items
-
-    async def pages(self) -> AsyncIterator[list[dict[str, JSON]]]:
-        """Every page, in order."""
-        while not self.done:
-            yield await self.next_page()
-
-    async def _fetch(self, url: str | None) -> tuple[list[dict[str, JSON]], str | None]:
-        retrying = graph_retrying(self._limiter, max_retries=self._max_retries, clock=self._clock)
-        last: GraphError | None = None
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    number = attempt.retry_state.attempt_number
-                    if number > 1:
-                        self.retries += 1
-                        if last is not None:
-                            self.retry_reasons[runlog.retry_reason(last)] += 1
-                            runlog.retry(last, kind="list", attempt=number)
-                    await self._limiter.acquire_reads(1)
-                    self.requests += 1
-                    try:
-                        page = await self._client.list_page(
-                            url, top=self._page_size, select=self._select
-                        )
-                    except GraphError as error:
-                        last = error
-                        if error.status == 429:
-                            self.throttled += 1
-                            runlog.throttled(error, kind="list")
-                        elif error.transient:
-                            runlog.transient(error, kind="list")
-                        raise
-                    self._limiter.note_success()
-                    self.pages_read += 1
-                    return page
-        except GraphError as error:
-            raise self._stopped(error) from None
-        raise AssertionError("tenacity stops by raising")  # pragma: no cover
-
-    def _stopped(self, error: GraphError) -> BatchError:
-        ids = f" (request-id {error.request_id})" if error.request_id else ""
-        if error.status == 403:
-            return AuthError(
-                f"Graph refused to list the autopilot events: {error}{ids}; the app needs "
-                "DeviceManagementManagedDevices.Read.All (or ReadWrite.All) with admin consent"
-            )
-        if error.transient:
-            return RunAborted(
-                f"Graph did not serve the event list after {self._max_retries} retries: "
-                f"{error}{ids}"
-            )
-        return RunAborted(f"listing the autopilot events failed: {error}{ids}")
 
 
 # --- progress ---------------------------------------------------------------------------------
@@ -593,7 +483,7 @@ class ExportOptions:
     columns: tuple[str, ...] = field(default_factory=lambda: tuple(template_columns()))
     serials: frozenset[str] | None = None  # folded with `fold_key`
     since: dt.datetime | None = None  # aware
-    read_limit: Rate = DEFAULT_READ_LIMIT
+    read_limit: Rate = DEFAULT_READ_RATE
     max_retries: int = 8
     force: bool = False
     graph_root: str = "https://graph.microsoft.com"
@@ -750,27 +640,31 @@ async def export_events(
     progress.start(f"export to {options.out.name}")
     try:
         async with GraphClient(options.graph_root, tokens, http=http) as client:
-            reader = EventReader(
+            reader = ListWalker(
                 client,
                 limiter,
+                AUTOPILOT_EVENTS,
                 select=options.select,
                 max_retries=options.max_retries,
                 clock=clock,
                 page_size=options.page_size,
             )
-            page = await reader.next_page()
-            while True:
-                if reader.done:
-                    await anyio.to_thread.run_sync(write, page)
-                    break
-                # Write this page in a thread while the next one is on its way.
-                page = await _write_while_fetching(write, page, reader)
-                progress.update(
-                    read=result.read, written=result.written, throttled=reader.throttled
-                )
+            try:
+                page = await reader.next_page()
+                while True:
+                    if reader.done:
+                        await anyio.to_thread.run_sync(write, page)
+                        break
+                    # Write this page in a thread while the next one is on its way.
+                    page = await _write_while_fetching(write, page, reader)
+                    progress.update(
+                        read=result.read, written=result.written, throttled=reader.throttled
+                    )
+            except GraphError as error:
+                raise reader.failure(error) from None
             progress.update(read=result.read, written=result.written, throttled=reader.throttled)
             result.pages, result.throttled, result.retries = (
-                reader.pages_read,
+                reader.pages,
                 reader.throttled,
                 reader.retries,
             )
@@ -811,7 +705,7 @@ async def export_events(
 async def _write_while_fetching(
     write: Callable[[list[dict[str, JSON]]], None],
     page: list[dict[str, JSON]],
-    reader: EventReader,
+    reader: ListWalker,
 ) -> list[dict[str, JSON]]:
     """Write `page` in a worker thread while fetching the next one; return the next page."""
     fetched: list[list[dict[str, JSON]]] = []

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Final, Self
 from urllib.parse import quote
 
 import httpx
@@ -45,6 +45,9 @@ from batch.errors import AuthError, GraphError, PermissionDenied, RunAborted
 from batch.model import JSON
 
 __all__ = [
+    "EVENTS_PATH",
+    "MAX_BATCH",
+    "PAGE_SIZE",
     "BatchItemResponse",
     "BatchRequest",
     "GraphClient",
@@ -54,7 +57,11 @@ __all__ = [
 ]
 
 EVENTS_PATH = "/deviceManagement/autopilotEvents"
-MAX_BATCH = 20  # Graph's documented limit of requests in one `$batch`
+#: Graph's documented limit of requests in one `$batch` (it answers 400 to more).
+MAX_BATCH: Final = 20
+#: The largest page a list asks for (`$top`): fewer requests, less of the read budget. Intune
+#: serves autopilot events in pages of at most 50 whatever is asked; nothing relies on the size.
+PAGE_SIZE: Final = 999
 USER_AGENT = f"autopilot-batch/{__version__}"
 _MESSAGE_LIMIT = 300  # characters of a non-JSON error body kept as the message
 _CONNECT_TIMEOUT = 10.0
@@ -244,20 +251,22 @@ class GraphClient:
         self,
         url: str | None = None,
         *,
-        top: int = 999,
+        path: str = EVENTS_PATH,
+        top: int = PAGE_SIZE,
         select: Sequence[str] | None = None,
     ) -> tuple[list[dict[str, JSON]], str | None]:
-        """One page of the event list: (items, next link or None).
+        """One page of a collection (the event list by default): (items, next link or None).
 
-        `url=None` asks for the first page (`$top`, `$select` apply); otherwise `url` is the
-        previous page's `@odata.nextLink`, followed as given. The caller paces the pages.
+        `url=None` asks for the first page of `path` (relative to the version; `$top` and
+        `$select` apply); otherwise `url` is the previous page's `@odata.nextLink`, followed as
+        given. The caller paces the pages (`batch.listing.ListWalker`).
         """
         if url is None:
             first = {"$top": str(top)}
             if select:
                 first["$select"] = ",".join(select)
             params: dict[str, str] | None = first
-            target = self._base + EVENTS_PATH
+            target = self._base + path
         else:
             params = None
             target = self._checked_next_link(url)
@@ -268,7 +277,7 @@ class GraphClient:
             raise GraphError(
                 response.status,
                 "InvalidResponse",
-                "the event list answer has no 'value' array",
+                f"the list answer of {path} has no 'value' array",
                 request_id=response.request_id,
                 client_request_id=response.client_request_id,
             )

@@ -36,6 +36,19 @@ It also keeps the whole run's timeline for report.html (`read_timeline`), which 
 - **Pauses** are intervals (`pauses`): a pause extended by more 429s stays one row.
 - **Finished runs** are marked in `meta` (`finished`), so `--resume` of a run that ended can say
   so instead of sending its failed rows again.
+
+It is read through its own API only: the engine, `--resume` and `revert` (`written_rows`) never
+hold SQL. What a row is about to write is one row of `before`: the before-image, the body sent
+(`written`) and the fields a conflict left alone (`conflicts`), committed together before the
+request leaves (`save_before`; read back by `written` and `written_rows`).
+
+Versions: `PRAGMA user_version` says which shape the file has (`VERSION`), and opening a ledger
+migrates an older one in place, in one transaction, so run folders of earlier releases still
+resume and revert. Version 0 (before issue 14) kept the written body and the conflicts as
+`cache` rows keyed `written:N` and `conflicts:N`, and may lack `rows.last_error`; version 1 moves
+them into `before`. `written_rows` is read-only (a revert must not change the reverted run's
+folder, which may be read-only or still open elsewhere), so it reads a version 0 file as it is
+rather than migrating it. A file newer than `VERSION` is refused, not guessed at.
 """
 
 from __future__ import annotations
@@ -44,30 +57,36 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from batch.errors import ResumeError
+from batch.errors import ResumeError, UsageError
 from batch.limiter import Carried, Limiter, Sent
 from batch.model import JSON, Outcome, RowResult
 
 __all__ = [
     "FINAL_SUCCESS",
+    "VERSION",
     "Ledger",
     "PartRecord",
     "SecondRecord",
     "TimelineRecord",
+    "Written",
+    "WrittenRow",
     "read_meta",
     "read_timeline",
+    "written_rows",
 ]
 
 log = logging.getLogger("batch.ledger")
 
 # Rows in these states are never sent again by `--resume`.
 FINAL_SUCCESS: Final = frozenset({Outcome.UPDATED.value, Outcome.UNCHANGED.value})
+#: The shape of the file this code writes (`PRAGMA user_version`; see the module docstring).
+VERSION: Final = 1
 
 # `meta` key of the pause gate's end (Unix time) and the write limit in force at the last 429.
 _GATE_KEY: Final = "limiter_gate"
@@ -86,12 +105,15 @@ CREATE TABLE IF NOT EXISTS rows (
     changed_fields TEXT NOT NULL DEFAULT '',
     attempts INTEGER NOT NULL DEFAULT 0,
     request_id TEXT NOT NULL DEFAULT '',
-    client_request_id TEXT NOT NULL DEFAULT ''
+    client_request_id TEXT NOT NULL DEFAULT '',
+    last_error TEXT NOT NULL DEFAULT ''
 );
-CREATE TABLE IF NOT EXISTS before (
+CREATE TABLE IF NOT EXISTS before (  -- one per row about to be written (save_before)
     number INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,             -- the before-image (JSON)
+    written TEXT,                   -- the body sent (JSON); NULL: not recorded
+    conflicts TEXT                  -- the fields a conflict left alone (JSON); NULL: none
 );
 CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sends (  -- the last window of limiter grants (keep_window)
@@ -115,9 +137,16 @@ CREATE TABLE IF NOT EXISTS timeline (  -- the whole run, per second
 );
 CREATE TABLE IF NOT EXISTS pauses (started REAL NOT NULL, ends REAL NOT NULL);
 """
-# Columns added to `rows` after the first release: (name, declaration). Older ledgers get them
-# when opened, so a run started by an older version can still be resumed.
-_ADDED_COLUMNS: Final = (("last_error", "TEXT NOT NULL DEFAULT ''"),)
+# Columns added after the first release: (table, name, declaration). Version 0 ledgers may
+# lack any of them; the migration adds the missing ones.
+_ADDED_COLUMNS: Final = (
+    ("rows", "last_error", "TEXT NOT NULL DEFAULT ''"),
+    ("before", "written", "TEXT"),
+    ("before", "conflicts", "TEXT"),
+)
+# Version 0 kept these per row in `cache`, keyed prefix + row number.
+_OLD_WRITTEN: Final = "written:"
+_OLD_CONFLICTS: Final = "conflicts:"
 _FINISHED_KEY: Final = "finished"
 _TIMELINE_ADD: Final = (
     "INSERT INTO timeline(second, writes, reads, throttled) VALUES(?, ?, ?, ?)"
@@ -156,6 +185,29 @@ class TimelineRecord:
     pauses: list[tuple[float, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Written:
+    """The body a row was about to send, and the fields its conflicts left alone (JSON)."""
+
+    body: dict[str, JSON]
+    conflicts: list[JSON]
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenRow:
+    """A row a run wrote (`written_rows`): what it changed, its before-image, the body sent.
+
+    `before` is None when the run kept no before-image (`--no-backup`); `written` is None when
+    the body was not recorded.
+    """
+
+    number: int
+    event_id: str
+    changed_fields: tuple[str, ...]
+    before: dict[str, JSON] | None
+    written: dict[str, JSON] | None
+
+
 class Ledger:
     """One run's durable state. Not thread-safe: one event loop thread owns it."""
 
@@ -166,17 +218,48 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL survives a process kill (not necessarily a power cut) and is fast.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        have = {str(r[1]) for r in self._db.execute("PRAGMA table_info(rows)")}
-        for name, declaration in _ADDED_COLUMNS:
-            if name not in have:
-                self._db.execute(f"ALTER TABLE rows ADD COLUMN {name} {declaration}")
         self._in_tx = False
+        self._open()
         # The limiter whose grants this ledger journals, and its journal (keep_window).
         self._kept: tuple[Limiter, _WindowJournal] | None = None
         # The wall clock of the timeline (keep_window may set a test's); the part in progress.
         self._wall: Callable[[], float] = time.time
         self._part: int | None = None
+
+    def _open(self) -> None:
+        """Create a new ledger at `VERSION`, or migrate an older one (module docstring)."""
+        version = _version(self._db)
+        if version > VERSION:
+            self._db.close()
+            raise ResumeError(
+                f"{self.path}: written by a newer autopilot-batch (ledger version {version}); "
+                "resume or revert it with that version"
+            )
+        (tables,) = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        # Tables a version 0 ledger lacks are created in today's shape. (executescript commits
+        # by itself; the migration below can be repeated, so a kill in between is harmless.)
+        self._db.executescript(_SCHEMA)
+        if version == VERSION:
+            return
+        with self._tx():
+            if tables:
+                self._migrate()
+            self._db.execute(f"PRAGMA user_version = {VERSION}")
+
+    def _migrate(self) -> None:
+        """Version 0 → 1: the added columns; the written bodies and conflicts into `before`."""
+        for table, name, declaration in _ADDED_COLUMNS:
+            have = {str(r[1]) for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if name not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+        for column, prefix in (("written", _OLD_WRITTEN), ("conflicts", _OLD_CONFLICTS)):
+            self._db.execute(
+                f"UPDATE before SET {column} = (SELECT value FROM cache WHERE key = ? || number)"
+                f" WHERE {column} IS NULL",
+                (prefix,),
+            )
+            # Moved, or of a row without a before-image (which neither resume nor revert reads).
+            self._db.execute("DELETE FROM cache WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
 
     # --- run-level metadata ---------------------------------------------------------------
 
@@ -259,13 +342,43 @@ class Ledger:
 
     # --- before-images and caches -------------------------------------------------------------
 
-    def save_before(self, number: int, event_id: str, body: Mapping[str, JSON]) -> None:
-        """Keep a row's before-image (committed with the next commit)."""
+    def save_before(
+        self,
+        number: int,
+        event_id: str,
+        body: Mapping[str, JSON],
+        *,
+        written: Mapping[str, JSON] | None = None,
+        conflicts: Sequence[JSON] = (),
+    ) -> None:
+        """Keep a row's before-image, the body about to be sent, and the conflicts left alone.
+
+        Committed with the next commit, which the caller makes before the request leaves:
+        `revert` checks against `written`, and `--resume` sends it again (`written`).
+        `conflicts` is JSON (`batch.changes.conflicts_to_json`).
+        """
         self._begin()
         self._db.execute(
-            "INSERT OR REPLACE INTO before(number, event_id, body) VALUES(?, ?, ?)",
-            (number, event_id, json.dumps(body, ensure_ascii=False)),
+            "INSERT OR REPLACE INTO before(number, event_id, body, written, conflicts)"
+            " VALUES(?, ?, ?, ?, ?)",
+            (
+                number,
+                event_id,
+                json.dumps(body, ensure_ascii=False),
+                None if written is None else json.dumps(written, ensure_ascii=False),
+                json.dumps(list(conflicts), ensure_ascii=False) if conflicts else None,
+            ),
         )
+
+    def written(self, number: int) -> Written | None:
+        """What `save_before` kept of the body sent for row `number`; None if it kept none."""
+        row = self._db.execute(
+            "SELECT written, conflicts FROM before WHERE number = ? AND written IS NOT NULL",
+            (number,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Written(dict(json.loads(row[0])), [] if row[1] is None else json.loads(row[1]))
 
     def before_image(self, number: int) -> dict[str, JSON] | None:
         """One row's stored before-image, or None."""
@@ -508,6 +621,54 @@ class _Tx:
 
 def _read_only(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+def _version(db: sqlite3.Connection) -> int:
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+# Every row the run wrote, with its before-image and the body it sent, in row order. A conflict
+# row with changed fields had its other fields written (field-level conflicts: batch.changes).
+_WRITTEN_ROWS: Final = """
+SELECT r.number, r.event_id, r.changed_fields, b.body, {written}
+FROM rows AS r
+LEFT JOIN before AS b ON b.number = r.number
+{join}
+WHERE r.state = 'updated'
+   OR (r.state = 'conflict' AND COALESCE(r.changed_fields, '') != '')
+ORDER BY r.number
+"""
+
+
+def written_rows(path: Path) -> Iterator[WrittenRow]:
+    """Every row the run of the ledger at `path` wrote, in row order, read-only and streamed.
+
+    Streamed because a million-row run cannot hold its rows in memory; read-only, with a
+    version 0 file read as it is (module docstring). Raises `UsageError` when the file is no
+    readable ledger.
+    """
+    try:
+        with closing(_read_only(path)) as db:
+            db.execute("SELECT 1 FROM rows LIMIT 1")
+            if _version(db) >= 1:
+                query = _WRITTEN_ROWS.format(written="b.written", join="")
+                params: tuple[str, ...] = ()
+            else:
+                query = _WRITTEN_ROWS.format(
+                    written="c.value", join="LEFT JOIN cache AS c ON c.key = ? || r.number"
+                )
+                params = (_OLD_WRITTEN,)
+            for number, event_id, changed, before, written in db.execute(query, params):
+                yield WrittenRow(
+                    int(number),
+                    str(event_id),
+                    tuple(n for n in str(changed).split(";") if n),
+                    None if before is None else json.loads(before),
+                    None if written is None else json.loads(written),
+                )
+    except (sqlite3.Error, ValueError) as error:
+        raise UsageError(f"{path}: cannot read the run's ledger ({error})") from None
 
 
 def read_meta(path: Path, key: str) -> str | None:

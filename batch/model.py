@@ -150,7 +150,8 @@ class RowResult:
     attempts: int = 0
     request_id: str = ""
     client_request_id: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+    # A row an earlier part of the run finished (`--resume`): reported again, not recorded again.
+    restored: bool = False
     # The values behind `changed_fields` (changes.csv, the dry run's diff): the body written or
     # planned (a superset of the changed fields; the row's own dict, not a copy), and the
     # event's values before it (None: not read, so not known).

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
 
-from batch.graph import BatchRequest, event_path
+from batch.graph import MAX_BATCH, BatchRequest, event_path
 from batch.model import Update
 
+# MAX_BATCH is Graph's, defined in `batch.graph`; re-exported for the engine's imports.
 __all__ = ["MAX_BATCH", "batch_requests", "patch_url"]
-
-# Graph answers 400 to a $batch of more than 20 requests.
-MAX_BATCH: Final = 20
 
 
 def patch_url(graph_root: str, event_id: str, *, version: str = "beta") -> str:

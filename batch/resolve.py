@@ -2,7 +2,7 @@
 
 Admins know serial numbers and device names, not event GUIDs. With `--key`, the run reads the
 tenant's events once (one paged walk, `$select=id,<key>,eventDateTime`, under the read budget,
-retried like every read: `batch.export.EventReader`) and resolves each row's key cell:
+retried like every read: `batch.listing.ListWalker`) and resolves each row's key cell:
 
 * keys compare ignoring case and surrounding spaces, never leading zeros (`0012` is not `12`);
 * no event with the key → the row is invalid ("no event with serial '…'"); when the key is
@@ -34,11 +34,12 @@ from typing import Any, Final
 import httpx
 
 from batch.auth import TokenProvider
-from batch.errors import UsageError
-from batch.export import EventReader, fold_key
+from batch.errors import GraphError, UsageError
+from batch.export import fold_key
 from batch.graph import GraphClient
 from batch.ledger import Ledger
 from batch.limiter import Clock, Limiter, SystemClock
+from batch.listing import AUTOPILOT_EVENTS, ListWalker
 from batch.mapper import KEY_PROPERTIES, Prepared
 from batch.model import JSON, Problem, Rate
 from batch.report import write_json_atomic
@@ -256,18 +257,21 @@ class KeyResolver:
         # Reads only: the write budget is there only because a Limiter needs one.
         limiter = Limiter(write=read_limit, read=read_limit, clock=clock)
         async with GraphClient(graph_root, tokens, http=http) as client:
-            reader = EventReader(
+            reader = ListWalker(
                 client,
                 limiter,
+                AUTOPILOT_EVENTS,
                 select=("id", self.key, "eventDateTime"),
                 max_retries=max_retries,
                 clock=clock,
             )
             try:
-                async for page in reader.pages():
+                async for page in reader.walk():
                     self.events_read += len(page)
                     for event in page:
                         self.add(event, wanted)
+            except GraphError as error:
+                raise reader.failure(error) from None
             finally:
                 self.requests = reader.requests
                 self.throttled = reader.throttled

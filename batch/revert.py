@@ -3,9 +3,9 @@
 The plan comes from the reverted run's ledger (`state.sqlite`): for every row that run wrote
 (`updated`, or `conflict` with fields written besides the conflicting ones), the properties it
 really changed (`changed_fields`), their before-image values, and what the run wrote (kept by the
-engine under `changes.written_key`). Each becomes a `Restore` row, and the
-engine runs them like any input file, with `--only-changed` semantics: its own run folder, results,
-ledger, before-images (so a revert can be reverted) and `--resume`.
+engine with each before-image). Each becomes a `Restore` row, and the engine runs them like any
+input file, with `--only-changed` semantics: its own run folder, results, ledger, before-images
+(so a revert can be reverted) and `--resume`.
 
 Conflicts are per field: a field that no longer holds what the run wrote was changed by someone
 else since and is left alone (unless `--force`), while the row's other fields are restored; the
@@ -13,8 +13,9 @@ row is then `conflict`, its message lists each such field with the value it hold
 run wrote and what the revert would write, and it goes to `failures.csv` like a failed row. A
 property already back at its old value needs nothing (`unchanged`).
 
-The ledger is read directly with SQL, read-only, streaming in row order: `Ledger.finished()` would
-hold every finished row in memory, which a million-row run cannot afford.
+The ledger is read through its API (`batch.ledger.written_rows`, `read_meta`): read-only,
+streaming in row order, so a million-row run is never held in memory, and the reverted run's
+folder is never changed (a ledger of an earlier release is read as it is).
 """
 
 from __future__ import annotations
@@ -22,33 +23,19 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from batch.changes import Restore, written_key
+from batch.changes import Restore
 from batch.errors import UsageError
+from batch.ledger import read_meta, written_rows
 from batch.model import JSON, Invalid, Problem, RawRow, Skipped, Update
 
 __all__ = ["RevertPlan", "recorded_endpoint", "revert_out_dir"]
 
 _NULL_TEXT: Final = "<null>"
-
-# Every row the run wrote, with its before-image and the body it sent, in row order. A conflict
-# row with changed fields had its other fields written (field-level conflicts: batch.changes).
-_QUERY: Final = """
-SELECT r.number, r.event_id, r.changed_fields, b.body, c.value
-FROM rows AS r
-LEFT JOIN before AS b ON b.number = r.number
-LEFT JOIN cache AS c ON c.key = ? || r.number
-WHERE r.state = 'updated'
-   OR (r.state = 'conflict' AND COALESCE(r.changed_fields, '') != '')
-ORDER BY r.number
-"""
-_WRITTEN_PREFIX: Final = written_key(0)[:-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +53,6 @@ def _ledger_path(run_dir: Path) -> Path:
             "leaves none)"
         )
     return path
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        db.execute("SELECT 1 FROM rows LIMIT 1")
-    except sqlite3.Error as error:
-        raise UsageError(f"{path}: cannot read the run's ledger ({error})") from None
-    return db
 
 
 def _cell(value: JSON) -> str:
@@ -127,20 +105,10 @@ class RevertPlan:
     def _records(
         self,
     ) -> Iterator[tuple[int, str, list[str], dict[str, JSON] | None, dict[str, JSON] | None]]:
-        with closing(_connect(self._path)) as db:
-            try:
-                for number, event_id, changed, before, written in db.execute(
-                    _QUERY, (_WRITTEN_PREFIX,)
-                ):
-                    yield (
-                        int(number),
-                        str(event_id),
-                        [n for n in str(changed).split(";") if n],
-                        None if before is None else json.loads(before),
-                        None if written is None else json.loads(written),
-                    )
-            except (sqlite3.Error, ValueError) as error:
-                raise UsageError(f"{self._path}: cannot read the run's ledger ({error})") from None
+        # As tuples of these JSON-able parts: `sha256` digests exactly this shape, so a revert
+        # begun by an earlier release still resumes.
+        for row in written_rows(self._path):
+            yield row.number, row.event_id, list(row.changed_fields), row.before, row.written
 
     def rows(self) -> Iterator[tuple[RawRow, Update | Invalid | Skipped]]:
         """Every updated row of the run as a `Restore` (or why it cannot be restored)."""
@@ -190,11 +158,5 @@ def revert_out_dir(
 
 def recorded_endpoint(run_dir: Path) -> tuple[str | None, str | None]:
     """(cloud, Graph root) the reverted run used, as its ledger recorded them (None: unknown)."""
-    with closing(_connect(_ledger_path(run_dir))) as db:
-        try:
-            found = dict(
-                db.execute("SELECT key, value FROM meta WHERE key IN ('cloud', 'graph_root')")
-            )
-        except sqlite3.Error:
-            return None, None
-    return found.get("cloud"), found.get("graph_root")
+    path = _ledger_path(run_dir)
+    return read_meta(path, "cloud"), read_meta(path, "graph_root")

@@ -33,7 +33,6 @@ from batch.changes import (
     same_value,
     scientific_form,
     use_list_walk,
-    written_key,
 )
 from batch.emulator import EmulatorConfig, EventStore
 from batch.emulator.app import build_app
@@ -590,11 +589,15 @@ def _ledger_run(run_dir: Path) -> None:
             RowResult(7, "e7", Outcome.UPDATED, changed_fields=("managedDeviceName",)),
         ]
     )
-    ledger.save_before(2, "e2", {"osVersion": None, "enrollmentState": "enrolled", "userId": "u"})
+    ledger.save_before(
+        2,
+        "e2",
+        {"osVersion": None, "enrollmentState": "enrolled", "userId": "u"},
+        written={"osVersion": "11", "enrollmentState": "failed"},
+    )
     ledger.save_before(5, "e5", {"osVersion": "10"})
     ledger.save_before(6, "e6", {"osVersion": "10"})
     ledger.save_before(7, "e7", {})  # Graph did not return the property
-    ledger.set_cache(written_key(2), {"osVersion": "11", "enrollmentState": "failed"})
     ledger.close()
 
 
@@ -666,12 +669,10 @@ def test_no_patch_leaves_before_its_before_image_is_committed(tmp_path: Path) ->
             return
         # A separate connection sees only what is committed.
         with closing(sqlite3.connect(out / "state.sqlite")) as db:
-            saved = {r[0] for r in db.execute("SELECT event_id FROM before")}
-            written = {r[0] for r in db.execute("SELECT key FROM cache")}
+            saved = {r[0]: r[1] for r in db.execute("SELECT event_id, written FROM before")}
         for event_id in patched:
             assert event_id in saved
-            number = 2 + ids.index(event_id)
-            assert written_key(number) in written
+            assert saved[event_id] is not None  # the body it sends, committed with the image
             checked.append(event_id)
 
     async def main() -> Any:

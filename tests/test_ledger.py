@@ -1,18 +1,21 @@
-"""The ledger's last window of sends: kept as the limiter grants, carried into a resumed process."""
+"""The ledger: the last window of sends (kept as the limiter grants, carried into a resumed
+process), the timeline, and its own API for written bodies, with the migration of old files."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import anyio
 import pytest
 
-from batch.ledger import Ledger
+from batch.errors import ResumeError, UsageError
+from batch.ledger import VERSION, Ledger, Written, WrittenRow, written_rows
 from batch.limiter import Limiter
-from batch.model import Rate
+from batch.model import JSON, Rate
 from batch.testing import FakeClock
 from tests.test_limiter import max_in_any_window
 
@@ -257,3 +260,130 @@ async def test_a_ledger_of_an_older_version_gets_last_error(tmp_path: Path) -> N
     assert ledger.finished()[3].last_error == "503 X: busy"
     ledger.close()
     assert read_timeline(tmp_path / "missing.sqlite").seconds == []
+
+
+# --- the ledger's own API: written bodies, versions, migration ----------------------------------
+
+# The file as releases before issue 14 wrote it (ledger version 0): the written body and the
+# conflicts as `cache` rows keyed `written:N` / `conflicts:N`, `before` without columns for them.
+_VERSION_0 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE rows (
+    number INTEGER PRIMARY KEY, event_id TEXT NOT NULL, state TEXT NOT NULL, status INTEGER,
+    error_code TEXT NOT NULL DEFAULT '', error_message TEXT NOT NULL DEFAULT '',
+    changed_fields TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,
+    request_id TEXT NOT NULL DEFAULT '', client_request_id TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE before (number INTEGER PRIMARY KEY, event_id TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE cache (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('input_sha256', 'abc'), ('cloud', 'global');
+INSERT INTO rows(number, event_id, state, changed_fields) VALUES
+    (2, 'e2', 'updated', 'osVersion'),
+    (3, 'e3', 'conflict', 'enrollmentState'),
+    (4, 'e4', 'in_flight', ''),
+    (5, 'e5', 'unchanged', '');
+INSERT INTO before VALUES
+    (2, 'e2', '{"osVersion": "10"}'),
+    (3, 'e3', '{"enrollmentState": "failed", "userId": "u"}'),
+    (4, 'e4', '{"osVersion": "9"}');
+INSERT INTO cache VALUES
+    ('written:2', '{"osVersion": "11"}'),
+    ('written:3', '{"enrollmentState": "enrolled"}'),
+    ('conflicts:3', '[{"name": "userId", "expected": "v", "found": "w", "known": true}]'),
+    ('written:4', '{"osVersion": "12"}'),
+    ('written:9', '{"osVersion": "orphan"}'),
+    ('keys:deviceSerialNumber', '{"version": 1}');
+"""
+
+
+def _version_0_ledger(path: Path) -> Path:
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(_VERSION_0)
+    return path
+
+
+def _user_version(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _cache_keys(path: Path) -> set[str]:
+    with closing(sqlite3.connect(path)) as db:
+        return {str(r[0]) for r in db.execute("SELECT key FROM cache")}
+
+
+def test_save_before_keeps_the_body_sent_and_the_conflicts_with_the_image(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    ledger = Ledger(path)
+    conflicts: list[JSON] = [{"name": "userId", "expected": "a", "found": "b"}]
+    ledger.save_before(2, "e2", {"osVersion": "10"}, written={"osVersion": "11"})
+    ledger.save_before(3, "e3", {"userId": "a"}, written={"osVersion": "1"}, conflicts=conflicts)
+    ledger.save_before(4, "e4", {"osVersion": "9"})  # an image without a recorded body
+    ledger.commit()
+    ledger.close()
+    reopened = Ledger(path)
+    assert reopened.written(2) == Written({"osVersion": "11"}, [])
+    assert reopened.written(3) == Written({"osVersion": "1"}, conflicts)
+    assert reopened.written(4) is None and reopened.written(5) is None
+    assert reopened.before_image(4) == {"osVersion": "9"}
+    reopened.close()
+    assert _user_version(path) == VERSION and _cache_keys(path) == set()
+
+
+def test_a_version_0_ledger_is_migrated_when_opened(tmp_path: Path) -> None:
+    path = _version_0_ledger(tmp_path / "state.sqlite")
+    assert _user_version(path) == 0
+    ledger = Ledger(path)
+    assert ledger.written(2) == Written({"osVersion": "11"}, [])
+    assert ledger.written(3) == Written(
+        {"enrollmentState": "enrolled"},
+        [{"name": "userId", "expected": "v", "found": "w", "known": True}],
+    )
+    assert ledger.written(4) == Written({"osVersion": "12"}, [])
+    # The rows' column added since (last_error) is there too: finished rows read back.
+    assert sorted(ledger.finished()) == [2, 5] and ledger.finished()[2].last_error == ""
+    assert ledger.get_cache("keys:deviceSerialNumber") == {"version": 1}  # other caches stay
+    ledger.close()
+    assert _user_version(path) == VERSION
+    assert _cache_keys(path) == {"keys:deviceSerialNumber"}
+    again = Ledger(path)  # opening a migrated ledger changes nothing
+    assert again.written(2) == Written({"osVersion": "11"}, [])
+    again.close()
+
+
+@pytest.mark.parametrize("migrated", [False, True], ids=["version-0", "current"])
+def test_written_rows_reads_either_version_without_changing_the_file(
+    tmp_path: Path, migrated: bool
+) -> None:
+    path = _version_0_ledger(tmp_path / "state.sqlite")
+    if migrated:
+        Ledger(path).close()
+    before = path.read_bytes()
+    rows = list(written_rows(path))
+    assert rows == [
+        WrittenRow(2, "e2", ("osVersion",), {"osVersion": "10"}, {"osVersion": "11"}),
+        WrittenRow(
+            3,
+            "e3",
+            ("enrollmentState",),
+            {"enrollmentState": "failed", "userId": "u"},
+            {"enrollmentState": "enrolled"},
+        ),
+    ]
+    assert path.read_bytes() == before
+    assert _user_version(path) == (VERSION if migrated else 0)
+
+
+def test_written_rows_of_a_file_that_is_no_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    path.write_text("not a database")
+    with pytest.raises(UsageError, match="cannot read the run's ledger"):
+        list(written_rows(path))
+
+
+def test_a_ledger_of_a_newer_release_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version = {VERSION + 1}")
+    with pytest.raises(ResumeError, match="newer autopilot-batch"):
+        Ledger(path)

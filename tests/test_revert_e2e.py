@@ -226,6 +226,80 @@ def test_resumed_rows_keep_their_first_before_image(
     assert server.store.digest() == original
 
 
+def _as_version_0(ledger: Path) -> None:
+    """Rewrite a run's ledger as releases before issue 14 left it (ledger version 0).
+
+    The written bodies go back into `cache` rows keyed `written:N`, `before` loses its
+    `written` and `conflicts` columns, and `user_version` is 0 again.
+    """
+    with closing(sqlite3.connect(ledger)) as db, db:
+        db.execute(
+            "INSERT INTO cache(key, value) SELECT 'written:' || number, written FROM before"
+            " WHERE written IS NOT NULL"
+        )
+        db.execute("ALTER TABLE before RENAME TO before_new")
+        db.execute(
+            "CREATE TABLE before (number INTEGER PRIMARY KEY, event_id TEXT NOT NULL,"
+            " body TEXT NOT NULL)"
+        )
+        db.execute("INSERT INTO before SELECT number, event_id, body FROM before_new")
+        db.execute("DROP TABLE before_new")
+        db.execute("PRAGMA user_version = 0")
+
+
+def _user_version(ledger: Path) -> int:
+    with closing(sqlite3.connect(ledger)) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_a_run_folder_of_an_earlier_release_still_reverts_and_resumes(
+    emulator_factory: EmulatorFactory, tmp_path: Path
+) -> None:
+    """Its ledger holds the written bodies as `written:N` cache rows (ledger version 0)."""
+    server, ids = _server(emulator_factory, 30)
+    original = server.store.digest()
+    src = write_csv(tmp_path / "in.csv", update_rows(ids))
+    out = tmp_path / "run"
+    assert (
+        cli_here("run", src, "--graph-url", server.url, *TOOL_LIMIT, "--out", out).returncode == 0
+    )
+    first = {r["row"]: r["changed_fields"] for r in read_csv(out / "results.csv")}
+    ledger = out / "state.sqlite"
+    _as_version_0(ledger)
+
+    # Revert reads the old file as it is (read-only), written bodies included: no field is a
+    # conflict for want of the run's values, and the reverted run's folder is left as it was.
+    old_file = ledger.read_bytes()
+    reverted = cli_here("revert", out, *TOOL_LIMIT, "--out", tmp_path / "rv")
+    assert reverted.returncode == 0, reverted.stderr[-2000:]
+    outcomes = {r["outcome"] for r in read_csv(tmp_path / "rv" / "results.csv")}
+    assert outcomes == {"updated"} and server.store.digest() == original
+    assert ledger.read_bytes() == old_file and _user_version(ledger) == 0
+
+    # Resume after a kill that left rows in flight after their bodies were committed: the old
+    # file is migrated on open, and those rows are sent again from their committed bodies.
+    with closing(sqlite3.connect(ledger)) as db, db:
+        db.execute("UPDATE rows SET state = 'in_flight' WHERE number BETWEEN 2 AND 6")
+    reads = server.stats()["reads"]
+    resumed = cli_here("run", src, "--graph-url", server.url, *TOOL_LIMIT, "--out", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert server.stats()["reads"] == reads  # judged on the stored images, not read again
+    assert {r["row"]: r["changed_fields"] for r in read_csv(out / "results.csv")} == first
+    assert _user_version(ledger) == 1
+    with closing(sqlite3.connect(ledger)) as db:
+        assert db.execute("SELECT count(*) FROM cache WHERE key LIKE 'written:%'").fetchone() == (
+            0,
+        )
+
+    # The resumed rows were written again; the migrated run reverts them.
+    assert server.store.digest() != original
+    again = cli_here("revert", out, *TOOL_LIMIT, "--out", tmp_path / "rv2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    outcomes_again = [r["outcome"] for r in read_csv(tmp_path / "rv2" / "results.csv")]
+    assert outcomes_again.count("updated") == 5 and outcomes_again.count("unchanged") == 25
+    assert server.store.digest() == original
+
+
 def test_no_backup_reads_nothing_and_cannot_be_reverted(
     emulator_factory: EmulatorFactory, tmp_path: Path
 ) -> None:
