@@ -311,13 +311,12 @@ class GraphApi:
         elif body is None:
             raise ODataError(400, "BadRequest", "Empty Payload. JSON content expected.")
         changes = check_patch_body(body, state.config.schema)
-        current = state.store.get(event_id)
-        if current is None:
+        if event_id not in state.store:
             raise _not_found(event_id)
         if state.applies(EVENTS.name, event_id):
             updated = state.store.patch(event_id, changes)
         else:
-            updated = current
+            updated = state.store.get(event_id) or {}
         state.stats.patches[str(updated["id"])] += 1
         if state.config.patch_status == 204:
             return Answer(204)
@@ -399,13 +398,12 @@ class GraphApi:
     def _update_device(self, device_id: str, body: bytes | JSON | None) -> Answer:
         state = self.state
         changes = check_device_action_body(_json_body(body))
-        if device_id not in state.devices:
+        stored_id = state.devices.stored_id(device_id)
+        if stored_id is None:
             raise _not_found(device_id, DEVICES)
-        device = state.devices.get(device_id)
-        assert device is not None
         if state.applies(DEVICES.name, device_id):
-            state.devices.patch(device_id, changes)
-        state.stats.device_writes[str(device["id"])] += 1
+            state.devices.update(device_id, changes)
+        state.stats.device_writes[stored_id] += 1
         return Answer(204)
 
     # --- $batch ------------------------------------------------------------------------------
