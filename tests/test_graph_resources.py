@@ -18,7 +18,8 @@ from batch.graph import (
     event_path,
     write_request,
 )
-from batch.model import JSON
+from batch.model import JSON, Update
+from batch.planner import batch_requests, patch_url, write_url
 from batch.resources import DEVICES, EVENTS
 
 pytestmark = pytest.mark.anyio
@@ -166,3 +167,22 @@ async def test_device_list_answer_without_value_names_devices() -> None:
     async with graph(lambda request: httpx.Response(200, json={})) as client:
         with pytest.raises(GraphError, match="device list answer"):
             await client.list_page(resource=DEVICES)
+
+
+# --- the planner ---------------------------------------------------------------------------------
+
+
+def test_planner_plans_the_resources_write() -> None:
+    updates = [("1", Update(2, DEVICE_ID, {"groupTag": "A"})), ("2", Update(3, "e/1", {"x": 1}))]
+    (device,) = batch_requests(updates[:1], resource=DEVICES)
+    assert (device.method, device.url) == (
+        "POST",
+        f"/deviceManagement/windowsAutopilotDeviceIdentities/{DEVICE_ID}/updateDeviceProperties",
+    )
+    (event,) = batch_requests(updates[1:])
+    assert (event.method, event.url) == ("PATCH", "/deviceManagement/autopilotEvents/e%2F1")
+    assert patch_url(ROOT, "e/1") == f"{ROOT}/beta/deviceManagement/autopilotEvents/e%2F1"
+    assert write_url(ROOT, EVENTS, "e/1") == patch_url(ROOT, "e/1")
+    assert write_url(ROOT + "/", DEVICES, DEVICE_ID).endswith(
+        f"/{DEVICE_ID}/updateDeviceProperties"
+    )
