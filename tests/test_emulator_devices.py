@@ -20,6 +20,7 @@ from batch.emulator import (
 )
 from batch.emulator.oauth import WRITE_PERMISSION, Principal
 from batch.errors import InputFileError
+from batch.graph import GraphClient, batch_item
 from batch.model import Rate
 from batch.resources import DEVICES, EVENTS
 
@@ -386,3 +387,44 @@ def test_reset_restores_devices(server: EmulatorServer, client: httpx.Client) ->
     server.reset(store=True)
     stats = server.stats()
     assert stats["devices_digest"] == digest and stats["devices"] == 120
+
+
+# --- the Graph client against the emulator -------------------------------------------------------
+
+
+class _Tokens:
+    async def token(self, *, force_refresh: bool = False) -> str:
+        return TOKEN
+
+
+@pytest.mark.anyio
+async def test_graph_client_walks_writes_and_batches_devices(server: EmulatorServer) -> None:
+    """The requests `batch.graph` builds from the description are what the emulator serves:
+    the list walk asks for `$select` but never sends it (no 500), writes are the action."""
+    seen: list[str] = []
+    async with GraphClient(server.url, _Tokens()) as client:
+        items, link = await client.list_page(resource=DEVICES, select=("id", "serialNumber"))
+        while link:
+            seen += [str(d["id"]) for d in items]
+            items, link = await client.list_page(link, resource=DEVICES)
+        seen += [str(d["id"]) for d in items]
+        assert seen == [str(d["id"]) for d in server.devices.list()]
+        one, two, three = seen[:3]
+        answer = await client.write(DEVICES, one, {"groupTag": "Written"})
+        assert answer.status == 204
+        _, results = await client.batch(
+            [batch_item(DEVICES, "a", two, {"groupTag": "B1"}), batch_item(DEVICES, "b", three, {})]
+        )
+        assert {k: r.status for k, r in results.items()} == {"a": 204, "b": 204}
+        got = await client.get(DEVICES, two, select=("groupTag",))
+        assert isinstance(got.body, dict) and got.body["groupTag"] == "B1"
+    assert server.devices.get(one)["groupTag"] == "Written"  # type: ignore[index]
+    assert server.stats()["statuses"].get("500") is None  # type: ignore[union-attr]
+
+
+def test_emulator_defaults_are_the_documented_device_budget() -> None:
+    config = EmulatorConfig()
+    assert config.device_write_limit == DEVICES.write_limit
+    assert config.device_tenant_write_limit == DEVICES.tenant_write_limit
+    assert config.device_select_fails and not EmulatorConfig.friendly().device_select_fails
+    assert config.profile == "realistic" and EmulatorConfig.friendly().profile == "friendly"
