@@ -4,7 +4,8 @@ DESIGN.md ("Growing"): a resource is data, not a branch. Everything that differs
 autopilot events and Autopilot device identities lives in one description each — `EVENTS` and
 `DEVICES`, looked up by name with `resource("events" | "devices")` — and every stage reads it
 instead of testing a resource name. `batch.schema` takes the events' property table from here
-(`schema.PROPERTIES is EVENTS.properties`' contents), so events keep behaving as before.
+(`schema.PROPERTIES` holds the very `Property` objects of `EVENTS.properties`), so events keep
+behaving as before.
 
 Decisions worth knowing:
 

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from typing import Final, Literal
 
 from batch.model import JSON
+from batch.resources import DEVICES
 from batch.schema import PROPERTIES, EdmType, check_wire
 
 __all__ = [
@@ -381,8 +382,6 @@ DEVICE_ACTION_PARAMETERS: Final = (
     "deviceAccountPassword",
     "deviceFriendlyName",
 )
-# Values the service never reads back (the device account's password).
-_WRITE_ONLY: Final = frozenset({"deviceAccountPassword"})
 
 
 def check_device_action_body(body: object) -> dict[str, JSON]:
@@ -417,7 +416,7 @@ def shape_device(device: Mapping[str, JSON]) -> dict[str, JSON]:
     ones read back empty)."""
     out: dict[str, JSON] = {"@odata.type": DEVICE_TYPE}
     for name, value in device.items():
-        out[name] = "" if name in _WRITE_ONLY else value
+        out[name] = "" if name in DEVICES.secrets else value
     return out
 
 
