@@ -428,3 +428,14 @@ def test_emulator_defaults_are_the_documented_device_budget() -> None:
     assert config.device_tenant_write_limit == DEVICES.tenant_write_limit
     assert config.device_select_fails and not EmulatorConfig.friendly().device_select_fails
     assert config.profile == "realistic" and EmulatorConfig.friendly().profile == "friendly"
+
+
+def test_the_device_account_password_is_never_read_back(
+    server: EmulatorServer, client: httpx.Client
+) -> None:
+    device_id = str(first(server)["id"])
+    body = {"deviceAccountUpn": "hub@contoso.com", "deviceAccountPassword": "not-a-real-one"}
+    assert client.post(action(device_id), json=body).status_code == 204
+    read = client.get(f"{DEVICES_PATH}/{device_id}").json()
+    assert read["deviceAccountUpn"] == "hub@contoso.com"
+    assert read["deviceAccountPassword"] == ""
