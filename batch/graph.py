@@ -21,6 +21,16 @@ Reading Intune's answers (GRAPH.md, "How Intune really answers"; issue 13):
   number), or an HTTP-date (RFC 9110), counted from the answer's `Date` when it has one.
 * **Whole-batch refusals.** An absolute item URL or a write item without a body makes the real
   service refuse the whole `$batch`; `batch()` refuses to send either (ValueError).
+
+Requests from a resource's description (issue 16, `batch.resources`): `write_request` builds the
+write of one entity — a PATCH of `{collection}/{id}` for events, a POST to
+`{collection}/{id}/updateDeviceProperties` for devices — and `batch_item` the same as a `$batch`
+item; every item with a body carries its own `Content-Type: application/json` (Graph requires
+it per item, GRAPH.md "JSON batching"). `GraphClient.write`, `get` and `list_page(resource=...)`
+send them. `$select` is never sent for a resource whose description says it is unsafe
+(`select_safe`; devices answer 500 to any `$select`, see `batch.resources`): the caller gets the
+whole entity and picks what it needs. The events' own functions (`event_path`, `patch_event`,
+`get_event`) stay as they were.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Final, Self
 from urllib.parse import quote
 
@@ -43,6 +53,7 @@ from batch import __version__
 from batch.auth import REQUIRED_PERMISSION, TokenProvider
 from batch.errors import AuthError, GraphError, PermissionDenied, RunAborted
 from batch.model import JSON
+from batch.resources import EVENTS, Resource
 
 __all__ = [
     "EVENTS_PATH",
@@ -52,11 +63,16 @@ __all__ = [
     "BatchRequest",
     "GraphClient",
     "GraphResponse",
+    "WriteRequest",
+    "batch_item",
+    "entity_path",
     "event_path",
     "parse_retry_after",
+    "write_request",
 ]
 
-EVENTS_PATH = "/deviceManagement/autopilotEvents"
+EVENTS_PATH = EVENTS.collection
+JSON_CONTENT: Mapping[str, str] = MappingProxyType({"Content-Type": "application/json"})
 #: Graph's documented limit of requests in one `$batch` (it answers 400 to more).
 MAX_BATCH: Final = 20
 #: The largest page a list asks for (`$top`): fewer requests, less of the read budget. Intune
@@ -102,6 +118,24 @@ class BatchRequest:
     url: str
     body: Mapping[str, JSON] | None = None
 
+    def wire(self) -> dict[str, JSON]:
+        """The item as it goes into the envelope: a body brings its own Content-Type header."""
+        item: dict[str, JSON] = {"id": self.id, "method": self.method.upper(), "url": self.url}
+        if self.body is not None:
+            item["headers"] = dict(JSON_CONTENT)
+            item["body"] = dict(self.body)
+        return item
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """The write of one entity: method, version-relative path, body and headers."""
+
+    method: str
+    path: str
+    body: Mapping[str, JSON]
+    headers: Mapping[str, str]
+
 
 @dataclass(frozen=True, slots=True)
 class BatchItemResponse:
@@ -139,9 +173,35 @@ def event_path(event_id: str) -> str:
     (`…/autopilotEvents/..` is `…/deviceManagement`): they are refused here too, whatever path
     the id came by (the mapper already makes such rows invalid; revert reads ids from a ledger).
     """
-    if not event_id or event_id.strip(".") == "":
-        raise ValueError(f"{event_id!r} is not an event id")
-    return f"{EVENTS_PATH}/{quote(event_id, safe='')}"
+    return entity_path(EVENTS, event_id)
+
+
+def entity_path(resource: Resource, entity_id: str) -> str:
+    """The version-relative path of one entity of `resource`, its id percent-encoded.
+
+    Ids that are empty or only dots are refused (ValueError), as `event_path` explains.
+    """
+    if not entity_id or entity_id.strip(".") == "":
+        article = "an" if resource.noun[:1] in "aeiou" else "a"
+        raise ValueError(f"{entity_id!r} is not {article} {resource.noun} id")
+    return f"{resource.collection}/{quote(entity_id, safe='')}"
+
+
+def write_request(resource: Resource, entity_id: str, body: Mapping[str, JSON]) -> WriteRequest:
+    """The write of one entity as its description says: PATCH of the entity, or POST to an
+    action of it (`…/{id}/updateDeviceProperties`). The body is sent as given."""
+    path = entity_path(resource, entity_id)
+    if resource.write.action:
+        path = f"{path}/{resource.write.action}"
+    return WriteRequest(resource.write.method, path, dict(body), JSON_CONTENT)
+
+
+def batch_item(
+    resource: Resource, item_id: str, entity_id: str, body: Mapping[str, JSON]
+) -> BatchRequest:
+    """The write of one entity as a `$batch` item with id `item_id` (see `write_request`)."""
+    request = write_request(resource, entity_id, body)
+    return BatchRequest(item_id, request.method, request.path, request.body)
 
 
 def parse_retry_after(
@@ -183,7 +243,7 @@ def _http_date(text: str) -> datetime | None:
 
 
 class GraphClient:
-    """Async Graph client for the Autopilot events endpoints, on one pooled `httpx.AsyncClient`.
+    """Async Graph client for the Autopilot endpoints, on one pooled `httpx.AsyncClient`.
 
     Use as `async with GraphClient(root, tokens) as client: ...`. A client passed as `http` is
     borrowed and left open; one created here (HTTP/2, pooled, honouring proxy and CA settings
@@ -247,25 +307,42 @@ class GraphClient:
         params = {"$select": ",".join(select)} if select else None
         return await self._send("GET", self._base + event_path(event_id), params=params)
 
+    async def write(
+        self, resource: Resource, entity_id: str, body: Mapping[str, JSON]
+    ) -> GraphResponse:
+        """Write one entity of `resource` (`write_request`); any 2xx is success."""
+        request = write_request(resource, entity_id, body)
+        return await self._send(request.method, self._base + request.path, body=request.body)
+
+    async def get(
+        self, resource: Resource, entity_id: str, *, select: Sequence[str] | None = None
+    ) -> GraphResponse:
+        """GET one entity of `resource`; `select` only where the resource allows `$select`."""
+        params = {"$select": ",".join(select)} if select and resource.select_safe else None
+        return await self._send("GET", self._base + entity_path(resource, entity_id), params=params)
+
     async def list_page(
         self,
         url: str | None = None,
         *,
-        path: str = EVENTS_PATH,
+        path: str | None = None,
         top: int = PAGE_SIZE,
         select: Sequence[str] | None = None,
+        resource: Resource = EVENTS,
     ) -> tuple[list[dict[str, JSON]], str | None]:
-        """One page of a collection (the event list by default): (items, next link or None).
+        """One page of a collection (the resource's list by default): (items, next link or None).
 
-        `url=None` asks for the first page of `path` (relative to the version; `$top` and
-        `$select` apply); otherwise `url` is the previous page's `@odata.nextLink`, followed as
-        given. The caller paces the pages (`batch.listing.ListWalker`).
+        `url=None` asks for the first page of `path` (default: the resource's collection,
+        relative to the version; `$top`, and `$select` where the resource allows it); otherwise
+        `url` is the previous page's `@odata.nextLink`, followed as given. The caller paces the
+        pages (`batch.listing.ListWalker`).
         """
         if url is None:
             first = {"$top": str(top)}
-            if select:
+            if select and resource.select_safe:
                 first["$select"] = ",".join(select)
             params: dict[str, str] | None = first
+            path = path if path is not None else resource.collection
             target = self._base + path
         else:
             params = None
@@ -277,7 +354,7 @@ class GraphClient:
             raise GraphError(
                 response.status,
                 "InvalidResponse",
-                f"the list answer of {path} has no 'value' array",
+                f"the list answer of {path or resource.collection} has no 'value' array",
                 request_id=response.request_id,
                 client_request_id=response.client_request_id,
             )
@@ -306,13 +383,7 @@ class GraphClient:
                 raise ValueError(f"$batch request {r.id}: the url must be version-relative")
             if r.method.upper() in _WRITE_METHODS and r.body is None:
                 raise ValueError(f"$batch request {r.id}: a {r.method.upper()} needs a body")
-        payload: list[JSON] = []
-        for r in requests:
-            item: dict[str, JSON] = {"id": r.id, "method": r.method.upper(), "url": r.url}
-            if r.body is not None:
-                item["headers"] = {"Content-Type": "application/json"}
-                item["body"] = dict(r.body)
-            payload.append(item)
+        payload: list[JSON] = [r.wire() for r in requests]
         envelope = await self._send("POST", self._base + "/$batch", body={"requests": payload})
         answers = _batch_items(envelope.body)
         results: dict[str, BatchItemResponse] = {}

@@ -1,7 +1,8 @@
 """The deviceManagementAutopilotEvent property table and the value coercers.
 
 One declarative table (`PROPERTIES`) that the mapper, the emulator, `schema` and `template`
-all read.
+all read; it is `batch.resources.EVENTS`' table (the resource descriptions own the tables and
+the `Property` type, re-exported here), the coercers work for any resource's properties.
 Two directions of checking live here:
 
 * `coerce_text` turns what a user typed in a cell into the exact wire value (or raises
@@ -29,12 +30,12 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
 from zoneinfo import ZoneInfo
 
 from batch.model import JSON
+from batch.resources import EVENTS, EdmType, Property, normalize_header
 
 __all__ = [
     "ALIASES",
@@ -58,180 +59,17 @@ class ValueProblem(ValueError):
     """A cell or wire value that does not fit its property; the message is the reason."""
 
 
-class EdmType:
-    """The EDM type names used in the table (plain strings, as Graph's metadata spells them)."""
+# The events' table lives in `batch.resources` (issue 16: a resource is data); these names are
+# kept here because every stage reads them from this module.
+ENUMS: Final[dict[str, tuple[str, ...]]] = dict(EVENTS.enums)
 
-    STRING: Final = "String"
-    INT32: Final = "Int32"
-    DATETIMEOFFSET: Final = "DateTimeOffset"
-    DURATION: Final = "Duration"
-    ENUM: Final = "Enum"
-
-
-ENUMS: Final[dict[str, tuple[str, ...]]] = {
-    "windowsAutopilotEnrollmentType": (
-        "unknown",
-        "azureADJoinedWithAutopilotProfile",
-        "offlineDomainJoined",
-        "azureADJoinedUsingDeviceAuthWithAutopilotProfile",
-        "azureADJoinedUsingDeviceAuthWithoutAutopilotProfile",
-        "azureADJoinedWithOfflineAutopilotProfile",
-        "azureADJoinedWithWhiteGlove",
-        "offlineDomainJoinedWithWhiteGlove",
-        "offlineDomainJoinedWithOfflineAutopilotProfile",
-    ),
-    "enrollmentState": ("unknown", "enrolled", "pendingReset", "failed", "notContacted", "blocked"),
-    "windowsAutopilotDeploymentState": (
-        "unknown",
-        "success",
-        "inProgress",
-        "failure",
-        "successWithTimeout",
-        "notAttempted",
-        "disabled",
-        "successOnRetry",
-    ),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Property:
-    """One property of deviceManagementAutopilotEvent (GRAPH.md, "The resource")."""
-
-    name: str
-    edm: str
-    nullable: bool
-    enum_type: str | None = None
-    legacy: bool = False
-    key: bool = False
-    description: str = ""
-
-    @property
-    def members(self) -> tuple[str, ...]:
-        """The enum members in wire spelling (empty for non-enums)."""
-        return ENUMS[self.enum_type] if self.enum_type else ()
-
-    @property
-    def type_name(self) -> str:
-        """The type as Graph's metadata names it (the enum type name for enums)."""
-        return self.enum_type or self.edm
-
-
-def _p(
-    name: str,
-    edm: str,
-    nullable: bool,
-    description: str,
-    *,
-    enum_type: str | None = None,
-    legacy: bool = False,
-    key: bool = False,
-) -> Property:
-    return Property(name, edm, nullable, enum_type, legacy, key, description)
-
-
-_S, _I, _T, _D, _E = (
-    EdmType.STRING,
-    EdmType.INT32,
-    EdmType.DATETIMEOFFSET,
-    EdmType.DURATION,
-    EdmType.ENUM,
-)
-
-PROPERTIES: Final[dict[str, Property]] = {
-    p.name: p
-    for p in (
-        _p("id", _S, False, "The event id; goes in the URL, never in the body", key=True),
-        _p("deviceId", _S, True, "Device id"),
-        _p("eventDateTime", _T, False, "Time the event occurred"),
-        _p("deviceRegisteredDateTime", _T, False, "Device registration date"),
-        _p("enrollmentStartDateTime", _T, False, "Device enrollment start date"),
-        _p(
-            "enrollmentType",
-            _E,
-            False,
-            "Enrollment type",
-            enum_type="windowsAutopilotEnrollmentType",
-        ),
-        _p("deviceSerialNumber", _S, True, "Device serial number"),
-        _p("managedDeviceName", _S, True, "Managed device name"),
-        _p("userPrincipalName", _S, True, "User principal name used to enroll the device"),
-        _p("userId", _S, True, "User id (current schema only)"),
-        _p(
-            "windowsAutopilotDeploymentProfileDisplayName",
-            _S,
-            True,
-            "Autopilot profile name",
-        ),
-        _p("enrollmentState", _E, False, "Enrollment state", enum_type="enrollmentState"),
-        _p(
-            "windows10EnrollmentCompletionPageConfigurationDisplayName",
-            _S,
-            True,
-            "Enrollment Status Page profile name",
-        ),
-        _p(
-            "windows10EnrollmentCompletionPageConfigurationId",
-            _S,
-            True,
-            "Enrollment Status Page profile id",
-        ),
-        _p(
-            "deploymentState",
-            _E,
-            False,
-            "Deployment state",
-            enum_type="windowsAutopilotDeploymentState",
-        ),
-        _p(
-            "deviceSetupStatus",
-            _E,
-            False,
-            "Device setup status",
-            enum_type="windowsAutopilotDeploymentState",
-        ),
-        _p(
-            "accountSetupStatus",
-            _E,
-            False,
-            "Account setup status",
-            enum_type="windowsAutopilotDeploymentState",
-        ),
-        _p("osVersion", _S, True, "Device operating system version"),
-        _p("deploymentDuration", _D, False, "Autopilot deployment duration"),
-        _p("deploymentTotalDuration", _D, False, "Total deployment duration"),
-        _p(
-            "devicePreparationDuration",
-            _D,
-            False,
-            "Time spent in device enrollment (legacy)",
-            legacy=True,
-        ),
-        _p("deviceSetupDuration", _D, False, "Time spent in device ESP"),
-        _p("accountSetupDuration", _D, False, "Time spent in user ESP"),
-        _p("deploymentStartDateTime", _T, False, "Deployment start time"),
-        _p("deploymentEndDateTime", _T, False, "Deployment end time"),
-        _p("targetedAppCount", _I, False, "Count of applications targeted (legacy)", legacy=True),
-        _p("targetedPolicyCount", _I, False, "Count of policies targeted (legacy)", legacy=True),
-        _p("enrollmentFailureDetails", _S, True, "Enrollment failure details"),
-    )
-}
+PROPERTIES: Final[dict[str, Property]] = dict(EVENTS.properties)
 
 # Every property that may appear in a PATCH body (the id goes in the URL).
-WRITABLE: Final[tuple[str, ...]] = tuple(n for n, p in PROPERTIES.items() if not p.key)
+WRITABLE: Final[tuple[str, ...]] = EVENTS.writable
 
 # Other header spellings that mean the id column (CONTRACT.md, "Input files").
-ALIASES: Final[dict[str, str]] = {
-    "eventid": "id",
-    "devicemanagementautopiloteventid": "id",
-}
-
-_HEADER_JUNK = re.compile(r"[\s_\-]+")
-
-
-def normalize_header(text: str) -> str:
-    """Fold a header for matching: case-insensitive, ignoring spaces, `_` and `-`."""
-    return _HEADER_JUNK.sub("", text).casefold()
+ALIASES: Final[dict[str, str]] = EVENTS.aliases
 
 
 # --- limits and characters ---------------------------------------------------------------------

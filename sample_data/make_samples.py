@@ -10,6 +10,12 @@
   would need `--assume-tz`; text keeps the offsets). Byte-for-byte reproducible.
 * `bad_rows.csv` — one row per kind of row error, each explained in its `_note` column (ignored
   by the tool because it starts with `_`). `validate` exits 1.
+* `devices.csv` — 20 Autopilot device identity updates (issue 16) with the Intune portal's
+  headers (`Device Serial Number`, `Group Tag`, `Assigned User`, `Display name`), keyed by
+  serial number: a retag for every row, new assigned users and names for some, one group tag
+  cleared with `<null>`, empty cells left unchanged. The serials are those of the emulator's
+  demo tenant (`batch.emulator.devices.demo_devices()`, the first 20 of its 40 devices, some
+  with leading zeros), so `--key serialNumber` finds every row there.
 
 The ids are reproducible on their own: the first 300 draws of
 `uuid.UUID(int=rng.getrandbits(128), version=4)` with `rng = random.Random(2026)`, so the demo
@@ -282,13 +288,43 @@ def write_xlsx(path: Path, columns: list[str], rows: list[dict[str, str]]) -> No
             target.writestr(fixed_info, data)
 
 
+DEVICE_ROWS = 20
+DEVICE_COLUMNS = ["Device Serial Number", "Group Tag", "Assigned User", "Display name"]
+# The retag of a site rollout: every device gets its site's tag (dynamic groups key on it).
+DEVICE_TAGS = ["EMEA-Sales", "EMEA-Engineering", "EMEA-Kiosk", "AMER-Sales", "AMER-Shared"]
+
+
+def device_rows() -> list[dict[str, str]]:
+    """The devices.csv rows, drawn from the emulator's demo tenant (see the module docstring)."""
+    from batch.emulator.devices import demo_devices
+
+    rng = random.Random(SEED + 16)
+    rows = []
+    for number, device in enumerate(demo_devices()[:DEVICE_ROWS]):
+        serial = str(device["serialNumber"])
+        tag = rng.choice(DEVICE_TAGS)
+        # Row 9 takes its device out of every tag-based group.
+        row = {"Device Serial Number": serial, "Group Tag": "<null>" if number == 7 else tag}
+        if rng.random() < 0.5:
+            row["Assigned User"] = f"{rng.choice(FIRST)}.{rng.choice(LAST)}@contoso.com"
+        if rng.random() < 0.4:
+            row["Display name"] = f"{tag.split('-')[0]}-{serial[-7:]}"
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
-    """Write events.csv, events.xlsx and bad_rows.csv next to this script."""
+    """Write events.csv, events.xlsx, bad_rows.csv and devices.csv next to this script."""
     rows = sample_rows()
     write_csv(HERE / "events.csv", COLUMNS, rows)
     write_xlsx(HERE / "events.xlsx", COLUMNS, rows)
     write_csv(HERE / "bad_rows.csv", BAD_COLUMNS, BAD_ROWS)
-    print(f"wrote {len(rows)} rows to events.csv and events.xlsx, {len(BAD_ROWS)} to bad_rows.csv")
+    devices = device_rows()
+    write_csv(HERE / "devices.csv", DEVICE_COLUMNS, devices)
+    print(
+        f"wrote {len(rows)} rows to events.csv and events.xlsx, {len(BAD_ROWS)} to bad_rows.csv, "
+        f"{len(devices)} to devices.csv"
+    )
 
 
 if __name__ == "__main__":

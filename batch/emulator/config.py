@@ -64,6 +64,7 @@ FRIENDLY: Final[Mapping[str, Any]] = MappingProxyType(
         "retry_after_format": "int",
         "split_throttles": False,
         "always_client_request_id": False,
+        "device_select_fails": False,
     }
 )
 REALISTIC: Final[Mapping[str, Any]] = MappingProxyType(
@@ -77,6 +78,7 @@ REALISTIC: Final[Mapping[str, Any]] = MappingProxyType(
         "retry_after_format": "mixed",
         "split_throttles": True,
         "always_client_request_id": True,
+        "device_select_fails": True,
     }
 )
 PROFILES: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
@@ -134,6 +136,18 @@ class EmulatorConfig:
     window, scaled down with a shorter `write_limit` window). `drop_applied`: the share of
     dropped connections whose request was carried out (write applied, budget used) before the
     connection broke; the others break before anything happened.
+
+    Autopilot device identities (issue 16; `devices`): `device_write_limit` and
+    `device_tenant_write_limit` are the Intune enrollment service's write budgets (documented
+    100 and 200 per 20 s, `batch.resources`), kept apart from the events' (another service);
+    reads use `read_limit`/`tenant_read_limit`'s figures in the enrollment service's own logs.
+    `device_select_fails`: `$select` on the device list or a device answers 500, as the real
+    service does (realistic); off, it is served like the events' `$select` (friendly).
+
+    `unapplied_writes` (a test hook for `--verify`, both resources): the first N successful
+    writes of every entity are answered as usual (204, or 200 with the unchanged object) but
+    not applied — microsoft-graph-docs#11620, a 204 that took effect only on the second call,
+    is N = 1. `EmulatorServer.skip_writes` does the same for chosen entities only.
     """
 
     host: str = "127.0.0.1"
@@ -166,6 +180,10 @@ class EmulatorConfig:
     fault_mix: tuple[tuple[str, float], ...] = DEFAULT_FAULT_MIX
     fault_retry_after: float | None = None
     drop_applied: float = 0.0
+    device_write_limit: Rate = GRAPH_WRITE_LIMIT
+    device_tenant_write_limit: Rate = GRAPH_TENANT_WRITE_LIMIT
+    device_select_fails: bool = True
+    unapplied_writes: int = 0
 
     @classmethod
     def for_profile(cls, profile: str, **fields: Any) -> Self:
@@ -201,7 +219,14 @@ class EmulatorConfig:
         return None
 
     def __post_init__(self) -> None:
-        for name in ("write_limit", "tenant_write_limit", "read_limit", "tenant_read_limit"):
+        for name in (
+            "write_limit",
+            "tenant_write_limit",
+            "read_limit",
+            "tenant_read_limit",
+            "device_write_limit",
+            "device_tenant_write_limit",
+        ):
             if not isinstance(getattr(self, name), Rate):
                 raise ConfigError(f"{name} must be a Rate such as Rate(100, 20)")
         if not 0 <= self.port <= 65535:
@@ -250,6 +275,8 @@ class EmulatorConfig:
             math.isfinite(self.fault_retry_after) and self.fault_retry_after >= 0
         ):
             raise ConfigError("fault_retry_after must be a number of seconds ≥ 0")
+        if self.unapplied_writes < 0:
+            raise ConfigError("unapplied_writes cannot be negative")
         if not (math.isfinite(self.drop_applied) and 0.0 <= self.drop_applied <= 1.0):
             raise ConfigError(f"drop_applied {self.drop_applied} is not between 0 and 1")
         for client_id, secret in self.apps:

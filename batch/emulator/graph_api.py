@@ -12,40 +12,62 @@ profile: `deny_permission` answers Intune's 401 for a missing permission
 (`wire.permission_denied_body`), and `batch_refusal="whole"` refuses a whole `$batch` that holds
 an absolute item URL or a write without a body, with 400 "Invalid batch payload format."
 (microsoft-graph-docs-contrib#8576, ms-365-mcp-server#683) instead of failing that item alone.
+
+Two collections are served (issue 16): `autopilotEvents` (GET, PATCH) and
+`windowsAutopilotDeviceIdentities` (GET one and list, `POST {id}/updateDeviceProperties`
+answering 204, a PATCH of a device refused with Intune's 400 "No method match route template",
+`$select` answering 500 unless `device_select_fails` is off, `$filter=contains(serialNumber,'…')`).
+Each collection is throttled in its own Intune service's budgets (`throttle`), and a write of
+either may be answered but not applied (`EmulatorState.applies`, the `--verify` hook).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from batch.emulator.oauth import READ_PERMISSION, WRITE_PERMISSION, Principal
+from batch.emulator.oauth import Principal
 from batch.emulator.state import EmulatorState
 from batch.emulator.wire import (
+    DEVICE_ACTION,
     GENERIC_INTUNE_MESSAGE,
     GRAPH_CONTENT_TYPE,
     ODataError,
+    check_device_action_body,
     check_patch_body,
+    device_select_error,
+    no_route,
     parse_filter,
     parse_select,
     parse_skiptoken,
     parse_top,
     permission_denied_body,
     render_error,
+    shape_device,
     shape_event,
     skiptoken,
 )
 from batch.model import JSON
+from batch.resources import DEVICES, EVENTS, Resource
 
 __all__ = ["MAX_BATCH", "Answer", "Context", "GraphApi"]
 
 MAX_BATCH: Final = 20
 WRITE_METHODS: Final = frozenset({"PATCH", "POST", "PUT", "DELETE"})
-_COLLECTION: Final = ("deviceManagement", "autopilotEvents")
+_COLLECTIONS: Final = {"autopilotevents": EVENTS, "windowsautopilotdeviceidentities": DEVICES}
+# The action as a path segment, plain or namespace-qualified (Graph takes both).
+_DEVICE_ACTIONS: Final = frozenset(
+    {DEVICE_ACTION.casefold(), f"microsoft.graph.{DEVICE_ACTION}".casefold()}
+)
+# `contains(serialNumber,'text')`: how device identities are looked up by serial number.
+_CONTAINS: Final = re.compile(
+    r"^\s*contains\(\s*serialNumber\s*,\s*'(?P<text>(?:[^']|'')*)'\s*\)\s*$"
+)
 _SUPPORTED_OPTIONS: Final = frozenset({"$top", "$skiptoken", "$select", "$filter"})
 BAD_BATCH_PAYLOAD: Final = "Invalid batch payload format."
 
@@ -78,13 +100,26 @@ def _segments(path: str) -> list[str]:
     return [unquote(part) for part in path.strip("/").split("/")] if path.strip("/") else []
 
 
+def _resource_of(segments: list[str]) -> Resource | None:
+    """The collection a path names (`deviceManagement/<collection>/...`), or None."""
+    if len(segments) >= 2 and segments[0].casefold() == "devicemanagement":
+        return _COLLECTIONS.get(segments[1].casefold())
+    return None
+
+
 def _bad_segment(segments: list[str]) -> str | None:
-    """The segment that leaves the autopilot-event routes (names are case-insensitive)."""
-    for i, want in enumerate(_COLLECTION):
-        if i >= len(segments):
-            return segments[-1] if segments else ""
-        if segments[i].casefold() != want.casefold():
-            return segments[i]
+    """The segment that leaves the served routes (names are case-insensitive)."""
+    if not segments:
+        return ""
+    if segments[0].casefold() != "devicemanagement":
+        return segments[0]
+    if len(segments) < 2:
+        return segments[-1]
+    resource = _resource_of(segments)
+    if resource is None:
+        return segments[1]
+    if resource is DEVICES and len(segments) == 4 and segments[3].casefold() in _DEVICE_ACTIONS:
+        return None
     return segments[3] if len(segments) > 3 else None
 
 
@@ -104,7 +139,12 @@ class GraphApi:
         state = self.state
         write = method in WRITE_METHODS
         path = _path_of(target)
-        decision = state.throttle.admit(ctx.principal.app_id, ctx.principal.tenant_id, write=write)
+        # Each collection is one Intune service with budgets of its own (unknown routes: the
+        # events' service, whose front door answers them).
+        service = (_resource_of(_segments(path)) or EVENTS).name
+        decision = state.throttle.admit(
+            ctx.principal.app_id, ctx.principal.tenant_id, write=write, service=service
+        )
         app = state.stats.app(ctx.principal.app_id)
         if not decision.admitted:
             state.stats.throttled += 1
@@ -164,13 +204,9 @@ class GraphApi:
         for option in query:
             if option.startswith("$") and option not in _SUPPORTED_OPTIONS:
                 raise ODataError(400, "BadRequest", f"Query option '{option}' is not allowed here.")
-        allowed = ("GET", "PATCH") if len(segments) == 3 else ("GET",)
-        if method not in allowed:
-            raise ODataError(
-                405,
-                "BadRequest",
-                f"The requested resource does not support http method '{method}'.",
-            )
+        resource = _resource_of(segments)
+        assert resource is not None  # _bad_segment let only served routes through
+        self._check_method(method, resource, segments)
         write = method in WRITE_METHODS
         deny = self.state.config.deny_permission
         if deny == "all" or (deny == "writes" and write):
@@ -181,8 +217,8 @@ class GraphApi:
                 path=parts.path,
             )
             raise _Denied(Answer(401, refusal, {"Content-Type": GRAPH_CONTENT_TYPE}))
-        permission = WRITE_PERMISSION if write else READ_PERMISSION
-        if not ctx.principal.may(write=write):
+        permission = resource.permission if write else resource.read_permission
+        if not ctx.principal.may(write=write, resource=resource):
             raise ODataError(
                 403,
                 "Forbidden",
@@ -190,12 +226,33 @@ class GraphApi:
                 f"have one of the following scopes: {permission}",
                 source="intune",
             )
+        if resource is DEVICES:
+            return self._devices(method, segments, query, body, ctx)
         if len(segments) == 2:
             return self._list(query, ctx)
         event_id = segments[2]
         if method == "GET":
             return self._get(event_id, query, ctx)
         return self._patch(event_id, body, ctx)
+
+    def _check_method(self, method: str, resource: Resource, segments: list[str]) -> None:
+        """405 for a verb a route does not take; Intune's route refusals for device writes."""
+        if resource is DEVICES:
+            if method == "PATCH" and len(segments) == 3:
+                # msgraph-sdk-powershell#892: the entity is written through the action only.
+                where = f"{resource.collection}('{segments[2]}')"
+                raise no_route("PATCH", "~/singleton/navigation/key", where)
+            if method == "POST" and len(segments) == 2:
+                raise no_route("POST", "~/singleton/navigation", resource.collection)
+            allowed: tuple[str, ...] = ("POST",) if len(segments) == 4 else ("GET",)
+        else:
+            allowed = ("GET", "PATCH") if len(segments) == 3 else ("GET",)
+        if method not in allowed:
+            raise ODataError(
+                405,
+                "BadRequest",
+                f"The requested resource does not support http method '{method}'.",
+            )
 
     def _get(self, event_id: str, query: Mapping[str, str], ctx: Context) -> Answer:
         schema = self.state.config.schema
@@ -256,13 +313,98 @@ class GraphApi:
         changes = check_patch_body(body, state.config.schema)
         if event_id not in state.store:
             raise _not_found(event_id)
-        updated = state.store.patch(event_id, changes)
+        if state.applies(EVENTS.name, event_id):
+            updated = state.store.patch(event_id, changes)
+        else:
+            updated = state.store.get(event_id) or {}
         state.stats.patches[str(updated["id"])] += 1
         if state.config.patch_status == 204:
             return Answer(204)
         return Answer(
             200, shape_event(updated, state.config.schema), {"Content-Type": GRAPH_CONTENT_TYPE}
         )
+
+    # --- device identities ----------------------------------------------------------------------
+
+    def _devices(
+        self,
+        method: str,
+        segments: list[str],
+        query: Mapping[str, str],
+        body: bytes | JSON | None,
+        ctx: Context,
+    ) -> Answer:
+        """GET one device or the list, or the updateDeviceProperties action (`_route` checked
+        the verb)."""
+        config = self.state.config
+        if "$select" in query:
+            if config.device_select_fails:
+                raise device_select_error()
+            select = _device_select(query["$select"])
+        else:
+            select = None
+        if len(segments) == 2:
+            return self._list_devices(query, select, ctx)
+        device_id = segments[2]
+        if len(segments) == 4:
+            return self._update_device(device_id, body)
+        device = self.state.devices.get(device_id)
+        if device is None:
+            raise _not_found(device_id, DEVICES)
+        answer: dict[str, JSON] = {
+            "@odata.context": f"{ctx.base_url}/beta/$metadata#deviceManagement/"
+            "windowsAutopilotDeviceIdentities/$entity"
+        }
+        answer.update(_selected(shape_device(device), select))
+        return Answer(200, answer, {"Content-Type": GRAPH_CONTENT_TYPE})
+
+    def _list_devices(
+        self, query: Mapping[str, str], select: tuple[str, ...] | None, ctx: Context
+    ) -> Answer:
+        state = self.state
+        cap = state.config.page_size if state.config.cap_top else None
+        top = parse_top(query.get("$top"), state.config.page_size, cap=cap)
+        offset = parse_skiptoken(query.get("$skiptoken"))
+        where = query.get("$filter")
+        if where is None:
+            devices = state.devices.page(offset, top + 1)
+        else:
+            found = _CONTAINS.match(where)
+            if found is None:
+                raise ODataError(
+                    400,
+                    "BadRequest",
+                    f"Invalid filter clause '{where}': the emulator filters devices by "
+                    "contains(serialNumber,'text').",
+                )
+            text = found["text"].replace("''", "'").casefold()
+            devices = [
+                d for d in state.devices.list() if text in str(d.get("serialNumber", "")).casefold()
+            ][offset : offset + top + 1]
+        collection = f"{ctx.base_url}/beta/deviceManagement/windowsAutopilotDeviceIdentities"
+        body: dict[str, JSON] = {
+            "@odata.context": f"{ctx.base_url}/beta/$metadata#deviceManagement/"
+            "windowsAutopilotDeviceIdentities",
+            "value": [_selected(shape_device(d), select) for d in devices[:top]],
+        }
+        if len(devices) > top:
+            keep = {k: v for k, v in query.items() if k != "$skiptoken"}
+            keep["$top"] = str(top)
+            keep["$skiptoken"] = skiptoken(offset + top)
+            link_query = "&".join(f"{k}={_quote_option(v)}" for k, v in keep.items())
+            body["@odata.nextLink"] = f"{collection}?{link_query}"
+        return Answer(200, body, {"Content-Type": GRAPH_CONTENT_TYPE})
+
+    def _update_device(self, device_id: str, body: bytes | JSON | None) -> Answer:
+        state = self.state
+        changes = check_device_action_body(_json_body(body))
+        stored_id = state.devices.stored_id(device_id)
+        if stored_id is None:
+            raise _not_found(device_id, DEVICES)
+        if state.applies(DEVICES.name, device_id):
+            state.devices.update(device_id, changes)
+        state.stats.device_writes[stored_id] += 1
+        return Answer(204)
 
     # --- $batch ------------------------------------------------------------------------------
 
@@ -332,11 +474,53 @@ def _absolute(url: str) -> bool:
     return "://" in url or url.startswith("//")
 
 
-def _not_found(event_id: str) -> ODataError:
+def _json_body(body: bytes | JSON | None) -> JSON:
+    """A request body as JSON: raw bytes parsed (400 when empty or not JSON), an item's as is."""
+    if isinstance(body, bytes):
+        if not body.strip():
+            raise ODataError(400, "BadRequest", "Empty Payload. JSON content expected.")
+        try:
+            parsed: JSON = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ODataError(
+                400,
+                "BadRequest",
+                "Unable to read JSON request payload. Please ensure Content-Type header is "
+                "set and payload is of valid JSON format.",
+            ) from None
+        return parsed
+    if body is None:
+        raise ODataError(400, "BadRequest", "Empty Payload. JSON content expected.")
+    return body
+
+
+def _device_select(text: str) -> tuple[str, ...]:
+    """`$select` on devices where it is served (friendly): known names only, like Graph."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise ODataError(400, "BadRequest", "$select needs at least one property name.")
+    for name in names:
+        if name not in DEVICES.properties:
+            raise ODataError(
+                400,
+                "BadRequest",
+                f"Could not find a property named '{name}' on type "
+                "'microsoft.graph.windowsAutopilotDeviceIdentity'.",
+            )
+    return names
+
+
+def _selected(shaped: dict[str, JSON], select: tuple[str, ...] | None) -> dict[str, JSON]:
+    if select is None:
+        return shaped
+    return {k: v for k, v in shaped.items() if k in ("@odata.type", "id") or k in select}
+
+
+def _not_found(entity_id: str, resource: Resource = EVENTS) -> ODataError:
     return ODataError(
         404,
         "ResourceNotFound",
-        f"No deviceManagementAutopilotEvent with id '{event_id}'.",
+        f"No {resource.type_name} with id '{entity_id}'.",
         source="intune",
         # What Intune says for a missing object (ThomasKur/IntuneDocumentation#39).
         intune_message=GENERIC_INTUNE_MESSAGE,

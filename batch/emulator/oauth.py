@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from batch.model import JSON
+from batch.resources import EVENTS, Resource
 
 __all__ = [
     "CLIENT_ASSERTION_TYPE",
@@ -100,11 +101,12 @@ class Principal:
     tenant_id: str
     permissions: frozenset[str] | None = None
 
-    def may(self, *, write: bool) -> bool:
-        """Whether the token's roles/scopes allow this kind of request on autopilot events."""
+    def may(self, *, write: bool, resource: Resource = EVENTS) -> bool:
+        """Whether the token's roles/scopes allow this kind of request on `resource` (autopilot
+        events by default; device identities need DeviceManagementServiceConfig.*)."""
         if self.permissions is None:
             return True
-        wanted = {WRITE_PERMISSION} if write else {WRITE_PERMISSION, READ_PERMISSION}
+        wanted = {resource.permission} if write else {resource.permission, resource.read_permission}
         return bool(self.permissions & wanted)
 
 

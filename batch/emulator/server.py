@@ -25,6 +25,7 @@ import uvicorn
 
 from batch.emulator.app import ConnectionDropped, build_app
 from batch.emulator.config import EmulatorConfig
+from batch.emulator.devices import DeviceStore
 from batch.emulator.oauth import DEFAULT_TENANT, WRITE_PERMISSION
 from batch.emulator.state import EmulatorState
 from batch.emulator.store import EventStore
@@ -84,10 +85,17 @@ class EmulatorServer:
     ...               headers={"Authorization": "Bearer t"})
     """
 
-    def __init__(self, config: EmulatorConfig | None = None, *, store: EventStore | None = None):
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        store: EventStore | None = None,
+        devices: DeviceStore | None = None,
+    ):
         self.config = config or EmulatorConfig()
         self.store = store if store is not None else EventStore()
-        self.state = EmulatorState(self.config, self.store)
+        self.devices = devices if devices is not None else DeviceStore()
+        self.state = EmulatorState(self.config, self.store, devices=self.devices)
         self.url = ""
         self.ca_path: Path | None = None
         self._server: _Server | None = None
@@ -214,6 +222,19 @@ class EmulatorServer:
         batch = list(events)
         return self._on_loop(lambda: sum(1 for event in batch if self.store.add(event)))
 
+    def add_devices(self, devices: Iterable[Mapping[str, JSON]]) -> int:
+        """Add device identities while serving, without racing requests."""
+        batch = list(devices)
+        return self._on_loop(lambda: sum(1 for device in batch if self.devices.add(device)))
+
+    def skip_writes(self, entity_id: str, times: int = 1, *, resource: str = "devices") -> None:
+        """Answer the next `times` successful writes of one entity (a device, or with
+        `resource="events"` an event) as usual but leave them unapplied: the `--verify` hook
+        for chosen entities (`EmulatorConfig.unapplied_writes` does it for every entity)."""
+        if resource not in ("events", "devices"):
+            raise ValueError(f"resource must be events or devices, not {resource!r}")
+        self._on_loop(lambda: self.state.skip_writes(resource, entity_id, times))
+
     def stats(self) -> dict[str, JSON]:
         """The counters of `GET /_emulator/stats`."""
         return self._on_loop(self.state.stats_dict)
@@ -270,6 +291,7 @@ def serve(
     config: EmulatorConfig,
     *,
     store: EventStore | None = None,
+    devices: DeviceStore | None = None,
     echo: Callable[[str], None] = print,
 ) -> None:
     """Serve in the foreground until Ctrl-C or SIGTERM, printing where to connect."""
@@ -280,7 +302,7 @@ def serve(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with EmulatorServer(config, store=store) as server:
+        with EmulatorServer(config, store=store, devices=devices) as server:
             _describe(server, echo)
             while not stop.wait(0.5):
                 if not server.running:
@@ -294,7 +316,10 @@ def serve(
 def _describe(server: EmulatorServer, echo: Callable[[str], None]) -> None:
     config = server.config
     count = len(server.store)
-    echo(f"Graph emulator listening on {server.url}  ({count} event{'' if count == 1 else 's'})")
+    tenant = f"{count} event{'' if count == 1 else 's'}"
+    if len(server.devices):
+        tenant += f", {len(server.devices)} device{'' if len(server.devices) == 1 else 's'}"
+    echo(f"Graph emulator listening on {server.url}  ({tenant})")
     echo(f"Graph root: {server.url}   (autopilot-batch ... --graph-url {server.url})")
     if server.ca_path is not None:
         echo(f"CA certificate: {server.ca_path}")
@@ -312,6 +337,11 @@ def _describe(server: EmulatorServer, echo: Callable[[str], None]) -> None:
         f"Limits: writes {config.write_limit} per app, {config.tenant_write_limit} per tenant; "
         f"requests {config.read_limit} per app, {config.tenant_read_limit} per tenant"
     )
+    if len(server.devices):
+        echo(
+            f"Device writes: {config.device_write_limit} per app, "
+            f"{config.device_tenant_write_limit} per tenant (Intune enrollment service)"
+        )
     echo(f"Answers: {_wire_summary(config)}")
     echo("Stats: GET /_emulator/stats    Press Ctrl-C to stop.")
 

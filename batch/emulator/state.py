@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from batch.emulator.config import EmulatorConfig
+from batch.emulator.devices import DeviceStore
 from batch.emulator.faults import Fault, FaultPlan
 from batch.emulator.oauth import IdentityProvider
 from batch.emulator.store import EventStore
@@ -51,6 +52,9 @@ class Stats:
     `faults_applied` the dropped connections whose request was carried out before the drop.
     `apps` splits reads, writes, throttled and during_retry_after by app (in open mode every
     bearer token names an app, so a test can play a second app sharing the tenant).
+    `device_writes` counts successful updateDeviceProperties POSTs per device id (applied or
+    not); `unapplied` counts writes answered as success but not applied (`unapplied_writes`,
+    `skip_writes`).
     """
 
     requests: int = 0
@@ -66,6 +70,8 @@ class Stats:
     apps: dict[str, AppStats] = field(default_factory=dict)
     patches: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
+    device_writes: Counter[str] = field(default_factory=Counter)
+    unapplied: int = 0
 
     def as_dict(self) -> dict[str, JSON]:
         """A JSON-ready copy."""
@@ -83,6 +89,8 @@ class Stats:
             "apps": {app: counts.as_dict() for app, counts in sorted(self.apps.items())},
             "patches": dict(self.patches),
             "statuses": {str(status): n for status, n in sorted(self.statuses.items())},
+            "device_writes": dict(self.device_writes),
+            "unapplied": self.unapplied,
         }
 
     def app(self, app: str) -> AppStats:
@@ -101,10 +109,12 @@ class EmulatorState:
         config: EmulatorConfig,
         store: EventStore,
         *,
+        devices: DeviceStore | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.store = store
+        self.devices = devices if devices is not None else DeviceStore()
         self.throttle = Throttle(
             write_limit=config.write_limit,
             tenant_write_limit=config.tenant_write_limit,
@@ -115,6 +125,14 @@ class EmulatorState:
             split=config.split_throttles,
             seed=config.seed,
             clock=clock,
+            services={
+                "devices": (
+                    config.device_write_limit,
+                    config.device_tenant_write_limit,
+                    config.read_limit,
+                    config.tenant_read_limit,
+                )
+            },
         )
         self.identity = IdentityProvider(token_ttl=config.token_ttl, static_token=config.token)
         for client_id, secret in config.apps:
@@ -128,21 +146,48 @@ class EmulatorState:
         self.shuffle = self._shuffle_rng()
         self.stats = Stats()
         self._initial = store.snapshot()
+        self._initial_devices = self.devices.snapshot()
+        # Successful writes per entity ("devices:<folded id>") and writes still to leave
+        # unapplied per entity (`skip_writes`): the `unapplied_writes` hook.
+        self._written: Counter[str] = Counter()
+        self._skips: Counter[str] = Counter()
 
     def _shuffle_rng(self) -> random.Random:
         seed = self.config.seed
         return random.Random(None if seed is None else f"shuffle:{seed}")
 
     def mark_initial(self) -> None:
-        """Remember the store as it is now, as the state `reset(store=True)` returns to."""
+        """Remember the stores as they are now, as the state `reset(store=True)` returns to."""
         self._initial = self.store.snapshot()
+        self._initial_devices = self.devices.snapshot()
+
+    def skip_writes(self, resource: str, entity_id: str, times: int = 1) -> None:
+        """Answer the next `times` successful writes of this entity without applying them."""
+        self._skips[f"{resource}:{entity_id.casefold()}"] += times
+
+    def applies(self, resource: str, entity_id: str) -> bool:
+        """Whether this successful write is applied (False: the `--verify` test hooks).
+
+        Called once per accepted write; the first `unapplied_writes` of every entity, and
+        those asked for with `skip_writes`, are not applied.
+        """
+        key = f"{resource}:{entity_id.casefold()}"
+        seen = self._written[key]
+        self._written[key] += 1
+        if self._skips[key] > 0:
+            self._skips[key] -= 1
+        elif seen >= self.config.unapplied_writes:
+            return True
+        self.stats.unapplied += 1
+        return False
 
     def reset(self, *, store: bool = False) -> None:
         """Clear counters and throttle state; restart the seeded sequences (faults, shuffle,
         Retry-After forms).
 
-        With `store`, the events return to what they were when the server started; app
-        registrations and disabled apps are kept.
+        With `store`, the events and devices return to what they were when the server started
+        (and the `unapplied_writes` counts start again); app registrations and disabled apps
+        are kept.
         """
         self.stats = Stats()
         self.throttle.reset()
@@ -150,10 +195,15 @@ class EmulatorState:
         self.shuffle = self._shuffle_rng()
         if store:
             self.store.restore(self._initial)
+            self.devices.restore(self._initial_devices)
+            self._written.clear()
+            self._skips.clear()
 
     def stats_dict(self) -> dict[str, JSON]:
         """The counters plus the store's size and digest."""
         out = self.stats.as_dict()
         out["events"] = len(self.store)
         out["digest"] = self.store.digest()
+        out["devices"] = len(self.devices)
+        out["devices_digest"] = self.devices.digest()
         return out

@@ -230,6 +230,16 @@ class EventStore:
         self._digest = None
         return _clone(event)
 
+    def stored_id(self, event_id: str) -> str | None:
+        """The id as stored (its own spelling), or None when there is no such id."""
+        event = self._events.get(_key(event_id))
+        return str(event["id"]) if event is not None else None
+
+    def update(self, event_id: str, body: Mapping[str, JSON]) -> None:
+        """`patch` without returning a copy (the write answers 204, nothing to show)."""
+        self._events[_key(event_id)].update(_clone(body))
+        self._digest = None
+
     def list(self) -> builtins.list[Event]:
         """Copies of all events, in insertion order (the order list paging walks)."""
         return [_clone(e) for e in self._events.values()]

@@ -12,6 +12,12 @@ throttle on"). The advertised value is what the client is told, so the period la
 long as the header says; when it ends the window has room again, so a request sent right after
 Retry-After is admitted (unless someone else used the room meanwhile).
 
+Budgets are per Intune service (issue 16): autopilot events belong to the troubleshooting
+service, device identities to the enrollment service, each with its own documented limits
+(`services`), so a device write never uses an event write's budget, and a Retry-After period of
+one service holds only that service's requests. The service is named per request (`service=`;
+"events" when not named, the only one configured by default).
+
 Two realistic refinements (issue 13; both off unless configured):
 
 * **Separate write and read throttles** (`split=True`; learn.microsoft.com/graph/throttling:
@@ -155,16 +161,19 @@ class Throttle:
         split: bool = False,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        services: dict[str, tuple[Rate, Rate, Rate, Rate]] | None = None,
     ) -> None:
-        self._limits = (write_limit, tenant_write_limit, read_limit, tenant_read_limit)
+        limits = (write_limit, tenant_write_limit, read_limit, tenant_read_limit)
+        # (writes per app, writes per tenant, any per app, any per tenant) of each service.
+        self._services = {"events": limits, **(services or {})}
         self._format = retry_after_format
         self._grace = retry_after_grace
         self._split = split
         self._seed = seed
         self._rng = self._new_rng()
         self._clock = clock
-        self._apps: dict[str, _Budgets] = {}
-        self._tenants: dict[str, _Budgets] = {}
+        self._apps: dict[tuple[str, str], _Budgets] = {}
+        self._tenants: dict[tuple[str, str], _Budgets] = {}
 
     def _new_rng(self) -> random.Random:
         # Its own stream: drawing forms must not disturb faults or batch shuffling.
@@ -176,18 +185,18 @@ class Throttle:
         self._tenants.clear()
         self._rng = self._new_rng()
 
-    def _app(self, app: str) -> _Budgets:
-        budgets = self._apps.get(app)
+    def _app(self, app: str, service: str) -> _Budgets:
+        budgets = self._apps.get((service, app))
         if budgets is None:
-            write, _, read, _ = self._limits
-            budgets = self._apps[app] = _Budgets(SlidingLog(write), SlidingLog(read))
+            write, _, read, _ = self._services[service]
+            budgets = self._apps[service, app] = _Budgets(SlidingLog(write), SlidingLog(read))
         return budgets
 
-    def _tenant(self, tenant: str) -> _Budgets:
-        budgets = self._tenants.get(tenant)
+    def _tenant(self, tenant: str, service: str) -> _Budgets:
+        budgets = self._tenants.get((service, tenant))
         if budgets is None:
-            _, write, _, read = self._limits
-            budgets = self._tenants[tenant] = _Budgets(SlidingLog(write), SlidingLog(read))
+            _, write, _, read = self._services[service]
+            budgets = self._tenants[service, tenant] = _Budgets(SlidingLog(write), SlidingLog(read))
         return budgets
 
     def _style(self) -> str:
@@ -198,10 +207,10 @@ class Throttle:
         shares = [share for _, share in MIXED_SHARES]
         return self._rng.choices(forms, shares)[0]
 
-    def admit(self, app: str, tenant: str, *, write: bool) -> Decision:
+    def admit(self, app: str, tenant: str, *, write: bool, service: str = "events") -> Decision:
         """Judge one request (a single request or one `$batch` item) arriving now."""
         now = self._clock()
-        mine, theirs = self._app(app), self._tenant(tenant)
+        mine, theirs = self._app(app, service), self._tenant(tenant, service)
         holding = [mine.held]
         if write and self._split:
             holding.append(mine.writes_held)
@@ -230,7 +239,7 @@ class Throttle:
             log.add(now)
         return Decision(True)
 
-    def consume(self, app: str, tenant: str, *, write: bool) -> None:
+    def consume(self, app: str, tenant: str, *, write: bool, service: str = "events") -> None:
         """Use one unit of `app`'s and `tenant`'s budgets now, without judging it.
 
         For load that always gets through (`EmulatorServer.background_writes`): another app of
@@ -238,16 +247,16 @@ class Throttle:
         hold more than its limit for a while; requests judged by `admit` wait until it drains.
         """
         now = self._clock()
-        mine, theirs = self._app(app), self._tenant(tenant)
+        mine, theirs = self._app(app, service), self._tenant(tenant, service)
         logs = [mine.requests, theirs.requests]
         if write:
             logs += [mine.writes, theirs.writes]
         for log in logs:
             log.add(now)
 
-    def retry_after_until(self, app: str) -> float:
+    def retry_after_until(self, app: str, service: str = "events") -> float:
         """When the app's current Retry-After period ends (clock time; -inf when none ran)."""
-        budgets = self._apps.get(app)
+        budgets = self._apps.get((service, app))
         if budgets is None:
             return -math.inf
         return max(budgets.held.until, budgets.writes_held.until)

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from typing import Final, Literal
 
 from batch.model import JSON
+from batch.resources import DEVICES
 from batch.schema import PROPERTIES, EdmType, check_wire
 
 __all__ = [
@@ -364,3 +365,79 @@ def parse_filter(text: str | None, schema: str) -> tuple[str, JSON] | None:
             400, "BadRequest", f"The emulator filters only text and enum properties, not {name}."
         )
     return name, None if m["null"] else m["text"].replace("''", "'")
+
+
+# --- Autopilot device identities (issue 16) -----------------------------------------------------
+
+DEVICE_TYPE: Final = "#microsoft.graph.windowsAutopilotDeviceIdentity"
+# The parameters of updateDeviceProperties (learn.microsoft.com
+# intune-enrollment-windowsautopilotdeviceidentity-updatedeviceproperties, beta): all strings.
+DEVICE_ACTION: Final = "updateDeviceProperties"
+DEVICE_ACTION_PARAMETERS: Final = (
+    "userPrincipalName",
+    "addressableUserName",
+    "groupTag",
+    "displayName",
+    "deviceAccountUpn",
+    "deviceAccountPassword",
+    "deviceFriendlyName",
+)
+
+
+def check_device_action_body(body: object) -> dict[str, JSON]:
+    """The device properties an updateDeviceProperties body sets, or `ODataError` (400, in
+    Intune's model-validation style) for an unknown parameter or a value that is no string.
+
+    A null is taken as the empty string, which is how the service stores "no value".
+    """
+    if not isinstance(body, dict):
+        raise _model("The request body must be a JSON object of action parameters.")
+    changes: dict[str, JSON] = {}
+    for name, value in body.items():
+        if name not in DEVICE_ACTION_PARAMETERS:
+            raise ODataError(
+                400,
+                "BadRequest",
+                f"The parameter '{name}' in the request payload is not a valid parameter for "
+                f"the operation '{DEVICE_ACTION}'.",
+                source="model",
+            )
+        if value is not None and not isinstance(value, str):
+            raise _model(
+                f"Cannot convert the literal '{value}' to the expected type 'Edm.String' "
+                f"(parameter '{name}')."
+            )
+        changes[name] = "" if value is None else value
+    return changes
+
+
+def shape_device(device: Mapping[str, JSON]) -> dict[str, JSON]:
+    """A device as Graph returns it: the type annotation, then its properties (write-only
+    ones read back empty)."""
+    out: dict[str, JSON] = {"@odata.type": DEVICE_TYPE}
+    for name, value in device.items():
+        out[name] = "" if name in DEVICES.secrets else value
+    return out
+
+
+def no_route(method: str, template: str, path: str) -> ODataError:
+    """Intune's answer to a verb its routes do not take (a PATCH of a device identity):
+    400 "No method match route template" (msgraph-sdk-powershell#892,
+    microsoft-graph-docs-contrib#4235), a plain Graph-style body."""
+    return ODataError(
+        400,
+        "No method match route template",
+        f"No OData route exists that match template {template} with http verb {method} for "
+        f"request /DeviceEnrollmentFE/StatelessDeviceEnrollmentFEService{path}.",
+    )
+
+
+def device_select_error() -> ODataError:
+    """What `$select` on windowsAutopilotDeviceIdentities answers: 500 in Intune's envelope
+    (microsoft-graph-docs-contrib#2756, #5193; DeviceOffboardingManager#65, 2026)."""
+    return ODataError(
+        500,
+        "InternalServerError",
+        "An internal server error has occurred",
+        source="intune",
+    )
