@@ -25,6 +25,12 @@ sets (GET items in `$batch`, see `read_request`) and asks `judge` what to do:
 
 `ListWalk` reads the whole tenant in pages instead, when that is cheaper (see its docstring for
 the rule). `render_diff` prints what a dry run would change, row by row.
+
+Every function takes the resource (`batch.resources`; events by default): its property table
+decides what "the same value" means, and its `null_value` too — for devices an absent value
+reads as `""` and is cleared by sending `""`, so `None` and `""` compare equal there
+(`Resource.wire_null` folds both sides). The before-image GET is built with `entity_path` and
+carries `$select` only where the resource allows it (devices answer 500 to any `$select`).
 """
 
 from __future__ import annotations
@@ -41,11 +47,12 @@ from typing import Final, Literal
 from urllib.parse import quote
 
 from batch.errors import GraphError
-from batch.graph import BatchRequest, GraphClient, event_path
+from batch.graph import BatchRequest, GraphClient, entity_path
 from batch.limiter import Clock, Limiter
-from batch.listing import AUTOPILOT_EVENTS, ListWalker
+from batch.listing import ListWalker, collection_of
 from batch.model import JSON, Update
-from batch.schema import PROPERTIES, EdmType, canonical
+from batch.resources import EVENTS, Resource
+from batch.schema import EdmType, canonical
 from batch.stamp import ExportStamp
 
 __all__ = [
@@ -87,9 +94,14 @@ _ACCEPT: Final = "--accept-lost-zeros sends it anyway"
 # --- comparing ----------------------------------------------------------------------------------
 
 
-def same_value(name: str, a: JSON, b: JSON) -> bool:
-    """Whether two wire values of property `name` mean the same (see `batch.schema.canonical`)."""
-    prop = PROPERTIES.get(name)
+def same_value(name: str, a: JSON, b: JSON, resource: Resource = EVENTS) -> bool:
+    """Whether two wire values of property `name` mean the same (see `batch.schema.canonical`).
+
+    A resource whose `null_value` is not null (devices: `""`) holds no null: `None` and that
+    value are one meaning.
+    """
+    a, b = resource.wire_null(a), resource.wire_null(b)
+    prop = resource.properties.get(name)
     if prop is None:
         return a == b
     return bool(canonical(prop, a) == canonical(prop, b))
@@ -142,12 +154,12 @@ def scientific_form(original: str, given: str) -> bool:
     return False
 
 
-def excel_damage(name: str, current: JSON, given: JSON) -> str | None:
+def excel_damage(name: str, current: JSON, given: JSON, resource: Resource = EVENTS) -> str | None:
     """Why changing text property `name` from `current` to `given` looks like Excel's damage.
 
     None when it does not: other types, values that are not text, or a real change.
     """
-    prop = PROPERTIES.get(name)
+    prop = resource.properties.get(name)
     if prop is None or prop.edm != EdmType.STRING:
         return None
     if not isinstance(current, str) or not isinstance(given, str):
@@ -240,8 +252,9 @@ def judge(
     only_changed: bool,
     force: bool = False,
     accept_lost_zeros: bool = False,
+    resource: Resource = EVENTS,
 ) -> Verdict:
-    """Compare a row with the event's current values: write, unchanged, conflict or invalid.
+    """Compare a row with the entity's current values: write, unchanged, conflict or invalid.
 
     A property Graph did not return counts as changed (it cannot be shown equal). Without
     `only_changed` the whole given body is sent (the caller asked for it), and `changes` still
@@ -260,19 +273,19 @@ def judge(
     problems: list[str] = []
     if update.exported is not None:
         body = _against_export(
-            update.exported, body, current, conflicts, problems, force, accept_lost_zeros
+            update.exported, body, current, conflicts, problems, force, accept_lost_zeros, resource
         )
-    changes = _changes(body, current)
+    changes = _changes(body, current, resource)
     if not accept_lost_zeros and not isinstance(update, Restore):
         problems.extend(
             damage
             for c in changes
-            if c.present and (damage := excel_damage(c.name, c.old, c.new)) is not None
+            if c.present and (damage := excel_damage(c.name, c.old, c.new, resource)) is not None
         )
     if problems:
         return Verdict("invalid", {}, {}, changes, tuple(conflicts), tuple(problems))
     if isinstance(update, Restore) and not force:
-        stale = tuple(_conflicts(update, current, changes))
+        stale = tuple(_conflicts(update, current, changes, resource))
         if stale:
             conflicts.extend(stale)
             names = {c.name for c in stale}
@@ -295,6 +308,7 @@ def _against_export(
     problems: list[str],
     force: bool,
     accept_lost_zeros: bool,
+    resource: Resource = EVENTS,
 ) -> dict[str, JSON]:
     """The cells of an export's row that may be written (three-way, see `judge`)."""
     kept: dict[str, JSON] = {}
@@ -311,7 +325,11 @@ def _against_export(
             continue
         found = current.get(name)
         # Both changed it: a conflict, unless both made the same change.
-        if not force and not stamp.holds(name, found) and not same_value(name, found, new):
+        if (
+            not force
+            and not stamp.holds(name, found)
+            and not same_value(name, found, new, resource)
+        ):
             conflicts.append(Conflict(name, None, found, False, wanted=new, since="export"))
             continue
         kept[name] = new
@@ -319,7 +337,10 @@ def _against_export(
 
 
 def resumed_verdict(
-    written: dict[str, JSON], image: dict[str, JSON], conflicts: object = None
+    written: dict[str, JSON],
+    image: dict[str, JSON],
+    conflicts: object = None,
+    resource: Resource = EVENTS,
 ) -> Verdict:
     """A resumed row whose body and before-image were committed: write that body again.
 
@@ -328,7 +349,7 @@ def resumed_verdict(
     `conflicts_to_json` stored for the row (the fields the first verdict left alone), if any.
     """
     return Verdict(
-        "write", written, image, _changes(written, image), conflicts_from_json(conflicts)
+        "write", written, image, _changes(written, image, resource), conflicts_from_json(conflicts)
     )
 
 
@@ -368,17 +389,22 @@ def conflicts_from_json(data: object) -> tuple[Conflict, ...]:
     return tuple(found)
 
 
-def _changes(body: Mapping[str, JSON], current: Mapping[str, JSON]) -> tuple[Change, ...]:
+def _changes(
+    body: Mapping[str, JSON], current: Mapping[str, JSON], resource: Resource = EVENTS
+) -> tuple[Change, ...]:
     # A property Graph did not return counts as changed: it cannot be shown equal.
     return tuple(
         Change(name, current.get(name), new, name in current)
         for name, new in body.items()
-        if name not in current or not same_value(name, current[name], new)
+        if name not in current or not same_value(name, current[name], new, resource)
     )
 
 
 def _conflicts(
-    update: Restore, current: Mapping[str, JSON], changes: Iterable[Change]
+    update: Restore,
+    current: Mapping[str, JSON],
+    changes: Iterable[Change],
+    resource: Resource = EVENTS,
 ) -> Iterable[Conflict]:
     # Only properties that still need restoring: one already back at its old value is no conflict.
     for change in changes:
@@ -386,7 +412,9 @@ def _conflicts(
         wanted = update.body.get(change.name)
         if change.name not in update.expected:
             yield Conflict(change.name, None, found, known=False, wanted=wanted)
-        elif not change.present or not same_value(change.name, found, update.expected[change.name]):
+        elif not change.present or not same_value(
+            change.name, found, update.expected[change.name], resource
+        ):
             yield Conflict(change.name, update.expected[change.name], found, wanted=wanted)
 
 
@@ -454,12 +482,16 @@ def render_diff(number: int, event_id: str, changes: Iterable[Change]) -> str:
 # --- reading ------------------------------------------------------------------------------------
 
 
-def read_request(item_id: str, update: Update) -> BatchRequest:
-    """The `$batch` GET item that reads the current values of the properties `update` sets."""
+def read_request(item_id: str, update: Update, resource: Resource = EVENTS) -> BatchRequest:
+    """The `$batch` GET item that reads the current values of the properties `update` sets.
+
+    `$select` only where the resource allows it; otherwise the whole entity is read.
+    """
+    path = entity_path(resource, update.event_id)
+    if not resource.select_safe:
+        return BatchRequest(id=item_id, method="GET", url=path)
     select = ",".join(quote(name, safe="") for name in update.body)
-    return BatchRequest(
-        id=item_id, method="GET", url=f"{event_path(update.event_id)}?$select={select}"
-    )
+    return BatchRequest(id=item_id, method="GET", url=f"{path}?$select={select}")
 
 
 class BeforeImages:
@@ -524,6 +556,7 @@ class ListWalk:
         select: Iterable[str],
         max_events: int,
         max_retries: int,
+        resource: Resource = EVENTS,
     ) -> None:
         self._select = sorted(set(select) - {"id"})
         self._max_events = max_events
@@ -531,7 +564,7 @@ class ListWalk:
         self._walker = ListWalker(
             client,
             limiter,
-            AUTOPILOT_EVENTS,
+            collection_of(resource),
             select=self._select,
             max_retries=max_retries,
             clock=clock,

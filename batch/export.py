@@ -35,6 +35,11 @@ pages, whatever the tenant's size.
 
 Filters Graph does not offer for this list run here: `--serial-file` (serials compared like
 `--key`: case and surrounding spaces ignored, leading zeros kept) and `--since` on eventDateTime.
+
+Any resource (`--resource`, `batch.resources`): its export columns by default, its collection,
+its stamp table (`batch.stamp`), its serial number (the first of its `keys`) for
+`--serial-file`; `--since` only where the resource has a date to be newer by (`newest_by`:
+events). A secret property (a device account password) is never a column: it cannot be read.
 """
 
 from __future__ import annotations
@@ -57,10 +62,11 @@ from batch.auth import TokenProvider
 from batch.errors import BatchError, GraphError, InputFileError, UsageError
 from batch.graph import PAGE_SIZE, GraphClient
 from batch.limiter import DEFAULT_READ_RATE, Clock, Limiter, SystemClock
-from batch.listing import AUTOPILOT_EVENTS, ListWalker
-from batch.mapper import resolve_header, suggest_property, template_columns
+from batch.listing import ListWalker, collection_of
+from batch.mapper import resolve_header, suggest_property
 from batch.model import JSON, Rate
 from batch.report import neutralise_cell
+from batch.resources import EVENTS, Resource
 from batch.schema import PROPERTIES, canonical, normalize_header
 from batch.stamp import STAMP_COLUMN, Stamper
 
@@ -81,7 +87,6 @@ log = logging.getLogger("batch.export")
 
 SUFFIXES: Final = (".csv", ".xlsx")
 _EVENT_DATE: Final = PROPERTIES["eventDateTime"]
-_SERIAL: Final = "deviceSerialNumber"
 # Header texts of a serial-number column in a --serial-file besides the property name itself.
 _SERIAL_HEADERS: Final = frozenset({"serial", "serialnumber", "serialno", "sn"})
 _DATE_ONLY: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -114,16 +119,16 @@ def cell_text(value: JSON) -> str | None:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def parse_columns(text: str) -> tuple[str, ...]:
+def parse_columns(text: str, resource: Resource = EVENTS) -> tuple[str, ...]:
     """`--columns a,b,c` → property names (any header spelling), `id` first; raises UsageError."""
     names: list[str] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
-        name = resolve_header(part)
+        name = resolve_header(part, resource)
         if name is None:
-            hint = suggest_property(part)
+            hint = suggest_property(part, resource)
             did_you_mean = f" (did you mean {hint}?)" if hint else ""
             raise UsageError(
                 f"--columns: {part!r} is not a property{did_you_mean}; "
@@ -165,7 +170,12 @@ def _instant(value: JSON) -> tuple[dt.datetime, str] | None:
     return None
 
 
-def load_serials(path: Path) -> frozenset[str]:
+def _serial(resource: Resource) -> str:
+    """The serial number property: the first key (`deviceSerialNumber`, `serialNumber`)."""
+    return resource.keys[0]
+
+
+def load_serials(path: Path, resource: Resource = EVENTS) -> frozenset[str]:
     """The serial numbers of a `--serial-file`, folded like `--key` matching.
 
     One serial per line, or a CSV/Excel file with a column named deviceSerialNumber (or Serial,
@@ -177,20 +187,24 @@ def load_serials(path: Path) -> frozenset[str]:
         from batch.reader import open_input
 
         source = open_input(path)
-        header = _serial_header(source.headers)
+        header = _serial_header(source.headers, resource)
         if header is None:
             raise UsageError(_no_serial_column(path))
         serials = frozenset(k for _, text in source.column(header) if (k := fold_key(text)))
     else:
-        serials = _serials_from_text(path)
+        serials = _serials_from_text(path, resource)
     if not serials:
         raise InputFileError(path, "holds no serial numbers")
     return serials
 
 
-def _serial_header(headers: Sequence[str]) -> str | None:
+def _serial_header(headers: Sequence[str], resource: Resource = EVENTS) -> str | None:
+    serial = _serial(resource)
     for header in headers:
-        if resolve_header(header) == _SERIAL or normalize_header(header) in _SERIAL_HEADERS:
+        if (
+            resolve_header(header, resource) == serial
+            or normalize_header(header) in _SERIAL_HEADERS
+        ):
             return header
     return None
 
@@ -202,7 +216,7 @@ def _no_serial_column(path: Path) -> str:
     )
 
 
-def _serials_from_text(path: Path) -> frozenset[str]:
+def _serials_from_text(path: Path, resource: Resource = EVENTS) -> frozenset[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -218,7 +232,7 @@ def _serials_from_text(path: Path) -> frozenset[str]:
         return frozenset()
     delimiter = next((d for d in (",", ";", "\t") if d in lines[0]), ",")
     first = next(csv.reader([lines[0]], delimiter=delimiter))
-    header = _serial_header(first)
+    header = _serial_header(first, resource)
     if header is not None:
         index = first.index(header)
         rows = csv.reader(lines[1:], delimiter=delimiter)
@@ -404,7 +418,7 @@ class _XlsxSink:
     instead of a style on each cell halves the writing time (openpyxl spends it per styled cell).
     """
 
-    def __init__(self, path: Path, headers: Sequence[str]) -> None:
+    def __init__(self, path: Path, headers: Sequence[str], sheet_name: str = "Events") -> None:
         from openpyxl import Workbook
         from openpyxl.cell import WriteOnlyCell
         from openpyxl.styles.cell_style import StyleArray
@@ -420,7 +434,7 @@ class _XlsxSink:
         text = StyleArray()
         text.numFmtId = 49
         self._book._cell_styles = IndexedList([text])
-        sheet = self._book.create_sheet("Events")
+        sheet = self._book.create_sheet(sheet_name)
         sheet.freeze_panes = "A2"
         for index, header in enumerate(headers, start=1):
             column = sheet.column_dimensions[get_column_letter(index)]
@@ -480,7 +494,8 @@ class ExportOptions:
     """Everything that shapes one export (the CLI builds it; the values are already parsed)."""
 
     out: Path
-    columns: tuple[str, ...] = field(default_factory=lambda: tuple(template_columns()))
+    # Empty: the resource's export columns (`Resource.export_columns`).
+    columns: tuple[str, ...] = ()
     serials: frozenset[str] | None = None  # folded with `fold_key`
     since: dt.datetime | None = None  # aware
     read_limit: Rate = DEFAULT_READ_RATE
@@ -488,6 +503,11 @@ class ExportOptions:
     force: bool = False
     graph_root: str = "https://graph.microsoft.com"
     page_size: int = PAGE_SIZE
+    resource: Resource = field(default=EVENTS)
+
+    def __post_init__(self) -> None:
+        if not self.columns:
+            self.columns = self.resource.export_columns
 
     def check(self) -> None:
         """Refuse a bad target or options before anything is read."""
@@ -502,24 +522,34 @@ class ExportOptions:
             raise UsageError(f"{out}: the folder {out.parent} does not exist")
         if not self.columns or self.columns[0] != "id":
             raise UsageError("the export's columns must start with id")
-        unknown = [c for c in self.columns if c not in PROPERTIES]
+        unknown = [c for c in self.columns if c not in self.resource.properties]
         if unknown:
             raise UsageError(f"not properties: {', '.join(unknown)}")
+        secret = [c for c in self.columns if c in self.resource.secrets]
+        if secret:
+            raise UsageError(f"{', '.join(secret)} cannot be read back, so cannot be exported")
         if self.max_retries < 0:
             raise UsageError("--max-retries must be 0 or more")
         if not 1 <= self.page_size <= PAGE_SIZE:
             raise UsageError(f"the page size must be between 1 and {PAGE_SIZE}")
         if self.since is not None and self.since.tzinfo is None:
             raise UsageError("--since needs a time zone")
+        if self.since is not None and self.resource.newest_by is None:
+            raise UsageError(
+                f"--since cannot be used with --resource {self.resource.name}: "
+                f"{self.resource.noun}s have no event date"
+            )
 
     @property
     def select(self) -> tuple[str, ...]:
         """The properties to ask Graph for: the columns plus what the filters look at."""
         wanted = list(self.columns)
-        if self.serials is not None and _SERIAL not in wanted:
-            wanted.append(_SERIAL)
-        if self.since is not None and "eventDateTime" not in wanted:
-            wanted.append("eventDateTime")
+        serial = _serial(self.resource)
+        if self.serials is not None and serial not in wanted:
+            wanted.append(serial)
+        newest_by = self.resource.newest_by
+        if self.since is not None and newest_by is not None and newest_by not in wanted:
+            wanted.append(newest_by)
         return tuple(wanted)
 
 
@@ -561,17 +591,19 @@ class _Filter:
     def __init__(self, options: ExportOptions) -> None:
         self.serials = options.serials
         self.since = options.since
+        self.serial = _serial(options.resource)
+        self.newest_by = options.resource.newest_by or "eventDateTime"
         self.seen: set[str] = set()
 
     def keep(self, event: dict[str, JSON]) -> bool:
         if self.serials is not None:
-            serial = event.get(_SERIAL)
+            serial = event.get(self.serial)
             folded = fold_key(serial) if isinstance(serial, str) else ""
             if folded not in self.serials:
                 return False
             self.seen.add(folded)
         if self.since is not None:
-            instant = _instant(event.get("eventDateTime"))
+            instant = _instant(event.get(self.newest_by))
             # No (readable) eventDateTime: not provably recent, so not exported.
             if instant is None or instant[0] < self.since:
                 return False
@@ -582,11 +614,13 @@ def _partial_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
-def _open_sink(path: Path, suffix: str, columns: Sequence[str]) -> _CsvSink | _XlsxSink:
+def _open_sink(
+    path: Path, suffix: str, columns: Sequence[str], sheet_name: str = "Events"
+) -> _CsvSink | _XlsxSink:
     try:
         if suffix == ".csv":
             return _CsvSink(path, columns)
-        return _XlsxSink(path, columns)
+        return _XlsxSink(path, columns, sheet_name)
     except OSError as error:
         raise UsageError(f"{path.parent}: cannot write there: {error.strerror or error}") from None
 
@@ -614,8 +648,11 @@ async def export_events(
     result = ExportResult(out=options.out, columns=columns)
     started = clock.now()
     partial = _partial_path(options.out)
-    sink = _open_sink(partial, options.out.suffix.lower(), (*columns, STAMP_COLUMN))
-    stamp = Stamper(columns)
+    resource = options.resource
+    sink = _open_sink(
+        partial, options.out.suffix.lower(), (*columns, STAMP_COLUMN), resource.name.capitalize()
+    )
+    stamp = Stamper(columns, resource)
     finished = False
 
     def write(page: list[dict[str, JSON]]) -> None:
@@ -643,7 +680,7 @@ async def export_events(
             reader = ListWalker(
                 client,
                 limiter,
-                AUTOPILOT_EVENTS,
+                collection_of(resource),
                 select=options.select,
                 max_retries=options.max_retries,
                 clock=clock,
@@ -693,9 +730,10 @@ async def export_events(
             more = len(result.unmatched_serials) - _SHOWN_SERIALS
             unmatched = len(result.unmatched_serials)
             log.warning(
-                "%s of the serial file match%s no event: %s%s",
+                "%s of the serial file match%s no %s: %s%s",
                 f"{unmatched} serial{'' if unmatched == 1 else 's'}",
                 "es" if unmatched == 1 else "",
+                resource.noun,
                 shown,
                 f" and {more} more" if more > 0 else "",
             )

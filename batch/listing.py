@@ -23,9 +23,11 @@ Decisions:
   budgets or retries; the walker is the layer above it that paces and retries, as the engine's
   senders are for writes. Kept apart from `export` so that `resolve` and `changes` need not import
   the exporter.
-- **The collection is data** (`Collection`: its path and the words its messages use), not an
-  assumption about events, so that another resource (Autopilot device identities, issue 16) is a
-  new `Collection`, not a new walker.
+- **The collection is data** (`Collection`: its path, its resource and the words its messages
+  use), not an assumption about events: Autopilot device identities (issue 16) are
+  `AUTOPILOT_DEVICES`, not a new walker; `collection_of(resource)` finds a resource's. The walk
+  passes the resource to `GraphClient.list_page`, so `$select` is left out where the resource
+  says it is unsafe (devices answer 500 to it).
 - **Pull, not push.** `next_page()` returns one page at a time, so `export` can write one page in
   a thread while the next is on its way; `walk()` is the plain loop for the other callers.
 - **Constants live where they are defined once:** the page size and `MAX_BATCH` in
@@ -42,12 +44,20 @@ from typing import Final
 
 from batch import runlog
 from batch.errors import AuthError, BatchError, GraphError, RunAborted
-from batch.graph import EVENTS_PATH, PAGE_SIZE, GraphClient
+from batch.graph import PAGE_SIZE, GraphClient
 from batch.limiter import Clock, Limiter, SystemClock
 from batch.model import JSON
+from batch.resources import DEVICES, EVENTS, Resource
 from batch.retry import graph_retrying
 
-__all__ = ["AUTOPILOT_EVENTS", "Collection", "ListWalker", "Page"]
+__all__ = [
+    "AUTOPILOT_DEVICES",
+    "AUTOPILOT_EVENTS",
+    "Collection",
+    "ListWalker",
+    "Page",
+    "collection_of",
+]
 
 #: One page of a collection: its items as Graph sent them.
 Page = list[dict[str, JSON]]
@@ -59,22 +69,44 @@ class Collection:
 
     `path` is relative to the version (`/deviceManagement/autopilotEvents`); `items` names what
     it holds ("autopilot events"), `listing` the list itself ("event list"); `permission` is what
-    the app needs to read it, named when Graph answers 403.
+    the app needs to read it, named when Graph answers 403; `resource` describes its entities.
     """
 
     path: str
     items: str
     listing: str
     permission: str
+    resource: Resource = EVENTS
 
 
-#: The autopilot events (GRAPH.md): the collection every walk reads today.
+def _read_permission(resource: Resource) -> str:
+    return f"{resource.read_permission} (or ReadWrite.All)"
+
+
+#: The autopilot events (GRAPH.md).
 AUTOPILOT_EVENTS: Final = Collection(
-    path=EVENTS_PATH,
+    path=EVENTS.collection,
     items="autopilot events",
     listing="event list",
-    permission="DeviceManagementManagedDevices.Read.All (or ReadWrite.All)",
+    permission=_read_permission(EVENTS),
+    resource=EVENTS,
 )
+
+#: The Autopilot device identities (GRAPH.md, issue 16).
+AUTOPILOT_DEVICES: Final = Collection(
+    path=DEVICES.collection,
+    items="Autopilot devices",
+    listing="device list",
+    permission=_read_permission(DEVICES),
+    resource=DEVICES,
+)
+
+_COLLECTIONS: Final = {c.resource.name: c for c in (AUTOPILOT_EVENTS, AUTOPILOT_DEVICES)}
+
+
+def collection_of(resource: Resource) -> Collection:
+    """The collection that holds `resource`'s entities."""
+    return _COLLECTIONS[resource.name]
 
 
 class ListWalker:
@@ -177,6 +209,7 @@ class ListWalker:
                         path=self.collection.path,
                         top=self._page_size,
                         select=self._select,
+                        resource=self.collection.resource,
                     )
                 except GraphError as error:
                     last = error

@@ -46,10 +46,9 @@ import numpy as np
 from batch.errors import ConfigError, InputFileError, UsageError
 from batch.model import JSON, CellNote, Invalid, Problem, RawRow, Skipped, Update
 from batch.reader import RowSource, file_sha256, open_input
+from batch.resources import EVENTS, Resource
 from batch.schema import (
-    ALIASES,
     MAX_VALUE_LENGTH,
-    PROPERTIES,
     EdmType,
     Property,
     ValueProblem,
@@ -77,11 +76,12 @@ __all__ = [
 _T = TypeVar("_T")
 
 Resolver = Callable[[str], str | Problem]
-"""Turns the key cell's (trimmed) text into an event id, or a `Problem` when it cannot."""
+"""Turns the key cell's (trimmed) text into an entity id, or a `Problem` when it cannot."""
 
 ID: Final = "id"
-# The properties `--key` may name: they identify an event when the file has no id column.
-KEY_PROPERTIES: Final = ("deviceSerialNumber", "managedDeviceName")
+# The properties `--key` may name for events: they identify an event when the file has no id
+# column (each resource names its own: `Resource.keys`).
+KEY_PROPERTIES: Final = EVENTS.keys
 # How many unknown columns an error names before it says "and N more".
 _SHOWN_UNKNOWN: Final = 10
 # How many other rows a duplicate-id message names before it says "and N more".
@@ -98,19 +98,10 @@ _ID_INVISIBLE: Final = frozenset({"Cc", "Cf", "Cs"})
 # `PATCH .../autopilotEvents/..` is `PATCH .../deviceManagement` once a URL is normalised.
 _ID_PATH_STEPS: Final = frozenset({".", ".."})
 
-_BY_NORMALIZED: Final[dict[str, str]] = {
-    normalize_header(name): name for name in PROPERTIES
-} | ALIASES
-# A few words admins use for a property; only ever offered as a suggestion, never applied.
-_HINTS: Final[dict[str, str]] = {
-    "serial": "deviceSerialNumber",
-    "serialnumber": "deviceSerialNumber",
-    "upn": "userPrincipalName",
-    "devicename": "managedDeviceName",
-    "computername": "managedDeviceName",
-    "hostname": "managedDeviceName",
-    "profile": "windowsAutopilotDeploymentProfileDisplayName",
-}
+
+def _hints(resource: Resource) -> Mapping[str, str]:
+    """A few words admins use for a property; only ever offered as a suggestion, never applied."""
+    return resource.hints
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,8 +114,8 @@ class InputOptions:
     null_token: str = "<null>"
     assume_tz: str | None = None
     ignore_unknown_columns: bool = False
-    # `--key`: the property (one of KEY_PROPERTIES) that identifies each row's event instead of
-    # an id column; None means the file has an id column.
+    # `--key`: the property (one of the resource's `keys`) that identifies each row's entity
+    # instead of an id column; None means the file has an id column.
     key: str | None = None
     # `--header-row N`: the header is row N (rows above it are a title); None: the first row
     # (an Excel sheet: the first row with anything in it).
@@ -134,51 +125,62 @@ class InputOptions:
     allow_numeric_text: bool = False
     # `--skip-hidden-rows`: rows hidden in the sheet (a filter) are skipped instead of sent.
     skip_hidden_rows: bool = False
+    # `--resource`: what the rows update (headers, keys, how the null token is sent).
+    resource: Resource = EVENTS
 
 
-def suggest_property(header: str) -> str | None:
-    """The property a misspelt or unknown header most likely meant, or None."""
+def suggest_property(header: str, resource: Resource = EVENTS) -> str | None:
+    """The property of `resource` a misspelt or unknown header most likely meant, or None."""
     folded = normalize_header(header)
     if not folded:
         return None
-    if folded in _HINTS:
-        return _HINTS[folded]
-    close = difflib.get_close_matches(folded, list(_BY_NORMALIZED), n=1, cutoff=0.75)
+    hints = _hints(resource)
+    if folded in hints:
+        return hints[folded]
+    by_normalized = resource.headers
+    close = difflib.get_close_matches(folded, list(by_normalized), n=1, cutoff=0.75)
     if close:
-        return _BY_NORMALIZED[close[0]]
+        return by_normalized[close[0]]
     # "Serial" inside "deviceSerialNumber": a fragment of exactly one property name.
-    containing = {
-        name for key, name in _BY_NORMALIZED.items() if len(folded) >= 4 and folded in key
-    }
+    containing = {name for key, name in by_normalized.items() if len(folded) >= 4 and folded in key}
     if len(containing) == 1:
         return containing.pop()
-    close = difflib.get_close_matches(folded, list(_BY_NORMALIZED), n=1, cutoff=0.6)
-    return _BY_NORMALIZED[close[0]] if close else None
+    close = difflib.get_close_matches(folded, list(by_normalized), n=1, cutoff=0.6)
+    return by_normalized[close[0]] if close else None
 
 
-def resolve_header(header: str) -> str | None:
-    """The property a header names (case, spaces, `_`, `-` ignored; id aliases), or None."""
-    return _BY_NORMALIZED.get(normalize_header(header))
+def resolve_header(header: str, resource: Resource = EVENTS) -> str | None:
+    """The property of `resource` a header names (case, spaces, `_`, `-` ignored; aliases)."""
+    return resource.headers.get(normalize_header(header))
 
 
-def key_property(text: str) -> str:
-    """`--key TEXT` → deviceSerialNumber or managedDeviceName; raises `UsageError` otherwise.
+def key_property(text: str, resource: Resource = EVENTS) -> str:
+    """`--key TEXT` → one of `resource.keys`; raises `UsageError` otherwise.
 
-    Any header spelling of the two names is accepted, and the words `serial` and `device name`.
+    Any header spelling of a key's name is accepted, its aliases, and the resource's hint
+    words (`serial` and `device name` for events).
     """
     folded = normalize_header(text)
-    name = _BY_NORMALIZED.get(folded) or _HINTS.get(folded)
-    if name is None or name not in KEY_PROPERTIES:
+    name = resource.headers.get(folded) or _hints(resource).get(folded)
+    if name is None or name not in resource.keys:
         raise UsageError(
-            f"--key must be {' or '.join(KEY_PROPERTIES)}, not {text!r} "
+            f"--key must be {' or '.join(resource.keys)}, not {text!r} "
             "(with an id column in the file, leave --key out)"
         )
     return name
 
 
-def template_columns(*, include_legacy: bool = False) -> list[str]:
-    """The header row of an empty input file: id first, then every writable property."""
-    return [name for name, prop in PROPERTIES.items() if include_legacy or not prop.legacy]
+def template_columns(*, include_legacy: bool = False, resource: Resource = EVENTS) -> list[str]:
+    """The header row of an empty input file: id first, then every writable property.
+
+    Events have always listed every property (all of them but the id can be written);
+    legacy ones only on request. Other resources list the id and what a write may carry.
+    """
+    return [
+        name
+        for name, prop in resource.properties.items()
+        if (prop.key or prop.writable) and (include_legacy or not prop.legacy)
+    ]
 
 
 def legacy_warning(column: str, prop: Property) -> str:
@@ -190,7 +192,7 @@ def legacy_warning(column: str, prop: Property) -> str:
     )
 
 
-def load_column_map(path: Path) -> dict[str, str]:
+def load_column_map(path: Path, resource: Resource = EVENTS) -> dict[str, str]:
     """Read a `--map` TOML file: `[columns]` header → property name; raises `ConfigError`."""
     try:
         with path.open("rb") as handle:
@@ -217,9 +219,9 @@ def load_column_map(path: Path) -> dict[str, str]:
             raise ConfigError(
                 f"{path}: [columns] {header!r} must map to a property name (a string)"
             )
-        prop = resolve_header(target)
+        prop = resolve_header(target, resource)
         if prop is None:
-            hint = suggest_property(target)
+            hint = suggest_property(target, resource)
             did_you_mean = f" (did you mean {hint}?)" if hint else ""
             raise ConfigError(
                 f"{path}: [columns] {header!r} maps to {target!r}, "
@@ -251,12 +253,20 @@ _MISSING: Final = _Bad("")
 _MEMO_LIMIT: Final = 4096
 
 
-def _converter(prop: Property, null_token: str, assume_tz: str | None) -> Converter:
-    """A cell-text → wire-value function for one column; raises `ValueProblem`."""
+def _converter(
+    prop: Property, null_token: str, assume_tz: str | None, resource: Resource = EVENTS
+) -> Converter:
+    """A cell-text → wire-value function for one column; raises `ValueProblem`.
+
+    The null token becomes the resource's `null_value` on the wire (`Resource.wire_null`: JSON
+    null for events, `""` for devices, as the portal clears a group tag).
+    """
 
     # The mapper hands over trimmed values, so the null token needs no trimming here.
     def coerce(text: str) -> JSON:
-        return coerce_text(prop, text, null_token=null_token, assume_tz=assume_tz)
+        return resource.wire_null(
+            coerce_text(prop, text, null_token=null_token, assume_tz=assume_tz)
+        )
 
     if prop.edm == EdmType.STRING:
         # Strings go verbatim: no call at all unless the cell might be the null token.
@@ -267,7 +277,7 @@ def _converter(prop: Property, null_token: str, assume_tz: str | None) -> Conver
         found = memo.get(text, _MISSING)
         if found is _MISSING:
             try:
-                found = coerce_text(prop, text, null_token=null_token, assume_tz=assume_tz)
+                found = coerce(text)
             except ValueProblem as problem:
                 found = _Bad(str(problem))
             if len(memo) < _MEMO_LIMIT:
@@ -350,13 +360,15 @@ class _RowMapper:
         self.stamp_column = stamp_column
         self.allow_numeric_text = options.allow_numeric_text
         self.skip_hidden_rows = options.skip_hidden_rows
+        self.resource = options.resource
+        self.noun = options.resource.noun
         #: Values that came with surrounding spaces, trimmed (counted per pass over the file).
         self.trimmed = 0
         self._plan = [
             (
                 c.header,
                 c.prop.name,
-                _converter(c.prop, options.null_token, options.assume_tz),
+                _converter(c.prop, options.null_token, options.assume_tz, options.resource),
                 legacy_warning(c.header, c.prop) if c.prop.legacy else None,
                 c.prop.edm == EdmType.STRING,
             )
@@ -364,7 +376,7 @@ class _RowMapper:
         ]
 
     def key_problem(self, text: str) -> str | None:
-        """Why the (trimmed) key cell cannot identify the event, or None if it can."""
+        """Why the (trimmed) key cell cannot identify the entity, or None if it can."""
         if self.key_name is not None:
             if not text:
                 return f"missing {self.key_name} (with --key {self.key_name} every row needs it)"
@@ -372,7 +384,7 @@ class _RowMapper:
                 return f"the {self.key_name} cannot be {self.null_token}"
             return None  # any text may be a serial or a device name: the tenant decides
         if not text:
-            return "missing id (every row needs the event id)"
+            return f"missing id (every row needs the {self.noun} id)"
         if text == self.null_token:
             return f"the id cannot be {self.null_token}"
         rule = (
@@ -380,14 +392,14 @@ class _RowMapper:
             "control, invisible or text-direction characters"
         )
         if text in _ID_PATH_STEPS:
-            return f"not a valid event id: {text!r} is a path step, not an id ({rule})"
+            return f"not a valid {self.noun} id: {text!r} is a path step, not an id ({rule})"
         found = _ID_FORBIDDEN.search(text)
         bad = found.group() if found else None
         if bad is None and not text.isascii():
             bad = next((c for c in text if unicodedata.category(c) in _ID_INVISIBLE), None)
         if bad is not None:
             shown = repr(bad) if bad.isprintable() and not bad.isspace() else describe_char(bad)
-            return f"not a valid event id: it contains {shown} ({rule})"
+            return f"not a valid {self.noun} id: it contains {shown} ({rule})"
         return None
 
     def _unedited(self, cells: Mapping[str, str], name: str, value: str) -> bool:
@@ -723,7 +735,12 @@ class Prepared:
         """Map one row of this file (duplicate ids found by `prepare` included)."""
         mapped = self._mapper.map(row, self._duplicates.get(row.number, ()))
         if self.stamp_column is not None:
-            mapped = stamp_row(mapped, row.cells.get(self.stamp_column, ""), self.stamp_column)
+            mapped = stamp_row(
+                mapped,
+                row.cells.get(self.stamp_column, ""),
+                self.stamp_column,
+                self._mapper.resource,
+            )
         return mapped
 
     @property
@@ -738,16 +755,17 @@ class Prepared:
         for row in self.source:
             mapped = mapper.map(row, duplicates.get(row.number, ()))
             if stamps is not None:
-                mapped = stamp_row(mapped, row.cells.get(stamps, ""), stamps)
+                mapped = stamp_row(mapped, row.cells.get(stamps, ""), stamps, mapper.resource)
             yield row, mapped
 
 
 def _check_options(options: InputOptions) -> None:
     if not options.null_token or options.null_token != options.null_token.strip():
         raise UsageError("--null-token must be non-empty text without surrounding spaces")
-    if options.key is not None and options.key not in KEY_PROPERTIES:
+    keys = options.resource.keys
+    if options.key is not None and options.key not in keys:
         raise UsageError(
-            f"--key must be {' or '.join(KEY_PROPERTIES)}, not {options.key!r} "
+            f"--key must be {' or '.join(keys)}, not {options.key!r} "
             "(with an id column in the file, leave --key out)"
         )
     if options.assume_tz is not None:
@@ -765,12 +783,16 @@ def _plan_columns(
 ) -> tuple[str, list[_Column], dict[str, str], list[str]]:
     """Header → property for every column: (id header, value columns, used columns, warnings)."""
     path = source.path
-    renames = load_column_map(options.map_file) if options.map_file else {}
+    resource = options.resource
+    key = options.key
+    renames = load_column_map(options.map_file, resource) if options.map_file else {}
     renames_folded = {normalize_header(k): v for k, v in renames.items()}
     warnings: list[str] = []
     used: dict[str, str] = {}  # header -> property
     owner: dict[str, str] = {}  # property -> header
     unknown: list[str] = []
+    # Columns of a portal file (or a device export) this tool cannot write: said once, together.
+    ignored: list[str] = []
     matched_map_keys: set[str] = set()
     for header in source.headers:
         folded = normalize_header(header)
@@ -779,8 +801,11 @@ def _plan_columns(
             matched_map_keys.add(header if header in renames else folded)
         elif header.startswith("_"):
             continue  # notes and report columns such as _row, _outcome, _error
+        elif resource.ignored(header, key=key):
+            ignored.append(header)
+            continue
         else:
-            found = resolve_header(header)
+            found = resolve_header(header, resource)
             if found is None:
                 unknown.append(header)
                 continue
@@ -798,7 +823,7 @@ def _plan_columns(
             parts = []
             # A few are named (with suggestions); a file of junk headers gets a count, not a wall.
             for header in unknown[:_SHOWN_UNKNOWN]:
-                hint = suggest_property(header)
+                hint = suggest_property(header, resource)
                 shown = repr(header[:60] + "…" if len(header) > 60 else header)
                 parts.append(f"{shown} (did you mean {hint}?)" if hint else shown)
             if len(unknown) > _SHOWN_UNKNOWN:
@@ -809,7 +834,15 @@ def _plan_columns(
                 f"unknown {noun} {', '.join(parts)}; rename {it}, map {it} with --map, "
                 f"prefix {it} with _ to ignore {it}, or pass --ignore-unknown-columns",
             )
-        warnings.extend(f"column {h!r} is not a property of the event: ignored" for h in unknown)
+        warnings.extend(
+            f"column {h!r} is not a property of the {resource.noun}: ignored" for h in unknown
+        )
+    if ignored:
+        names = ", ".join(repr(h) for h in ignored)
+        noun = "column" if len(ignored) == 1 else "columns"
+        warnings.append(
+            f"{noun} {names} cannot be updated here (not writable on the {resource.noun}): ignored"
+        )
     if source.ignored_columns:
         letters = ", ".join(source.ignored_columns)
         warnings.append(f"column {letters} has no header: ignored")
@@ -819,30 +852,34 @@ def _plan_columns(
             for key in renames
             if key not in matched_map_keys and normalize_header(key) not in matched_map_keys
         )
-    key = options.key
+    noun = resource.noun
     if key is not None:
         if ID in owner:
             raise InputFileError(
                 path,
-                f"column {owner[ID]!r} holds event ids, but --key {key} resolves the ids from "
+                f"column {owner[ID]!r} holds {noun} ids, but --key {key} resolves the ids from "
                 f"the tenant; leave out --key to use the ids, or remove the column",
             )
         if key not in owner:
             raise InputFileError(
                 path,
                 f"no {key} column: with --key {key} the file needs a column {key!r} "
-                "identifying each row's event",
+                f"identifying each row's {noun}",
             )
     elif ID not in owner:
+        aliases = "".join(f", {alias!r}" for alias in resource.properties[ID].aliases).replace(
+            ", ", " (or ", 1
+        )
+        first_key = resource.keys[0]
         raise InputFileError(
             path,
-            "no id column: the file needs a column 'id' (or 'eventId', "
-            "'deviceManagementAutopilotEventId') holding each event's id "
-            "(or pass --key deviceSerialNumber to find events by serial number)",
+            f"no id column: the file needs a column 'id'{aliases}{')' if aliases else ''} "
+            f"holding each {noun}'s id "
+            f"(or pass --key {first_key} to find {noun}s by serial number)",
         )
     columns: list[_Column] = []
     for header, prop_name in used.items():
-        prop = PROPERTIES[prop_name]
+        prop = resource.properties[prop_name]
         # The key identifies the event; sending it back would only rewrite its spelling.
         if prop.key or prop_name == key:
             continue

@@ -16,7 +16,12 @@ it. Decisions worth knowing:
   does, a dry run does only to read (`--only-changed`) or to find ids (`--key`). The CLI and job
   files ask it whether a token is needed; the engine asks it whether to open a Graph client.
 * **`--key` and `--pick` are judged together in one place**, `key_choice`: the CLI, job files
-  and `Source` (so library callers too) all go through it.
+  and `Source` (so library callers too) all go through it, with the resource: its `keys`, and
+  `--pick latest` only where it has a `newest_by` (devices have none: serials are unique).
+* **The resource is part of reading** (`InputOptions.resource`, `--resource`): it decides what
+  a header means, so `validate` (which builds no `RunOptions`) gets it too; `Source.resource`
+  and `RunOptions.resource` read it from there. The default write budget is the resource's
+  documented one (`Resource.write_limit`): `from_flat` and the CLI take it when none is given.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any, Final, Literal
 from batch.errors import UsageError
 from batch.mapper import InputOptions, key_property
 from batch.model import Rate
+from batch.resources import EVENTS, Resource
 
 __all__ = [
     "FLAT_FIELDS",
@@ -47,19 +53,28 @@ __all__ = [
 PICKS: Final = ("latest",)
 
 
-def key_choice(key: str | None, pick: str | None) -> str | None:
+def key_choice(key: str | None, pick: str | None, resource: Resource = EVENTS) -> str | None:
     """`--key` (any header spelling) as its property name, judged together with `--pick`.
 
     Raises `UsageError` naming the option at fault: `--pick` without `--key`, a `--pick` other
-    than `latest`, or a `--key` that names no key property.
+    than `latest`, `--pick` for a resource with nothing to pick by (`newest_by` None), or a
+    `--key` that names no key property of `resource`.
     """
     if key is None:
         if pick is not None:
-            raise UsageError("--pick chooses among events with the same --key: pass --key too")
+            raise UsageError(
+                f"--pick chooses among {resource.noun}s with the same --key: pass --key too"
+            )
         return None
     if pick is not None and pick not in PICKS:
         raise UsageError(f"--pick must be {' or '.join(PICKS)}, not {pick!r}")
-    return key_property(key)
+    if pick is not None and resource.newest_by is None:
+        raise UsageError(
+            f"--pick {pick} cannot be used with --resource {resource.name}: {resource.noun}s "
+            f"have no date to pick the newest by, so several {resource.noun}s with one "
+            f"--key value are always invalid"
+        )
+    return key_property(key, resource)
 
 
 def _default_write_limit() -> Rate:
@@ -117,7 +132,12 @@ class Source:
     pick: str | None = None
 
     def __post_init__(self) -> None:
-        key_choice(self.reading.key, self.pick)
+        key_choice(self.reading.key, self.pick, self.reading.resource)
+
+    @property
+    def resource(self) -> Resource:
+        """What the rows update (`--resource`; `InputOptions.resource`)."""
+        return self.reading.resource
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,8 +220,11 @@ class RunOptions:
             part = FLAT_FIELDS[name]
             (own if part is None else parts[part])[name] = value
         # The parts check themselves as they are built, in the order the CLI checks its options.
+        reading = reading or InputOptions()
+        # No budget given: the resource's documented one (`Resource.write_limit`).
+        parts["sending"].setdefault("write_limit", reading.resource.write_limit)
         built = {name: _PARTS[name](**values) for name, values in parts.items() if name != "source"}
-        source = Source(file=input, reading=reading or InputOptions(), **parts["source"])
+        source = Source(file=input, reading=reading, **parts["source"])
         return cls(source=source, **built, **own)
 
     def flat(self) -> dict[str, Any]:
@@ -210,6 +233,11 @@ class RunOptions:
             name: getattr(self if part is None else getattr(self, part), name)
             for name, part in FLAT_FIELDS.items()
         }
+
+    @property
+    def resource(self) -> Resource:
+        """What the run updates (`--resource`, `[input] resource`; events by default)."""
+        return self.source.resource
 
     @property
     def touches_graph(self) -> bool:
@@ -224,6 +252,7 @@ class RunOptions:
         """The options as stored in the ledger and summary (no secrets exist here)."""
         sending, target, judging = self.sending, self.target, self.judging
         return {
+            "resource": self.resource.name,
             "mode": sending.mode,
             "batch_size": sending.batch_size,
             "write_limit": str(sending.write_limit),

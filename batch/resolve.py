@@ -17,6 +17,12 @@ Only the keys that occur in the input are kept, so memory follows the input, not
 matches are saved in the run folder (`keys.json`, for people) and in the ledger's cache (for
 `--resume`, which then does not read the tenant again and resolves exactly as the first run did).
 
+The resource (`batch.resources`) says which keys exist, which collection is walked and by what a
+newest match is picked: devices (`--key serialNumber`) have no `newest_by`, so several devices
+with one serial are always invalid (`--pick` is refused for them, `batch.options.key_choice`),
+and the walk reads whole entities (no `$select` on devices, `batch.listing`). 300 devices are
+six pages of 50.
+
 The engine builds a `KeyResolver`, hands `resolver.resolve` to `batch.mapper.prepare`, calls
 `resolver.want(prepared)` (the keys the input holds) and `await resolver.load(...)` before the
 first row is mapped.
@@ -39,10 +45,11 @@ from batch.export import fold_key
 from batch.graph import GraphClient
 from batch.ledger import Ledger
 from batch.limiter import Clock, Limiter, SystemClock
-from batch.listing import AUTOPILOT_EVENTS, ListWalker
-from batch.mapper import KEY_PROPERTIES, Prepared
+from batch.listing import ListWalker, collection_of
+from batch.mapper import Prepared
 from batch.model import JSON, Problem, Rate
 from batch.report import write_json_atomic
+from batch.resources import EVENTS, Resource
 from batch.schema import PROPERTIES, canonical
 
 __all__ = ["KEYS_FILE", "PICKS", "KeyResolver"]
@@ -52,7 +59,11 @@ log = logging.getLogger("batch.resolve")
 KEYS_FILE: Final = "keys.json"
 # `--pick` choices: how to choose among several events with the same key.
 PICKS: Final = ("latest",)
-_LABELS: Final = {"deviceSerialNumber": "serial", "managedDeviceName": "device name"}
+_LABELS: Final = {
+    "deviceSerialNumber": "serial",
+    "managedDeviceName": "device name",
+    "serialNumber": "serial",
+}
 _CACHE_VERSION: Final = 1
 # How many candidates an ambiguous-key message lists before it says "and N more".
 _SHOWN_CANDIDATES: Final = 5
@@ -72,14 +83,18 @@ def _instant(text: str) -> tuple[dt.datetime, str] | None:
 class KeyResolver:
     """Resolves `--key` cells to event ids; `load` fills it, `resolve` answers (see module)."""
 
-    def __init__(self, key: str, *, pick: str | None = None) -> None:
-        if key not in KEY_PROPERTIES:
-            raise UsageError(f"--key must be {' or '.join(KEY_PROPERTIES)}, not {key!r}")
+    def __init__(self, key: str, *, pick: str | None = None, resource: Resource = EVENTS) -> None:
+        if key not in resource.keys:
+            raise UsageError(f"--key must be {' or '.join(resource.keys)}, not {key!r}")
         if pick is not None and pick not in PICKS:
             raise UsageError(f"--pick must be {' or '.join(PICKS)}, not {pick!r}")
+        if pick is not None and resource.newest_by is None:
+            raise UsageError(f"--pick {pick}: {resource.noun}s have nothing to pick the newest by")
         self.key = key
         self.pick = pick
-        self.label = _LABELS[key]
+        self.resource = resource
+        self.label = _LABELS.get(key, key)
+        self._noun = resource.noun
         self.events_read = 0
         self.from_cache = False
         # The tenant read's requests, 429s and retries, for the run's summary (0 from cache).
@@ -123,6 +138,14 @@ class KeyResolver:
                 f"{len(tied)} events with {self.label} {text!r} share the newest eventDateTime "
                 f"{when}: {_listing(tied)}; --pick latest cannot choose between them",
             )
+        if self.resource.newest_by is None:
+            # Nothing to pick by: the tenant itself holds the mistake (a device twice).
+            return Problem(
+                "",
+                "",
+                f"{len(candidates)} {self._noun}s with {self.label} {text!r}: "
+                f"{', '.join(c[0] for c in ordered)}; give the row the id of the one to change",
+            )
         return Problem(
             "",
             "",
@@ -131,7 +154,7 @@ class KeyResolver:
         )
 
     def _no_match(self, text: str, folded: str) -> str:
-        unknown = f"no event with {self.label} {text!r}"
+        unknown = f"no {self._noun} with {self.label} {text!r}"
         padded = self._padded.get(folded.lstrip("0"), []) if _digits(folded) else []
         padded = [p for p in padded if len(p) > len(folded)]
         if not padded:
@@ -155,7 +178,8 @@ class KeyResolver:
                 self._padded.setdefault(stripped, []).append(value.strip())
         if not folded or (wanted is not None and folded not in wanted):
             return
-        when = event.get("eventDateTime")
+        newest_by = self.resource.newest_by
+        when = event.get(newest_by) if newest_by is not None else None
         self._matches.setdefault(folded, []).append(
             (event_id, when if isinstance(when, str) else "")
         )
@@ -244,24 +268,26 @@ class KeyResolver:
             return
         if tokens is None:
             raise UsageError(
-                f"--key {self.key} reads the tenant's events to find the ids (also with "
+                f"--key {self.key} reads the tenant's {self._noun}s to find the ids (also with "
                 "--dry-run): set GRAPH_ACCESS_TOKEN or the AZURE_* credentials"
             )
         wanted = self._wanted
         log.info(
-            "--key %s: reading the tenant's events to find the ids of %s",
+            "--key %s: reading the tenant's %ss to find the ids of %s",
             self.key,
+            self._noun,
             "every key" if wanted is None else _count(len(wanted), "key"),
         )
         clock = clock or SystemClock()
         # Reads only: the write budget is there only because a Limiter needs one.
         limiter = Limiter(write=read_limit, read=read_limit, clock=clock)
         async with GraphClient(graph_root, tokens, http=http) as client:
+            newest_by = self.resource.newest_by
             reader = ListWalker(
                 client,
                 limiter,
-                AUTOPILOT_EVENTS,
-                select=("id", self.key, "eventDateTime"),
+                collection_of(self.resource),
+                select=("id", self.key, *((newest_by,) if newest_by else ())),
                 max_retries=max_retries,
                 clock=clock,
             )
@@ -281,7 +307,7 @@ class KeyResolver:
         log.info(
             "--key %s: %s read, %s found",
             self.key,
-            _count(self.events_read, "event"),
+            _count(self.events_read, self._noun),
             _count(len(self._matches), "key"),
         )
         data = self.to_json()

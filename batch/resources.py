@@ -158,6 +158,9 @@ class Resource:
     select_safe: bool
     ignored_columns: tuple[str, ...] = ()
     secrets: frozenset[str] = field(default_factory=frozenset)
+    # Folded words admins use for a property (`serial`, `upn`): only ever offered as a
+    # suggestion for an unknown header, or taken by `--key`; never applied to a column.
+    hints: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def type_name(self) -> str:
@@ -402,6 +405,17 @@ EVENTS: Final = Resource(
     tenant_read_limit=_INTUNE_TENANT_READS,
     null_value=None,
     select_safe=True,
+    hints=MappingProxyType(
+        {
+            "serial": "deviceSerialNumber",
+            "serialnumber": "deviceSerialNumber",
+            "upn": "userPrincipalName",
+            "devicename": "managedDeviceName",
+            "computername": "managedDeviceName",
+            "hostname": "managedDeviceName",
+            "profile": "windowsAutopilotDeploymentProfileDisplayName",
+        }
+    ),
 )
 
 # --- Autopilot device identities ---------------------------------------------------------------
@@ -595,6 +609,16 @@ DEVICES: Final = Resource(
     # of the entity; the read-only properties above are ignored the same way.
     ignored_columns=("Hardware Hash", "Profile", "Date assigned", "Intune device", "Entra device"),
     secrets=frozenset({"deviceAccountPassword"}),
+    hints=MappingProxyType(
+        {
+            "serial": "serialNumber",
+            "upn": "userPrincipalName",
+            "user": "userPrincipalName",
+            "tag": "groupTag",
+            "computername": "displayName",
+            "hostname": "displayName",
+        }
+    ),
 )
 
 RESOURCES: Final[Mapping[str, Resource]] = MappingProxyType(

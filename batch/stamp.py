@@ -27,6 +27,14 @@ Excel, LibreOffice and every CSV encoding keep as they are. It holds digests of 
 in the file anyway, never a secret. 6 bytes (48 bits) per cell make a false "not edited" for an
 edited cell about one chance in 2.8e14.
 
+**Each resource has its own table and prefix** (issue 16): `x1.` stamps are the events'
+(`STAMP_PROPERTIES`, as they always were), `d1.` stamps the Autopilot devices'
+(`DEVICE_STAMP_PROPERTIES`). The prefix records the resource, so a device export run as events
+(or the other way round) is refused per row instead of compared against the wrong table. A
+device's absent value reads as `""` and is cleared with `""`, so for devices null and `""` have
+one meaning (`Resource.wire_null`); a secret (`deviceAccountPassword`) is never exported, so
+never stamped.
+
 `stamp_row` applies a stamp to a mapped row (cells that still hold the exported value are taken
 out of the body; a row with none left is skipped); `batch.changes.judge` does the three-way
 comparison with the tenant's current values.
@@ -46,9 +54,11 @@ from decimal import Decimal
 from typing import Final
 
 from batch.model import JSON, Invalid, Problem, Skipped, Update
-from batch.schema import PROPERTIES, canonical
+from batch.resources import DEVICES, EVENTS, Resource
+from batch.schema import canonical
 
 __all__ = [
+    "DEVICE_STAMP_PROPERTIES",
     "STAMP_COLUMN",
     "STAMP_PROPERTIES",
     "ExportStamp",
@@ -101,13 +111,61 @@ STAMP_PROPERTIES: Final[tuple[str, ...]] = (
     "targetedPolicyCount",
     "enrollmentFailureDetails",
 )
-_BIT: Final = {name: i for i, name in enumerate(STAMP_PROPERTIES)}
+#: The device properties a `d1.` stamp can cover, in bit order; append only, like
+#: `STAMP_PROPERTIES` (a test checks that every non-secret device property is here).
+DEVICE_STAMP_PROPERTIES: Final[tuple[str, ...]] = (
+    "serialNumber",
+    "groupTag",
+    "userPrincipalName",
+    "addressableUserName",
+    "displayName",
+    "deviceAccountUpn",
+    "deviceFriendlyName",
+    "purchaseOrderIdentifier",
+    "productKey",
+    "manufacturer",
+    "model",
+    "enrollmentState",
+    "lastContactedDateTime",
+    "deploymentProfileAssignmentStatus",
+    "deploymentProfileAssignmentDetailedStatus",
+    "deploymentProfileAssignedDateTime",
+    "resourceName",
+    "skuNumber",
+    "systemFamily",
+    "azureActiveDirectoryDeviceId",
+    "azureAdDeviceId",
+    "managedDeviceId",
+    "remediationState",
+    "remediationStateLastModifiedDateTime",
+    "userlessEnrollmentStatus",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """One resource's stamp format: its prefix and the properties its mask's bits stand for."""
+
+    resource: Resource
+    prefix: str
+    properties: tuple[str, ...]
+
+    @property
+    def bits(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.properties)}
+
+
+_TABLES: Final = {
+    EVENTS.name: _Table(EVENTS, _PREFIX, STAMP_PROPERTIES),
+    DEVICES.name: _Table(DEVICES, "d1.", DEVICE_STAMP_PROPERTIES),
+}
 _ID: Final = "id"
 
 
-def _meaning(name: str, value: JSON) -> str:
+def _meaning(name: str, value: JSON, resource: Resource = EVENTS) -> str:
     """The text a digest is taken of: equal for values with the same wire meaning."""
-    prop = PROPERTIES.get(name)
+    value = resource.wire_null(value)
+    prop = resource.properties.get(name)
     form: object = value if prop is None else canonical(prop, value)
     if isinstance(form, str):
         # The reader trims cells, so surrounding spaces cannot be told apart in the file.
@@ -119,33 +177,39 @@ def _meaning(name: str, value: JSON) -> str:
     return "j:" + json.dumps(form, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def value_digest(name: str, value: JSON) -> bytes:
+def value_digest(name: str, value: JSON, resource: Resource = EVENTS) -> bytes:
     """The 6-byte digest of property `name` holding `value` (see the module docstring).
 
     About 5 µs a cell, mostly reading instants and durations: an export of 100,000 events spends
     some 12 s stamping, in the thread that writes the file while the next page is fetched.
     """
-    text = f"{name}\0{_meaning(name, value)}"
+    text = f"{name}\0{_meaning(name, value, resource)}"
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:_DIGEST_BYTES]
 
 
 class Stamper:
     """Makes the stamps of one export: built once for its columns, called once per event."""
 
-    def __init__(self, columns: Iterable[str]) -> None:
+    def __init__(self, columns: Iterable[str], resource: Resource = EVENTS) -> None:
         chosen = set(columns)
+        table = _TABLES[resource.name]
+        bits = table.bits
+        self._resource = resource
+        self._prefix = table.prefix
         # Bit order, not column order: the digests follow the mask.
-        self._names = tuple(n for n in STAMP_PROPERTIES if n in chosen)
-        mask = bytearray((len(STAMP_PROPERTIES) + 7) // 8)
+        self._names = tuple(n for n in table.properties if n in chosen)
+        mask = bytearray((len(table.properties) + 7) // 8)
         for name in self._names:
-            mask[_BIT[name] // 8] |= 1 << (_BIT[name] % 8)
+            mask[bits[name] // 8] |= 1 << (bits[name] % 8)
         self._head = bytes([len(mask)]) + bytes(mask)
 
     def __call__(self, event: Mapping[str, JSON]) -> str:
-        """The stamp of one event as Graph sent it."""
-        parts = [self._head, value_digest(_ID, event.get(_ID))]
-        parts.extend(value_digest(name, event.get(name)) for name in self._names)
-        return _PREFIX + base64.urlsafe_b64encode(b"".join(parts)).rstrip(b"=").decode("ascii")
+        """The stamp of one entity as Graph sent it."""
+        resource = self._resource
+        parts = [self._head, value_digest(_ID, event.get(_ID), resource)]
+        parts.extend(value_digest(name, event.get(name), resource) for name in self._names)
+        encoded = base64.urlsafe_b64encode(b"".join(parts)).rstrip(b"=").decode("ascii")
+        return self._prefix + encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +218,8 @@ class ExportStamp:
 
     id_digest: bytes
     digests: Mapping[str, bytes]
+    #: The resource the export read (the stamp's prefix says which).
+    resource: Resource = EVENTS
 
     def covers(self, name: str) -> bool:
         """Whether the export recorded property `name` (it was one of its columns)."""
@@ -162,11 +228,11 @@ class ExportStamp:
     def holds(self, name: str, value: JSON) -> bool:
         """Whether `value` means what the export saw in `name` (False if not covered)."""
         found = self.digests.get(name)
-        return found is not None and found == value_digest(name, value)
+        return found is not None and found == value_digest(name, value, self.resource)
 
     def of_event(self, event_id: str) -> bool:
-        """Whether the stamp was made for the event `event_id`."""
-        return self.id_digest == value_digest(_ID, event_id)
+        """Whether the stamp was made for the entity `event_id`."""
+        return self.id_digest == value_digest(_ID, event_id, self.resource)
 
     def lost_zeros(self, name: str, value: JSON) -> str | None:
         """The exported value if `value` is it without its leading zeros (Excel's doing)."""
@@ -184,9 +250,11 @@ class ExportStamp:
 def parse_stamp(text: str) -> ExportStamp:
     """Read a stamp cell; raises ValueError saying why it is not one."""
     text = text.strip()
-    if not text.startswith(_PREFIX):
+    table = next((t for t in _TABLES.values() if text.startswith(t.prefix)), None)
+    if table is None:
         raise ValueError("not a stamp written by `autopilot-batch export`")
-    body = text[len(_PREFIX) :]
+    properties = table.properties
+    body = text[len(table.prefix) :]
     # The decoder skips characters outside the alphabet; a damaged stamp must not pass as one.
     if not _BASE64URL.fullmatch(body):
         raise ValueError("damaged (not base64url text)")
@@ -199,12 +267,10 @@ def parse_stamp(text: str) -> ExportStamp:
     size = data[0]
     mask = data[1 : 1 + size]
     names = [
-        STAMP_PROPERTIES[i]
-        for i in range(min(size * 8, len(STAMP_PROPERTIES)))
-        if mask[i // 8] >> (i % 8) & 1
+        properties[i] for i in range(min(size * 8, len(properties))) if mask[i // 8] >> (i % 8) & 1
     ]
     # A bit beyond the properties this version knows: a newer export; its digests cannot be placed.
-    if any(mask[i // 8] >> (i % 8) & 1 for i in range(len(STAMP_PROPERTIES), size * 8)):
+    if any(mask[i // 8] >> (i % 8) & 1 for i in range(len(properties), size * 8)):
         raise ValueError("written by a newer autopilot-batch (update this one)")
     start = 1 + size + _DIGEST_BYTES
     if len(data) != start + _DIGEST_BYTES * len(names):
@@ -213,7 +279,7 @@ def parse_stamp(text: str) -> ExportStamp:
         name: data[start + i * _DIGEST_BYTES : start + (i + 1) * _DIGEST_BYTES]
         for i, name in enumerate(names)
     }
-    return ExportStamp(data[1 + size : start], digests)
+    return ExportStamp(data[1 + size : start], digests, table.resource)
 
 
 def find_stamp_column(headers: Sequence[str]) -> str | None:
@@ -222,7 +288,10 @@ def find_stamp_column(headers: Sequence[str]) -> str | None:
 
 
 def stamp_row(
-    mapped: Update | Invalid | Skipped, text: str, column: str = STAMP_COLUMN
+    mapped: Update | Invalid | Skipped,
+    text: str,
+    column: str = STAMP_COLUMN,
+    resource: Resource = EVENTS,
 ) -> Update | Invalid | Skipped:
     """Apply a row's stamp cell (`text`, may be empty) to what the mapper made of the row.
 
@@ -238,6 +307,14 @@ def stamp_row(
     except ValueError as error:
         problem = Problem(
             column, text, f"{error}; clear the cell to send the row without the export's checks"
+        )
+        return _invalid(mapped, problem)
+    if stamp.resource is not resource:
+        problem = Problem(
+            column,
+            "",
+            f"this row comes from an export of {stamp.resource.name}, not {resource.name}: "
+            f"run the file with --resource {stamp.resource.name}",
         )
         return _invalid(mapped, problem)
     if mapped.event_id and not stamp.of_event(mapped.event_id):

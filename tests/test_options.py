@@ -163,6 +163,7 @@ def test_recorded_options_keep_their_flat_keys() -> None:
     # summary.json and the ledger record these; scripts read them by these names.
     recorded = RunOptions(source=Source(file=Path("a.csv"))).recorded()
     assert recorded == {
+        "resource": "events",
         "mode": "batch",
         "batch_size": 20,
         "write_limit": "100/20",

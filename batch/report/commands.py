@@ -55,6 +55,8 @@ def _input_options(options: RunOptions) -> list[str]:
     i = options.source.reading
     words: list[str] = []
     for flag, value in (
+        # Events are the default: a run of events keeps the command it always had.
+        ("--resource", None if i.resource.name == "events" else i.resource.name),
         ("--encoding", i.encoding),
         ("--sheet", i.sheet),
         ("--map", None if i.map_file is None else str(i.map_file)),

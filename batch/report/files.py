@@ -58,8 +58,9 @@ RESULT_COLUMNS: Final = (
 )
 #: One line per changed field per row.
 CHANGE_COLUMNS: Final = ("row", "id", "key", "field", "old", "new", "outcome")
-#: Properties that name a device for a person; results.csv repeats those the input has.
-KEY_PROPERTIES: Final = ("deviceSerialNumber", "managedDeviceName")
+#: Properties that name a device for a person; results.csv repeats those the input has
+#: (events' serial and device name, devices' serial: no file holds both resources' names).
+KEY_PROPERTIES: Final = ("deviceSerialNumber", "managedDeviceName", "serialNumber")
 #: How a JSON null shows in a report cell (the input's default `--null-token`).
 NULL_TEXT: Final = "<null>"
 
