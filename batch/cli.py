@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from batch.engine import RunSummary
     from batch.mapper import InputOptions, Prepared
     from batch.options import RunOptions, Sending
+    from batch.resources import Resource
 
 
 # Commands import the heavy modules (pandas, httpx, msal) when they run, so `--help` stays quick.
@@ -129,7 +130,20 @@ InputArg = Annotated[Path, typer.Argument(help="The CSV or Excel file of updates
 ModeOpt = Annotated[str, typer.Option(help="single (one PATCH per row) or batch ($batch).")]
 BatchSizeOpt = Annotated[int, typer.Option(help="Requests per $batch, 1-20.")]
 WriteLimitOpt = Annotated[
-    str, typer.Option(help="Write budget N/SECONDS, never exceeded (Graph: 100/20 per app).")
+    str | None,
+    typer.Option(
+        help="Write budget N/SECONDS, never exceeded (default: the resource's documented "
+        "per-app limit, 100/20 for events and devices)."
+    ),
+]
+ResourceOpt = Annotated[
+    str,
+    typer.Option(
+        "--resource",
+        metavar="events|devices",
+        help="What the rows update: events (autopilot events, PATCH) or devices (Autopilot "
+        "device identities: group tag, assigned user, display name; POST updateDeviceProperties).",
+    ),
 ]
 ReadLimitOpt = Annotated[
     str | None, typer.Option(help="Read budget N/SECONDS (default: 10x the write budget).")
@@ -145,7 +159,8 @@ KeyOpt = Annotated[
     typer.Option(
         metavar="PROPERTY",
         help="The file has no id column: find each row's event by deviceSerialNumber or "
-        "managedDeviceName (case and surrounding spaces ignored, leading zeros kept).",
+        "managedDeviceName, or each device by serialNumber (--resource devices); case and "
+        "surrounding spaces ignored, leading zeros kept.",
     ),
 ]
 PickOpt = Annotated[
@@ -153,9 +168,19 @@ PickOpt = Annotated[
     typer.Option(
         metavar="latest",
         help="With --key: when several events share a key, take the newest eventDateTime "
-        "(otherwise such rows are invalid).",
+        "(otherwise such rows are invalid). Not for devices: serials are unique.",
     ),
 ]
+
+
+def _resource(name: str) -> Resource:
+    """`--resource NAME` as its description; `UsageError` naming the choices."""
+    from batch.resources import resource
+
+    try:
+        return resource(name)
+    except ValueError as error:
+        raise UsageError(f"--resource: {error}") from None
 
 
 def _input_options(
@@ -168,6 +193,7 @@ def _input_options(
     key: str | None,
     pick: str | None,
     excel: tuple[int | None, bool, bool] = (None, False, False),
+    resource: str = "events",
 ) -> InputOptions:
     """The reading options `run` and `validate` share, checked (`--key`, `--pick`).
 
@@ -177,14 +203,16 @@ def _input_options(
     from batch.options import key_choice
 
     header_row, allow_numeric_text, skip_hidden_rows = excel
+    what = _resource(resource)
     return InputOptions(
+        resource=what,
         encoding=encoding,
         sheet=sheet,
         map_file=map_file,
         null_token=null_token,
         assume_tz=assume_tz,
         ignore_unknown_columns=ignore_unknown_columns,
-        key=key_choice(key, pick),
+        key=key_choice(key, pick, what),
         header_row=header_row,
         allow_numeric_text=allow_numeric_text,
         skip_hidden_rows=skip_hidden_rows,
@@ -194,18 +222,24 @@ def _input_options(
 def _sending(
     mode: str,
     batch_size: int,
-    write_limit: str,
+    write_limit: str | None,
     read_limit: str | None,
     concurrency: int,
     max_retries: int,
+    resource: Resource,
 ) -> Sending:
-    """How `run` and `revert` send, from the options they share, parsed and checked."""
+    """How `run` and `revert` send, from the options they share, parsed and checked.
+
+    No `--write-limit`: the resource's documented budget (`Resource.write_limit`).
+    """
     from batch.options import Sending
 
     return Sending(
         mode=_mode(mode),
         batch_size=batch_size,
-        write_limit=_parse_rate(write_limit, "--write-limit"),
+        write_limit=(
+            _parse_rate(write_limit, "--write-limit") if write_limit else resource.write_limit
+        ),
         read_limit=_parse_rate(read_limit, "--read-limit") if read_limit else None,
         concurrency=concurrency,
         max_retries=max_retries,
@@ -416,9 +450,10 @@ def run(
     dry_run: Annotated[
         bool, typer.Option(help="Validate and plan; write requests.jsonl; send nothing.")
     ] = False,
+    resource: ResourceOpt = "events",
     mode: ModeOpt = "batch",
     batch_size: BatchSizeOpt = 20,
-    write_limit: WriteLimitOpt = "100/20",
+    write_limit: WriteLimitOpt = None,
     read_limit: ReadLimitOpt = None,
     concurrency: ConcurrencyOpt = 4,
     max_retries: MaxRetriesOpt = 8,
@@ -480,7 +515,6 @@ def run(
     setup_console(quiet=quiet or as_json)
     with _domain_errors(as_json=as_json):
         endpoints = resolve_endpoints(cloud, graph_url=graph_url, authority_host=authority_host)
-        sending = _sending(mode, batch_size, write_limit, read_limit, concurrency, max_retries)
         reading = _input_options(
             encoding,
             sheet,
@@ -491,6 +525,16 @@ def run(
             key,
             pick,
             (header_row, allow_numeric_text, skip_hidden_rows),
+            resource,
+        )
+        sending = _sending(
+            mode,
+            batch_size,
+            write_limit,
+            read_limit,
+            concurrency,
+            max_retries,
+            reading.resource,
         )
         options = RunOptions(
             source=Source(file=input, reading=reading, pick=pick),
@@ -554,13 +598,55 @@ def _mode(text: str) -> Literal["single", "batch"]:
 _DEMO_TOKEN = "demo-token"
 
 
+@dataclass(frozen=True)
+class _Demo:
+    """One resource's demo: its bundled sample, the `--key` it is read with, and how the
+    emulator's tenant is filled for it (after the sample is prepared)."""
+
+    sample: str
+    key: str | None
+    fill: Callable[[Any, Prepared], None]
+
+
+def _fill_events(server: Any, prepared: Prepared) -> None:
+    # The emulator's tenant holds an event for every id in the sample, with other values.
+    from batch.emulator import generate_event
+
+    rng = random.Random(2026)
+    ids = dict.fromkeys(m.event_id for _, m in prepared.rows() if m.event_id)
+    server.add_events(generate_event(rng, event_id=i) for i in ids)
+
+
+def _fill_devices(server: Any, prepared: Prepared) -> None:
+    # `sample_data/devices.csv` is made from these devices' serials (make_samples.py).
+    from batch.emulator.devices import demo_devices
+
+    server.add_devices(demo_devices())
+
+
+_DEMOS: dict[str, _Demo] = {
+    "events": _Demo("events.csv", None, _fill_events),
+    "devices": _Demo("devices.csv", "serialNumber", _fill_devices),
+}
+
+
 @app.command(
     epilog="\b\nExample:\n  autopilot-batch demo\n  autopilot-batch demo --mode single --quiet"
+    "\n  autopilot-batch demo --resource devices"
 )
 def demo(
     input: Annotated[
         Path | None, typer.Option(help="Updates to run (default: the bundled sample).")
     ] = None,
+    resource: Annotated[
+        str,
+        typer.Option(
+            "--resource",
+            metavar="events|devices",
+            help="events, or devices: group tags and users of the bundled devices.csv, "
+            "keyed by serial number.",
+        ),
+    ] = "events",
     mode: Annotated[str, typer.Option(help="single or batch.")] = "batch",
     write_limit: Annotated[
         str, typer.Option(help="The emulator's (and the tool's) write limit, scaled down.")
@@ -571,31 +657,34 @@ def demo(
 ) -> None:
     """Start the Graph emulator in-process and run the bundled sample through it."""
     from batch.auth import StaticTokenProvider
-    from batch.emulator import EmulatorConfig, EmulatorServer, generate_event
+    from batch.emulator import EmulatorConfig, EmulatorServer
+    from batch.mapper import InputOptions
     from batch.options import RunOptions, Sending, Source, Target
 
     setup_console(quiet=quiet or as_json)
     with _domain_errors(as_json=as_json):
-        sample = input or _bundled_sample()
+        what = _resource(resource)
+        setup = _DEMOS[what.name]
+        sample = input or _bundled_sample(setup.sample)
         limit = _parse_rate(write_limit, "--write-limit")
         options = RunOptions(
-            source=Source(file=sample),
+            source=Source(file=sample, reading=InputOptions(resource=what, key=setup.key)),
             sending=Sending(mode=_mode(mode), write_limit=limit, concurrency=4),
             out=out,
         )
+        tenant_limit = Rate(limit.count * 2, limit.seconds)
         config = EmulatorConfig(
             write_limit=limit,
-            tenant_write_limit=Rate(limit.count * 2, limit.seconds),
+            tenant_write_limit=tenant_limit,
+            device_write_limit=limit,
+            device_tenant_write_limit=tenant_limit,
             token=_DEMO_TOKEN,
             seed=2026,
         )
         with EmulatorServer(config) as server:
-            # The emulator's tenant holds an event for every id in the sample, with other values.
-            rng = random.Random(2026)
 
             def preload(prepared: Prepared) -> None:
-                ids = dict.fromkeys(m.event_id for _, m in prepared.rows() if m.event_id)
-                server.add_events(generate_event(rng, event_id=i) for i in ids)
+                setup.fill(server, prepared)
 
             options = replace(options, target=Target(graph_root=server.url))
             if not (quiet or as_json):
@@ -616,8 +705,8 @@ def demo(
     raise typer.Exit(summary.exit_code)
 
 
-def _bundled_sample() -> Path:
-    sample = Path(__file__).resolve().parent.parent / "sample_data" / "events.csv"
+def _bundled_sample(name: str = "events.csv") -> Path:
+    sample = Path(__file__).resolve().parent.parent / "sample_data" / name
     if not sample.exists():
         raise UsageError(
             f"the bundled sample {sample} is missing (installed without the source tree); "
@@ -662,7 +751,7 @@ def revert(
     ] = False,
     mode: ModeOpt = "batch",
     batch_size: BatchSizeOpt = 20,
-    write_limit: WriteLimitOpt = "100/20",
+    write_limit: WriteLimitOpt = None,
     read_limit: ReadLimitOpt = None,
     concurrency: ConcurrencyOpt = 4,
     max_retries: MaxRetriesOpt = 8,
@@ -684,6 +773,7 @@ def revert(
     """Undo the changes of the run in RUN_DIR from its before-images."""
     from batch.auth import build_token_provider
     from batch.clouds import CLOUDS, resolve_endpoints
+    from batch.mapper import InputOptions
     from batch.options import Judging, RunOptions, Source, Target
     from batch.revert import RevertPlan, recorded_endpoint, revert_out_dir
 
@@ -701,8 +791,17 @@ def revert(
         )
         options = RunOptions(
             out=out or revert_out_dir(run_dir, Path("runs"), resume=resume),
-            source=Source(file=run_dir),
-            sending=_sending(mode, batch_size, write_limit, read_limit, concurrency, max_retries),
+            # The resource the run updated: its ledger says (`revert.recorded_resource`).
+            source=Source(file=run_dir, reading=InputOptions(resource=plan.resource)),
+            sending=_sending(
+                mode,
+                batch_size,
+                write_limit,
+                read_limit,
+                concurrency,
+                max_retries,
+                plan.resource,
+            ),
             target=Target(graph_root=endpoints.graph_root, cloud=endpoints.cloud),
             # A revert reads every row's current values: that is how it finds conflicts.
             judging=Judging(only_changed=True, backup=True, force=force),
@@ -779,6 +878,14 @@ the token expired, or it lacks DeviceManagementManagedDevices.ReadWrite.All.
 
 @app.command(epilog=_WHOAMI_EXAMPLE)
 def whoami(
+    resource: Annotated[
+        str,
+        typer.Option(
+            "--resource",
+            metavar="events|devices",
+            help="Check the read and the permission a run of this resource needs.",
+        ),
+    ] = "events",
     cloud: CloudOpt = "global",
     graph_url: GraphUrlOpt = None,
     authority_host: AuthorityHostOpt = None,
@@ -790,12 +897,13 @@ def whoami(
     as_json: JsonOpt = False,
 ) -> None:
     """Prove the token with one cheap Graph read; show tenant, app, cloud, expiry, permission."""
-    from batch.auth import REQUIRED_PERMISSION, build_token_provider
+    from batch.auth import build_token_provider
     from batch.clouds import resolve_endpoints
     from batch.whoami import check_identity, expiry_text
 
     setup_console(quiet=as_json)
     with _domain_errors(as_json=as_json):
+        what = _resource(resource)
         endpoints = resolve_endpoints(cloud, graph_url=graph_url, authority_host=authority_host)
         tokens = build_token_provider(
             endpoints,
@@ -805,7 +913,7 @@ def whoami(
             managed_identity_client_id=managed_identity_client_id,
             azure_cli=azure_cli,
         )
-        identity = anyio.run(lambda: check_identity(endpoints, tokens))
+        identity = anyio.run(lambda: check_identity(endpoints, tokens, resource=what))
     if as_json:
         typer.echo(json.dumps(identity.to_json(), ensure_ascii=False))
     else:
@@ -831,7 +939,7 @@ def whoami(
             ("credential", identity.credential),
             ("expires", expiry_text(info.expires_at, identity.checked_at)),
             ("graph", said),
-            ("permission", f"{REQUIRED_PERMISSION}: {verdict[identity.granted]}"),
+            ("permission", f"{identity.permission}: {verdict[identity.granted]}"),
         ]
         for label, value in lines:
             typer.echo(f"{label:<11} {value}")
@@ -874,6 +982,7 @@ def validate(
     skip_hidden_rows: SkipHiddenRowsOpt = False,
     key: KeyOpt = None,
     pick: PickOpt = None,
+    resource: ResourceOpt = "events",
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -894,16 +1003,17 @@ def validate(
             key,
             pick,
             (header_row, allow_numeric_text, skip_hidden_rows),
+            resource,
         )
         prepared = prepare(input, options)
         if not quiet and not as_json:
             for warning in prepared.warnings:
                 typer.echo(f"warning: {warning}", err=True)
             if options.key:
-                # validate never reads Graph: only `run` can tell which event a key names.
+                # validate never reads Graph: only `run` can tell which entity a key names.
                 typer.echo(
-                    f"note: rows are checked for a {options.key}; the event ids are resolved "
-                    "from the tenant when you run the file",
+                    f"note: rows are checked for a {options.key}; the {options.resource.noun} "
+                    "ids are resolved from the tenant when you run the file",
                     err=True,
                 )
         if as_json:
@@ -975,14 +1085,15 @@ _SCHEMA_EXAMPLE = """
 Examples:
   autopilot-batch schema
   autopilot-batch schema --json | jq '.[] | select(.nullable) | .name'
+  autopilot-batch schema --resource devices
 """
 
 
 @app.command(epilog=_SCHEMA_EXAMPLE)
-def schema(as_json: JsonOpt = False) -> None:
+def schema(resource: ResourceOpt = "events", as_json: JsonOpt = False) -> None:
     """Show the columns an input file may have: property, type, nullable, allowed values."""
-    from batch.schema import PROPERTIES
-
+    with _domain_errors(as_json=as_json):
+        what = _resource(resource)
     rows = [
         {
             "name": p.name,
@@ -993,8 +1104,10 @@ def schema(as_json: JsonOpt = False) -> None:
             "key": p.key,
             "allowed": list(p.members),
             "description": p.description,
+            # Read-only properties may be in a file (a device export fed back); never sent.
+            **({} if p.writable or p.key else {"writable": False}),
         }
-        for p in PROPERTIES.values()
+        for p in what.properties.values()
     ]
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
@@ -1003,6 +1116,10 @@ def schema(as_json: JsonOpt = False) -> None:
     def note(row: dict[str, object]) -> str:
         if row["key"]:
             return "key: in the URL, required"
+        if row.get("writable") is False:
+            return "read-only: ignored in a file" + (
+                f" (or --key {row['name']})" if row["name"] in what.keys else ""
+            )
         return "legacy: no longer in the beta schema" if row["legacy"] else ""
 
     if sys.stdout.isatty():
@@ -1010,9 +1127,7 @@ def schema(as_json: JsonOpt = False) -> None:
         from rich.table import Table
         from rich.text import Text
 
-        from batch.schema import ENUMS
-
-        table = Table(title="deviceManagementAutopilotEvent (Graph beta)", title_justify="left")
+        table = Table(title=f"{what.type_name} (Graph {what.version})", title_justify="left")
         table.add_column("property", no_wrap=True)  # up to 57 characters: never break a name
         table.add_column("type", overflow="fold")
         table.add_column("nullable", no_wrap=True)
@@ -1028,7 +1143,7 @@ def schema(as_json: JsonOpt = False) -> None:
         console.print(table)
         # The enum members are long (up to 51 characters) and shared: list them once per type.
         console.print("Allowed values (any case in the file; sent in this spelling):")
-        for enum_type, members in ENUMS.items():
+        for enum_type, members in what.enums.items():
             console.print(Text.assemble((enum_type, "bold"), ": ", ", ".join(members)))
         return
     width = max(len(str(row["name"])) for row in rows)
@@ -1049,6 +1164,7 @@ _TEMPLATE_EXAMPLE = """
 Examples:
   autopilot-batch template updates.xlsx
   autopilot-batch template updates.csv --include-legacy --force
+  autopilot-batch template devices.xlsx --resource devices
 """
 
 
@@ -1059,17 +1175,19 @@ def template(
         bool, typer.Option(help="Add the legacy columns the current beta schema dropped.")
     ] = False,
     force: Annotated[bool, typer.Option(help="Overwrite OUT if it exists.")] = False,
+    resource: ResourceOpt = "events",
 ) -> None:
     """Write an empty input file: the header row only, id first (CSV is UTF-8 with BOM)."""
     from batch.mapper import template_columns
 
     with _domain_errors():
-        headers = template_columns(include_legacy=include_legacy)
-        _write_template(out, headers, force=force)
+        what = _resource(resource)
+        headers = template_columns(include_legacy=include_legacy, resource=what)
+        _write_template(out, headers, force=force, sheet=what.name.capitalize())
     typer.echo(f"wrote {out} ({len(headers)} columns)")
 
 
-def _write_template(out: Path, headers: list[str], *, force: bool) -> None:
+def _write_template(out: Path, headers: list[str], *, force: bool, sheet: str = "Events") -> None:
     import csv
 
     suffix = out.suffix.lower()
@@ -1092,11 +1210,11 @@ def _write_template(out: Path, headers: list[str], *, force: bool) -> None:
         from batch.reader import column_letter
 
         with pd.ExcelWriter(out, engine="openpyxl") as writer:
-            pd.DataFrame(columns=headers).to_excel(writer, index=False, sheet_name="Events")
-            sheet = writer.sheets["Events"]
-            sheet.freeze_panes = "A2"
+            pd.DataFrame(columns=headers).to_excel(writer, index=False, sheet_name=sheet)
+            page = writer.sheets[sheet]
+            page.freeze_panes = "A2"
             for index, header in enumerate(headers):
-                column = sheet.column_dimensions[column_letter(index)]
+                column = page.column_dimensions[column_letter(index)]
                 # Text format, so Excel keeps leading zeros and never turns ids into numbers.
                 column.number_format = "@"
                 column.width = max(12, min(len(header) + 2, 40))
@@ -1112,6 +1230,7 @@ Examples:
   autopilot-batch export events.xlsx
   autopilot-batch export events.csv --columns id,deviceSerialNumber,osVersion --force
   autopilot-batch export recent.xlsx --since 2024-05-01 --serial-file serials.txt
+  autopilot-batch export devices.xlsx --resource devices
 \b
 Then edit the file and run it: autopilot-batch run events.xlsx --only-changed
 (an untouched file writes nothing; an edited cell writes just that cell).
@@ -1150,6 +1269,7 @@ def export(
         int, typer.Option(help="Retries per page for 429/503/504/connection errors.")
     ] = 8,
     force: Annotated[bool, typer.Option(help="Overwrite OUT if it exists.")] = False,
+    resource: ResourceOpt = "events",
     cloud: CloudOpt = "global",
     graph_url: GraphUrlOpt = None,
     authority_host: AuthorityHostOpt = None,
@@ -1161,7 +1281,7 @@ def export(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Write the tenant's autopilot events to OUT in the input format: edit it, then `run` it."""
+    """Write the tenant's autopilot events (or devices) to OUT as input: edit it, then `run` it."""
     from batch.auth import build_token_provider
     from batch.clouds import resolve_endpoints
     from batch.errors import Interrupted
@@ -1177,17 +1297,19 @@ def export(
     setup_console(quiet=quiet or as_json)
     with _domain_errors(as_json=as_json):
         endpoints = resolve_endpoints(cloud, graph_url=graph_url, authority_host=authority_host)
+        what = _resource(resource)
         options = ExportOptions(
+            resource=what,
             out=out,
             read_limit=_parse_rate(read_limit, "--read-limit"),
             max_retries=max_retries,
             force=force,
             graph_root=endpoints.graph_root,
-            serials=load_serials(serial_file) if serial_file is not None else None,
+            serials=load_serials(serial_file, what) if serial_file is not None else None,
             since=parse_since(since) if since is not None else None,
         )
         if columns is not None:
-            options.columns = parse_columns(columns)
+            options.columns = parse_columns(columns, what)
         options.check()  # a bad target fails before any sign-in
         tokens = build_token_provider(
             endpoints,
@@ -1207,7 +1329,7 @@ def export(
     else:
         kept = "" if result.written == result.read else f" of {result.read} read"
         typer.echo(
-            f"wrote {out}: {_count(result.written, 'event')}{kept}, "
+            f"wrote {out}: {_count(result.written, what.noun)}{kept}, "
             f"{_count(len(result.columns), 'column')} ({result.elapsed:.1f} s, "
             f"{_count(result.pages, 'page')}, 429s {result.throttled}, retries {result.retries})"
         )
@@ -1316,6 +1438,7 @@ Examples:
   autopilot-batch emulator --events export.csv --write-limit 100/2 --fault-rate 0.05
   autopilot-batch emulator --tls --ca-file emulator-ca.pem --app my-client-id=made-up-secret
   autopilot-batch emulator --seed 7 --deny-permission writes
+  autopilot-batch emulator --seed-devices 300 --seed 1 --token local-token
   autopilot-batch emulator --profile friendly --patch-status 200 --schema legacy
 """
 
@@ -1345,6 +1468,17 @@ def emulator(
         int | None,
         typer.Option(min=0, help="Generate N plausible events (default 100 without --events)."),
     ] = None,
+    devices: Annotated[
+        Path | None,
+        typer.Option(
+            help="Load the tenant's Autopilot devices from a CSV (property names or the "
+            "portal's headers), JSONL or JSON file."
+        ),
+    ] = None,
+    seed_devices: Annotated[
+        int | None,
+        typer.Option(min=0, help="Generate N plausible Autopilot devices (default none)."),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed for generated events, faults and batch order.")
     ] = None,
@@ -1354,6 +1488,13 @@ def emulator(
     tenant_write_limit: Annotated[str, typer.Option(help="Writes per tenant N/SECONDS.")] = (
         "200/20"
     ),
+    device_write_limit: Annotated[
+        str,
+        typer.Option(
+            help="Device writes per app N/SECONDS (Intune enrollment service: 100/20; "
+            "twice that per tenant)."
+        ),
+    ] = "100/20",
     read_limit: Annotated[
         str, typer.Option(help="Requests of any kind per app N/SECONDS.")
     ] = "1000/20",
@@ -1429,10 +1570,13 @@ def emulator(
 ) -> None:
     """Serve a local Microsoft Graph emulator to rehearse runs against (Ctrl-C stops it)."""
     from batch.emulator import EmulatorConfig, EventStore, serve
+    from batch.emulator.devices import DeviceStore
 
     with _domain_errors():
         if events is not None and seed_events is not None:
             raise UsageError("--events and --seed-events exclude each other")
+        if devices is not None and seed_devices is not None:
+            raise UsageError("--devices and --seed-devices exclude each other")
         if profile not in ("friendly", "realistic"):
             raise UsageError(f"--profile must be friendly or realistic, not {profile!r}")
         # Only the flags given override the profile's values.
@@ -1470,12 +1614,15 @@ def emulator(
             if not sep or not client_id.strip() or not secret:
                 raise UsageError(f"--app {text!r} is not CLIENT_ID=SECRET")
             apps.append((client_id.strip(), secret))
+        device_limit = _parse_rate(device_write_limit, "--device-write-limit")
         config = EmulatorConfig.for_profile(
             profile,
             host=host,
             port=port,
             write_limit=_parse_rate(write_limit, "--write-limit"),
             tenant_write_limit=_parse_rate(tenant_write_limit, "--tenant-write-limit"),
+            device_write_limit=device_limit,
+            device_tenant_write_limit=Rate(device_limit.count * 2, device_limit.seconds),
             read_limit=_parse_rate(read_limit, "--read-limit"),
             tenant_read_limit=_parse_rate(tenant_read_limit, "--tenant-read-limit"),
             latency_ms=latency_ms,
@@ -1493,4 +1640,9 @@ def emulator(
             store.load(events)
         else:
             store.seed(100 if seed_events is None else seed_events, seed=seed)
-        serve(config, store=store, echo=typer.echo)
+        device_store = DeviceStore()
+        if devices is not None:
+            device_store.load(devices)
+        elif seed_devices:
+            device_store.seed(seed_devices, seed=seed)
+        serve(config, store=store, devices=device_store, echo=typer.echo)

@@ -13,6 +13,13 @@ row is then `conflict`, its message lists each such field with the value it hold
 run wrote and what the revert would write, and it goes to `failures.csv` like a failed row. A
 property already back at its old value needs nothing (`unchanged`).
 
+The resource comes from the run folder (`recorded_resource`: the ledger's `resource`; a run
+folder of a release before device identities has none and is of events). Restored values go
+out through the resource's write (`batch.graph.write_request`: a PATCH of an event, a POST to a
+device's `updateDeviceProperties`), a null as the resource's `null_value`. A secret property (a
+device account password) is never read back, so it has no before-image and is not restored: a
+row that changed only secrets is skipped, saying so.
+
 The ledger is read through its API (`batch.ledger.written_rows`, `read_meta`): read-only,
 streaming in row order, so a million-row run is never held in memory, and the reverted run's
 folder is never changed (a ledger of an earlier release is read as it is).
@@ -32,8 +39,9 @@ from batch.changes import Restore
 from batch.errors import UsageError
 from batch.ledger import read_meta, written_rows
 from batch.model import JSON, Invalid, Problem, RawRow, Skipped, Update
+from batch.resources import EVENTS, Resource, resource
 
-__all__ = ["RevertPlan", "recorded_endpoint", "revert_out_dir"]
+__all__ = ["RevertPlan", "recorded_endpoint", "recorded_resource", "revert_out_dir"]
 
 _NULL_TEXT: Final = "<null>"
 
@@ -78,6 +86,8 @@ class RevertPlan:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self._path = _ledger_path(run_dir)
+        #: What the reverted run updated (its ledger says; events for older run folders).
+        self.resource = recorded_resource(run_dir)
         digest = hashlib.sha256()
         total = 0
         names: set[str] = set()
@@ -87,7 +97,11 @@ class RevertPlan:
             digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
             digest.update(b"\n")
             _, _, changed, before, _ = row
-            names.update(n for n in changed if before is not None and n in before)
+            names.update(
+                n
+                for n in changed
+                if before is not None and n in before and n not in self.resource.secrets
+            )
             if before is None:
                 unrestorable += 1
         self.total = total
@@ -115,15 +129,22 @@ class RevertPlan:
         for number, event_id, changed, before, written in self._records():
             yield self._row(number, event_id, changed, before, written)
 
-    @staticmethod
     def _row(
+        self,
         number: int,
         event_id: str,
         changed: list[str],
         before: dict[str, JSON] | None,
         written: dict[str, JSON] | None,
     ) -> tuple[RawRow, Update | Invalid | Skipped]:
-        body = {n: before[n] for n in changed if before is not None and n in before}
+        secrets = self.resource.secrets
+        hidden = [n for n in changed if n in secrets]
+        changed = [n for n in changed if n not in secrets]
+        body = {
+            n: self.resource.wire_null(before[n])
+            for n in changed
+            if before is not None and n in before
+        }
         raw = RawRow(number, {"id": event_id, **{n: _cell(v) for n, v in body.items()}})
         if not event_id or event_id.strip(".") == "":
             # Only a hand-edited ledger holds such an id: never a URL path step.
@@ -132,8 +153,16 @@ class RevertPlan:
         if before is None:
             problem = Problem("", "", "no before-image: the run used --no-backup")
             return raw, Invalid(number, event_id, (problem,))
+        if not changed and hidden:
+            return raw, Skipped(
+                number,
+                event_id,
+                f"{', '.join(hidden)} cannot be read back, so the run's change cannot be undone",
+            )
         if not changed:
-            return raw, Skipped(number, event_id, "the run changed nothing in this event")
+            return raw, Skipped(
+                number, event_id, f"the run changed nothing in this {self.resource.noun}"
+            )
         if not body:
             missing = ", ".join(changed)
             problem = Problem("", "", f"the before-image holds no value for {missing}")
@@ -154,6 +183,19 @@ def revert_out_dir(
         return candidates[-1]
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
     return runs_root / f"{stamp}{suffix}"
+
+
+def recorded_resource(run_dir: Path) -> Resource:
+    """What the run in `run_dir` updated: its ledger's `resource` (events when it has none)."""
+    name = read_meta(_ledger_path(run_dir), "resource")
+    if name is None:
+        return EVENTS
+    try:
+        return resource(name)
+    except ValueError:
+        raise UsageError(
+            f"{run_dir}: the run updated {name!r}, which this version cannot revert"
+        ) from None
 
 
 def recorded_endpoint(run_dir: Path) -> tuple[str | None, str | None]:

@@ -12,6 +12,10 @@ request against the read budget) and judges, in this order:
 
 Otherwise exit 0: the read worked, and the claims grant the permission or (an opaque token) do
 not say. A cron job runs `whoami` first to learn that a run would fail, before it starts.
+
+`whoami --resource devices` asks the same of the resource named (`batch.resources`): one read of
+its collection (`…/windowsAutopilotDeviceIdentities?$top=1`, no `$select`: devices answer 500
+to it) and its write permission (`DeviceManagementServiceConfig.ReadWrite.All`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from typing import Any, Final
 import httpx
 
 from batch.auth import (
-    REQUIRED_PERMISSION,
     TokenInfo,
     TokenProvider,
     credential_name,
@@ -32,16 +35,19 @@ from batch.auth import (
 )
 from batch.clouds import Endpoints
 from batch.errors import AuthError, BatchError, GraphError, PermissionDenied, RunAborted
-from batch.graph import EVENTS_PATH, GraphClient
+from batch.graph import GraphClient
 from batch.limiter import Limiter, SystemClock
+from batch.listing import collection_of
 from batch.model import Rate
+from batch.resources import EVENTS, Resource
 from batch.retry import graph_retrying
 
 __all__ = ["GraphCheck", "Identity", "check_identity", "expiry_text"]
 
 #: Retries of the one read for 429/503/504/no answer: enough for a blip, short for a pre-flight.
 _RETRIES: Final = 2
-_QUERY: Final = "?$top=1&$select=id"
+_QUERY: Final = "?$top=1"
+_SELECT: Final = "&$select=id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +83,17 @@ class Identity:
     graph: GraphCheck
     checked_at: dt.datetime
     problem: BatchError | None
+    resource: Resource = EVENTS
+
+    @property
+    def permission(self) -> str:
+        """The permission a run of the resource needs."""
+        return self.resource.permission
 
     @property
     def granted(self) -> bool | None:
         """Whether the claims grant the permission (None: an opaque token does not say)."""
-        return self.info.grants()
+        return self.info.grants(self.permission)
 
     @property
     def expires_in(self) -> float | None:
@@ -102,7 +114,7 @@ class Identity:
             "expires_in_seconds": None if expires_in is None else int(expires_in),
             "expired": expires_in is not None and expires_in <= 0,
             "expires": expiry_text(self.info.expires_at, self.checked_at),
-            "permission": REQUIRED_PERMISSION,
+            "permission": self.permission,
             "permission_granted": self.granted,
             "graph": self.graph.to_json(),
         }
@@ -135,18 +147,18 @@ def expiry_text(expires_at: dt.datetime | None, now: dt.datetime) -> str:
     return f"{stamp} (in {int(left // 60)} min)"
 
 
-def _grant_hint(info: TokenInfo, what: str = REQUIRED_PERMISSION) -> str:
+def _grant_hint(info: TokenInfo, what: str) -> str:
     kind = "a delegated" if info.is_jwt and info.delegated else "an application"
     return f"grant {what} to the app as {kind} permission and give admin consent"
 
 
-async def _read_one(client: GraphClient, url: str) -> GraphCheck:
+async def _read_one(client: GraphClient, url: str, resource: Resource) -> GraphCheck:
     limiter = Limiter(write=Rate(100, 20), clock=SystemClock())
     started = time.monotonic()
     async for attempt in graph_retrying(limiter, max_retries=_RETRIES, clock=SystemClock()):
         with attempt:
             await limiter.acquire_reads(1)
-            await client.list_page(top=1, select=("id",))
+            await client.list_page(top=1, select=("id",), resource=resource)
     elapsed = int((time.monotonic() - started) * 1000)
     return GraphCheck(True, 200, "OK", "", elapsed, url)
 
@@ -157,24 +169,27 @@ async def check_identity(
     *,
     http: httpx.AsyncClient | None = None,
     now: dt.datetime | None = None,
+    resource: Resource = EVENTS,
 ) -> Identity:
-    """Get a token, read one event id with it, and judge (see the module docstring).
+    """Get a token, read one id of `resource` with it, and judge (see the module docstring).
 
     Raises `AuthError` when no token can be had at all (sign-in failed); every answer from
     Graph, refusals included, is in the returned `Identity`.
     """
     token = await tokens.token()
     info = describe_token(token)
-    url = f"{endpoints.graph_root.rstrip('/')}/beta{EVENTS_PATH}{_QUERY}"
+    select = _SELECT if resource.select_safe else ""
+    root = endpoints.graph_root.rstrip("/")
+    url = f"{root}/{resource.version}{resource.collection}{_QUERY}{select}"
     problem: BatchError | None = None
     started = time.monotonic()
     try:
         async with GraphClient(endpoints.graph_root, tokens, http=http) as client:
-            graph = await _read_one(client, url)
+            graph = await _read_one(client, url, resource)
     except GraphError as error:
         elapsed = int((time.monotonic() - started) * 1000)
         graph = GraphCheck(False, error.status, error.message, error.request_id, elapsed, url)
-        problem = _refusal(error, info)
+        problem = _refusal(error, info, resource)
     except PermissionDenied as error:
         elapsed = int((time.monotonic() - started) * 1000)
         answer = error.error
@@ -187,16 +202,16 @@ async def check_identity(
         problem = AuthError(f"Graph does not accept the token: {error}")
     checked = now or dt.datetime.now(dt.UTC)
     if problem is None:
-        problem = _claims_problem(info, checked)
-    return Identity(info, credential_name(tokens), endpoints, graph, checked, problem)
+        problem = _claims_problem(info, checked, resource.permission)
+    return Identity(info, credential_name(tokens), endpoints, graph, checked, problem, resource)
 
 
-def _refusal(error: GraphError, info: TokenInfo) -> BatchError:
+def _refusal(error: GraphError, info: TokenInfo, resource: Resource) -> BatchError:
     request = f"; request-id {error.request_id}" if error.request_id else ""
     if error.status == 403:
         return AuthError(
-            f"Graph refused to read the autopilot events ({error.status} {error.code}: "
-            f"{error.message}{request}): {_grant_hint(info)}"
+            f"Graph refused to read the {collection_of(resource).items} ({error.status} "
+            f"{error.code}: {error.message}{request}): {_grant_hint(info, resource.permission)}"
         )
     if error.status == 0:
         return RunAborted(f"Graph did not answer: {error.message}")
@@ -205,12 +220,12 @@ def _refusal(error: GraphError, info: TokenInfo) -> BatchError:
     )
 
 
-def _claims_problem(info: TokenInfo, now: dt.datetime) -> BatchError | None:
+def _claims_problem(info: TokenInfo, now: dt.datetime, permission: str) -> BatchError | None:
     if info.expires_at is not None and info.expires_at <= now:
         ago = _ago((now - info.expires_at).total_seconds())
         return AuthError(
             f"the token expired {ago} ago ({info.expires_at:%Y-%m-%d %H:%M:%S} UTC): get a new one"
         )
-    if info.grants() is False:
-        return AuthError(f"the token lacks {REQUIRED_PERMISSION}: {_grant_hint(info, 'it')}")
+    if info.grants(permission) is False:
+        return AuthError(f"the token lacks {permission}: {_grant_hint(info, 'it')}")
     return None

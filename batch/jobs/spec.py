@@ -17,6 +17,7 @@ from typing import Any, Final, Literal
 from batch.errors import BatchError, ConfigError, UsageError
 from batch.mapper import InputOptions, resolve_header, suggest_property
 from batch.model import Rate
+from batch.resources import EVENTS, RESOURCES, Resource, resource
 
 if typing.TYPE_CHECKING:
     from batch.auth import TokenProvider
@@ -338,6 +339,13 @@ class _Reader:
             if isinstance(value, str) and value.strip():
                 return self.path_of(value)
             raise self.error(where, "must be a path in quotes")
+        if hint is Resource:
+            if isinstance(value, str):
+                try:
+                    return resource(value)
+                except ValueError:
+                    pass
+            raise self.error(where, f"must be one of {', '.join(map(repr, RESOURCES))}")
         if hint is Rate:
             if isinstance(value, str):
                 try:
@@ -442,7 +450,9 @@ def _build(reader: _Reader, name: str, notify: Notify, tenant: str = "") -> Job:
 
         try:
             # `--pick` is judged with it once the [run] table is read, as the options are built.
-            input_fields["key"] = key_choice(input_fields["key"], None)
+            input_fields["key"] = key_choice(
+                input_fields["key"], None, input_fields.get("resource", EVENTS)
+            )
         except BatchError as error:
             raise reader.error("[input] key", str(error)) from None
 
@@ -522,7 +532,8 @@ def _build(reader: _Reader, name: str, notify: Notify, tenant: str = "") -> Job:
     if job.input_fields.get("map_file") is not None:
         from batch.mapper import load_column_map
 
-        load_column_map(job.input_fields["map_file"])  # a bad map file fails here, not per file
+        # A bad map file fails here, not per file.
+        load_column_map(job.input_fields["map_file"], job.input_fields.get("resource", EVENTS))
     return job
 
 
@@ -705,8 +716,9 @@ def _columns(reader: _Reader, input_fields: Mapping[str, Any]) -> dict[str, str]
     for header, target in columns.items():
         if not isinstance(target, str):
             raise reader.error(f"[columns] {header!r}", "must map to a property name (text)")
-        if resolve_header(target) is None:
-            hint = suggest_property(target)
+        what = input_fields.get("resource", EVENTS)
+        if resolve_header(target, what) is None:
+            hint = suggest_property(target, what)
             more = f" (did you mean {hint}?)" if hint else ""
             raise reader.error(
                 f"[columns] {header!r}",
