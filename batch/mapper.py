@@ -382,7 +382,9 @@ class _RowMapper:
                 return f"missing {self.key_name} (with --key {self.key_name} every row needs it)"
             if text == self.null_token:
                 return f"the {self.key_name} cannot be {self.null_token}"
-            return None  # any text may be a serial or a device name: the tenant decides
+            # Any other text may be a serial or a device name (the tenant decides), but not
+            # one Excel showed in scientific notation: the digits it stood for are lost.
+            return _text_problem(text)
         if not text:
             return f"missing id (every row needs the {self.noun} id)"
         if text == self.null_token:
