@@ -15,7 +15,7 @@ from batch.errors import AuthError, GraphError, PermissionDenied
 from batch.graph import GraphClient, GraphResponse
 from batch.limiter import FakeClock, Limiter
 from batch.model import Rate
-from batch.retry import graph_retrying, is_transient, retry_wait
+from batch.retry import close_gate_on_429, graph_retrying, is_transient, retry_wait
 
 pytestmark = pytest.mark.anyio
 
@@ -204,25 +204,26 @@ def state_after(exc: BaseException, attempt: int) -> RetryCallState:
 
 
 def test_retry_wait_caps_the_backoff_and_composes() -> None:
-    limiter = Limiter(write=Rate(100, 20.0), clock=FakeClock())
-    wait = retry_wait(limiter, base=0.5, cap=30.0)
+    wait = retry_wait(base=0.5, cap=30.0)
     assert wait(state_after(GraphError(503, "X", "x"), 20)) == 30.0
     combined = wait + tenacity.wait_fixed(1)
     assert 1.5 <= combined(state_after(GraphError(0, "X", "x"), 1)) <= 2.0
 
 
-def test_retry_wait_for_429_defers_to_the_gate() -> None:
+def test_retry_wait_for_429_defers_to_the_gate_and_is_pure() -> None:
     clock = FakeClock()
     limiter = Limiter(write=Rate(100, 20.0), clock=clock)
-    wait = retry_wait(limiter)
-    assert wait(state_after(GraphError(429, "X", "x", retry_after=4.0), 1)) == 0.0
+    state = state_after(GraphError(429, "X", "x", retry_after=4.0), 1)
+    assert retry_wait()(state) == 0.0
+    assert limiter.paused_for == 0  # the wait has no side effect
+    close_gate_on_429(limiter)(state)  # tenacity's `after` hook closes the gate
     assert limiter.paused_for == 4.0
 
 
 def test_bad_settings_are_refused() -> None:
     limiter = Limiter(write=Rate(100, 20.0), clock=FakeClock())
     with pytest.raises(ValueError):
-        retry_wait(limiter, base=5.0, cap=1.0)
+        retry_wait(base=5.0, cap=1.0)
     with pytest.raises(ValueError):
         graph_retrying(limiter, max_retries=-1, clock=FakeClock())
 

@@ -231,7 +231,7 @@ def run_keys() -> dict[str, Any]:
     """The [run] keys: every `RunOptions` field a job sets there, with its type."""
     from batch import engine
 
-    hints = typing.get_type_hints(engine.RunOptions, vars(engine))
+    hints = typing.get_type_hints(engine.RunOptions)
     return {
         f.name: hints[f.name]
         for f in dataclasses.fields(engine.RunOptions)
