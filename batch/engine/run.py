@@ -101,23 +101,7 @@ async def execute(
             ledger.close()
             return nothing_to_resume(out_dir, ended)
     if keys is not None:
-        try:
-            # --key: ids from one read of the tenant (or, on --resume, the ledger's cache).
-            await keys.load(
-                out_dir=out_dir,
-                ledger=ledger,
-                resume=options.resume,
-                tokens=tokens,
-                graph_root=options.graph_root,
-                read_limit=options.reads,
-                max_retries=options.max_retries,
-                clock=clock,
-                http=http,
-            )
-        except BaseException:
-            if ledger is not None:
-                ledger.close()
-            raise
+        await _load_keys(keys, options, out_dir, ledger, tokens, clock, http)
     with runlog.run_log(out_dir / "run.log"):
         summary = await _run_logged(
             options, plan, out_dir, ledger, keys, tokens, progress, clock, http, limiter
@@ -134,6 +118,34 @@ async def execute(
         )
         write_report_html(out_dir)
     return summary
+
+
+async def _load_keys(
+    keys: KeyResolver,
+    options: RunOptions,
+    out_dir: Path,
+    ledger: Ledger | None,
+    tokens: TokenProvider | None,
+    clock: Clock,
+    http: httpx.AsyncClient | None,
+) -> None:
+    """--key: ids from one read of the tenant (or, on --resume, the ledger's cache)."""
+    try:
+        await keys.load(
+            out_dir=out_dir,
+            ledger=ledger,
+            resume=options.resume,
+            tokens=tokens,
+            graph_root=options.graph_root,
+            read_limit=options.reads,
+            max_retries=options.max_retries,
+            clock=clock,
+            http=http,
+        )
+    except BaseException:
+        if ledger is not None:
+            ledger.close()
+        raise
 
 
 def _open_ledger(ledger: Ledger, options: RunOptions, plan: RowPlan) -> Mapping[str, Any] | None:
