@@ -757,13 +757,3 @@ def _take(counts: dict[float, int], at: float, n: int) -> int:
     else:
         counts[at] = have - n
     return n
-
-
-def __getattr__(name: str) -> object:
-    # `FakeClock` is a test double and lives in `batch.testing`; the old import path keeps
-    # working for tests written against it (branches in flight while it moved).
-    if name == "FakeClock":
-        from batch.testing import FakeClock
-
-        return FakeClock
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

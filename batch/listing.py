@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from batch import runlog
+from batch import retry, runlog
 from batch.errors import AuthError, BatchError, GraphError, RunAborted
 from batch.graph import PAGE_SIZE, GraphClient
 from batch.limiter import Clock, Limiter, SystemClock
@@ -215,11 +215,15 @@ class ListWalker:
                     last = error
                     if error.status:
                         self.answers += 1
-                    if error.status == 429:
-                        self.throttled += 1
-                        runlog.throttled(error, kind="list")
-                    elif error.transient:
-                        runlog.transient(error, kind="list")
+                    # The waits and the gate are graph_retrying's; here only what is counted.
+                    match retry.classify(error, attempts):
+                        case retry.Throttled():
+                            self.throttled += 1
+                            runlog.throttled(error, kind="list")
+                        case retry.Retry():
+                            runlog.transient(error, kind="list")
+                        case retry.Final():
+                            pass
                     raise
                 self.answers += 1
                 self.pages += 1

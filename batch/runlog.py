@@ -20,6 +20,10 @@ null when the answer had no Retry-After (the wait was then a backoff); `seconds`
 by the tool; `reason` one of `RETRY_REASONS`. `run started` / `run finished` (batch.engine)
 carry `event` too, the final counts on the latter.
 
+`run_log(path)` installs the file for the length of a run, as a context manager: the handler
+takes only the records of its own run's tasks (several runs share a process in `job run` over
+tenants), and it is removed however the run ends.
+
 Decision: these records are for the file. They are logged at info on the `batch.events` logger,
 which `batch.logs.setup_console` keeps off the console: the progress line already counts 429s and
 shows pauses, and a line per retry would drown the terminal at Graph's pace.
@@ -28,10 +32,14 @@ shows pauses, and a line per retry would drown the terminal at Graph's pace.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Final, Literal
 
 from batch.errors import GraphError
+from batch.logs import JsonLinesHandler
 
 __all__ = [
     "EVENTS_LOGGER",
@@ -41,6 +49,7 @@ __all__ = [
     "rate",
     "retry",
     "retry_reason",
+    "run_log",
     "throttled",
     "token",
     "transient",
@@ -55,6 +64,27 @@ _ROWS_SHOWN: Final = 20
 Kind = Literal["write", "read", "list"]
 
 log = logging.getLogger(EVENTS_LOGGER)
+# The run whose task logs a record: run.log takes only its own run's records.
+_run_scope: ContextVar[object | None] = ContextVar("run_scope", default=None)
+
+
+@contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """run.log at `path` takes the `batch` loggers' records of this run while inside."""
+    handler = JsonLinesHandler(path)
+    scope = object()  # runs side by side in one process (a job's tenants) keep their logs apart
+    token = _run_scope.set(scope)
+    handler.addFilter(lambda _record: _run_scope.get() in (None, scope))
+    root = logging.getLogger("batch")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        _run_scope.reset(token)
 
 
 def retry_reason(error: GraphError) -> str:

@@ -21,12 +21,13 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from types import FrameType
 from typing import Any
 
 import anyio
 
-__all__ = ["open_stop_receiver", "signal_name", "stop_signals"]
+__all__ = ["open_stop_receiver", "signal_name", "signal_receiver", "stop_signals"]
 
 _STOP_SIGNAL_NAMES = ("SIGINT", "SIGTERM", "SIGBREAK")
 
@@ -87,3 +88,11 @@ def _handled_signals(signals: tuple[int, ...]) -> Iterator[AsyncIterator[int]]:
             signal.signal(signum, old if old is not None else signal.SIG_DFL)
         send.close()
         receive.close()
+
+
+#: Where a run takes SIGINT/SIGTERM/SIGBREAK from: the process's signals (`open_stop_receiver`),
+#: or, when several runs share the process (`job run` over tenants), a hub handing each signal
+#: to every run. (Also importable as `batch.engine.signal_receiver`.)
+signal_receiver: ContextVar[Callable[..., Any]] = ContextVar(
+    "signal_receiver", default=open_stop_receiver
+)

@@ -15,7 +15,18 @@ from batch.errors import AuthError, GraphError, PermissionDenied
 from batch.graph import GraphClient, GraphResponse
 from batch.limiter import Limiter
 from batch.model import Rate
-from batch.retry import graph_retrying, is_transient, retry_wait
+from batch.retry import (
+    Answer,
+    Final,
+    Retry,
+    Throttled,
+    backoff,
+    classify,
+    close_gate_on_429,
+    graph_retrying,
+    is_transient,
+    retry_wait,
+)
 from batch.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -205,25 +216,26 @@ def state_after(exc: BaseException, attempt: int) -> RetryCallState:
 
 
 def test_retry_wait_caps_the_backoff_and_composes() -> None:
-    limiter = Limiter(write=Rate(100, 20.0), clock=FakeClock())
-    wait = retry_wait(limiter, base=0.5, cap=30.0)
+    wait = retry_wait(base=0.5, cap=30.0)
     assert wait(state_after(GraphError(503, "X", "x"), 20)) == 30.0
     combined = wait + tenacity.wait_fixed(1)
     assert 1.5 <= combined(state_after(GraphError(0, "X", "x"), 1)) <= 2.0
 
 
-def test_retry_wait_for_429_defers_to_the_gate() -> None:
+def test_retry_wait_for_429_defers_to_the_gate_and_is_pure() -> None:
     clock = FakeClock()
     limiter = Limiter(write=Rate(100, 20.0), clock=clock)
-    wait = retry_wait(limiter)
-    assert wait(state_after(GraphError(429, "X", "x", retry_after=4.0), 1)) == 0.0
+    state = state_after(GraphError(429, "X", "x", retry_after=4.0), 1)
+    assert retry_wait()(state) == 0.0
+    assert limiter.paused_for == 0  # the wait has no side effect
+    close_gate_on_429(limiter)(state)  # tenacity's `after` hook closes the gate
     assert limiter.paused_for == 4.0
 
 
 def test_bad_settings_are_refused() -> None:
     limiter = Limiter(write=Rate(100, 20.0), clock=FakeClock())
     with pytest.raises(ValueError):
-        retry_wait(limiter, base=5.0, cap=1.0)
+        retry_wait(base=5.0, cap=1.0)
     with pytest.raises(ValueError):
         graph_retrying(limiter, max_retries=-1, clock=FakeClock())
 
@@ -288,3 +300,45 @@ async def test_a_401_for_rights_is_neither_retried_nor_resent() -> None:
         await patch_with_retries(server, limiter, clock)
     assert len(server.sent_at) == 1  # a token 401 is resent once; this one is not
     assert clock.now() == 0.0
+
+
+# -- one classification of Graph answers (issue 14) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        pytest.param(GraphError(429, "X", "x", retry_after=4.0), Throttled(4.0), id="429"),
+        pytest.param(GraphError(429, "X", "x"), Throttled(None), id="429-no-retry-after"),
+        pytest.param(GraphError(503, "X", "x", retry_after=7.0), Retry(7.0), id="503"),
+        pytest.param(GraphError(504, "X", "x", retry_after=2.0), Retry(2.0, lost=True), id="504"),
+        pytest.param(GraphError(0, "X", "x", retry_after=1.0), Retry(1.0, lost=True), id="none"),
+        pytest.param(GraphError(400, "X", "x"), Final(), id="400"),
+        pytest.param(GraphError(401, "X", "x"), Final(), id="401"),
+        pytest.param(GraphError(404, "X", "x", retry_after=3.0), Final(), id="404"),
+        pytest.param(GraphError(500, "X", "x"), Final(), id="500"),
+    ],
+)
+def test_classify_each_kind_of_answer(error: GraphError, expected: Answer) -> None:
+    assert classify(error, 1) == expected
+
+
+def test_classify_backs_off_without_retry_after() -> None:
+    answer = classify(GraphError(503, "X", "x"), 3)
+    assert isinstance(answer, Retry) and not answer.lost
+    assert 2.0 <= answer.delay <= 2.5  # 0.5 · 2² plus up to 0.5 of jitter
+    lost = classify(GraphError(504, "X", "x"), 1)
+    assert isinstance(lost, Retry) and lost.lost and 0.5 <= lost.delay <= 1.0
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 5, 7, 200])
+@pytest.mark.parametrize("jitter", [0.0, 0.5, 0.999])
+def test_backoff_is_tenacitys_exponential_plus_jitter_capped(attempt: int, jitter: float) -> None:
+    state = state_after(GraphError(503, "X", "x"), attempt)
+    exponential = float(tenacity.wait_exponential(multiplier=0.5, max=30.0)(state))
+    assert backoff(attempt, jitter=lambda: jitter) == min(exponential + 0.5 * jitter, 30.0)
+
+
+def test_retry_wait_is_classifys_delay() -> None:
+    assert retry_wait()(state_after(GraphError(503, "X", "x", retry_after=6.0), 1)) == 6.0
+    assert retry_wait()(state_after(GraphError(504, "X", "x", retry_after=2.5), 4)) == 2.5

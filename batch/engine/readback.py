@@ -1,0 +1,86 @@
+"""Read-back: did a write whose answer was lost (504, no answer) land after all?
+
+The write may have landed, and Graph counted it then: sending it again would spend a second
+write slot (the scarce budget) on a row that is done. One `$batch` of GETs (the read budget is
+ten times larger) tells. Its own room because it is a read the senders do, with a read's
+budget and a read's 429 handling, and it knows nothing of grants or queues.
+"""
+
+from __future__ import annotations
+
+from batch import runlog
+from batch.changes import current_values, read_request, same_value
+from batch.engine.stats import RunStats
+from batch.engine.stop import StopControl
+from batch.engine.throttle import Throttle
+from batch.engine.work import Work
+from batch.errors import AuthError, GraphError
+from batch.graph import GraphClient
+from batch.limiter import Limiter
+from batch.retry import Throttled, classify
+
+__all__ = ["ReadBack"]
+
+
+class ReadBack:
+    """Reads rows' events back to see whether their writes landed (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        client: GraphClient,
+        limiter: Limiter,
+        stats: RunStats,
+        stop: StopControl,
+        throttle: Throttle,
+    ) -> None:
+        self.client = client
+        self.limiter = limiter
+        self.stats = stats
+        self.stop = stop
+        self.throttle = throttle
+
+    async def landed(self, works: list[Work]) -> dict[int, bool] | None:
+        """Whether each row's event holds the values its write sent (one `$batch` of GETs).
+
+        Keyed by `seq`; a row the read could not answer is missing. None when the read failed
+        as a whole (the rows are then simply sent again) or the run stops.
+        """
+
+        async def reads(n: int) -> int:
+            return await self.limiter.acquire_reads(n, at_least=n)
+
+        if not await self.stop.acquire(reads, len(works)) or self.stop.stopping:
+            return None
+        self.stats.requests_sent += 1
+        self.stats.reads_sent += len(works)
+        try:
+            _, responses = await self.client.batch(
+                [read_request(str(w.seq), w.update) for w in works]
+            )
+        except AuthError as error:
+            await self.stop.stop(error)
+            return None
+        except GraphError as error:
+            rows = [w.raw.number for w in works]
+            if error.status:
+                self.stats.answers += 1
+            answer = classify(error, 1)
+            if isinstance(answer, Throttled):
+                self.stats.note_429(error, "read", rows)
+                self.throttle.throttled(answer.retry_after)
+            else:
+                runlog.transient(error, kind="read", rows=rows)
+            return None
+        self.stats.answers += 1
+        landed: dict[int, bool] = {}
+        for w in works:
+            item = responses.get(str(w.seq))
+            if item is None or not 200 <= item.status < 300:
+                continue
+            current = current_values(item.body)
+            landed[w.seq] = all(
+                name in current and same_value(name, current[name], value)
+                for name, value in w.update.body.items()
+            )
+        return landed
