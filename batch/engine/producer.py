@@ -19,8 +19,9 @@ from batch.engine.stop import StopControl
 from batch.engine.work import ResultStream, Work
 from batch.ledger import Ledger
 from batch.model import Invalid, RowResult, Skipped, Update
-from batch.planner import patch_url
+from batch.planner import write_url
 from batch.report import RequestsWriter
+from batch.resources import EVENTS, Resource
 from batch.workqueue import WorkQueue
 
 __all__ = ["PRODUCER_YIELD_ROWS", "Producer"]
@@ -49,8 +50,10 @@ class Producer:
         admit: Callable[[Work], Awaitable[None]] | None,
         requests: RequestsWriter | None,
         graph_root: str,
+        resource: Resource = EVENTS,
     ) -> None:
         self.plan = plan
+        self.resource = resource
         self.results = results
         self.queue = queue
         self.stop = stop
@@ -77,8 +80,8 @@ class Producer:
             elif self.admit is not None:
                 await self.admit(Work(seq, raw, mapped))
             elif self.requests is not None:
-                url = patch_url(self.graph_root, mapped.event_id)
-                self.requests.write(raw.number, "PATCH", url, mapped.body)
+                url = write_url(self.graph_root, self.resource, mapped.event_id)
+                self.requests.write(raw.number, self.resource.write.method, url, mapped.body)
                 await emit(seq, raw, outcomes.planned(raw, mapped))
             elif not await self.queue.put(Work(seq, raw, mapped)):
                 await emit(seq, raw, outcomes.not_attempted(raw, mapped))

@@ -17,6 +17,7 @@ from batch.engine.work import Work
 from batch.errors import AuthError, GraphError
 from batch.graph import GraphClient
 from batch.limiter import Limiter
+from batch.resources import EVENTS, Resource
 from batch.retry import Throttled, classify
 
 __all__ = ["ReadBack"]
@@ -33,7 +34,9 @@ class ReadBack:
         stats: RunStats,
         stop: StopControl,
         throttle: Throttle,
+        resource: Resource = EVENTS,
     ) -> None:
+        self.resource = resource
         self.client = client
         self.limiter = limiter
         self.stats = stats
@@ -56,7 +59,7 @@ class ReadBack:
         self.stats.reads_sent += len(works)
         try:
             _, responses = await self.client.batch(
-                [read_request(str(w.seq), w.update) for w in works]
+                [read_request(str(w.seq), w.update, self.resource) for w in works]
             )
         except AuthError as error:
             await self.stop.stop(error)
@@ -79,8 +82,10 @@ class ReadBack:
             if item is None or not 200 <= item.status < 300:
                 continue
             current = current_values(item.body)
+            # A secret (a device account password) is never read back: it cannot be shown.
             landed[w.seq] = all(
-                name in current and same_value(name, current[name], value)
+                name in current and same_value(name, current[name], value, self.resource)
                 for name, value in w.update.body.items()
+                if name not in self.resource.secrets
             )
         return landed

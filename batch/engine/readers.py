@@ -19,7 +19,6 @@ from dataclasses import replace
 import anyio
 
 from batch import runlog
-from batch.auth import REQUIRED_PERMISSION
 from batch.changes import (
     LIST_MAX_EVENTS,
     BeforeImages,
@@ -44,7 +43,7 @@ from batch.graph import GraphClient
 from batch.ledger import Ledger
 from batch.limiter import Limiter
 from batch.model import JSON, RowResult, Update
-from batch.planner import MAX_BATCH, patch_url
+from batch.planner import MAX_BATCH, write_url
 from batch.report import RequestsWriter
 from batch.retry import Final, Retry, Throttled, classify
 from batch.workqueue import WorkQueue
@@ -117,6 +116,7 @@ class ReadStage:
             select=self.plan.columns.values(),
             max_events=min(2 * self.plan.total, LIST_MAX_EVENTS),
             max_retries=self.o.sending.max_retries,
+            resource=self.o.resource,
         )
         try:
             self.walked = await walk.run(lambda: self.stop.stopping)
@@ -152,13 +152,14 @@ class ReadStage:
             only_changed=self.o.judging.only_changed,
             force=self.o.judging.force,
             accept_lost_zeros=self.o.judging.accept_lost_zeros,
+            resource=self.o.resource,
         )
 
     def _resumed_verdict(self, work: Work, image: dict[str, JSON]) -> Verdict:
         written = self.ledger.written(work.raw.number) if self.ledger else None
         if written is None:
             return self._judge(work.update, image)
-        return resumed_verdict(written.body, image, written.conflicts)
+        return resumed_verdict(written.body, image, written.conflicts, self.o.resource)
 
     # --- the readers -----------------------------------------------------------------------
 
@@ -205,7 +206,7 @@ class ReadStage:
         self.stats.reads_sent += len(works)
         try:
             envelope, responses = await self.client.batch(
-                [read_request(key, w.update) for key, w in by_id.items()]
+                [read_request(key, w.update, self.o.resource) for key, w in by_id.items()]
             )
         except AuthError as error:
             await self.stop.stop(error)
@@ -228,7 +229,8 @@ class ReadStage:
         if answers.denied is not None and answers.denied.permission_denied:
             # No read can succeed: stop; the rows stay in flight (not_attempted, resumable).
             denied = answers.denied
-            await self.stop.stop(PermissionDenied(denied, denied.permission or REQUIRED_PERMISSION))
+            permission = denied.permission or self.o.resource.permission
+            await self.stop.stop(PermissionDenied(denied, permission))
             return
         verdicts: list[tuple[Work, Verdict]] = []
         paused = False
@@ -308,8 +310,9 @@ class ReadStage:
             # Conflicting fields are left alone; the others are written, and the row says so.
             work.conflicts = describe_conflicts(verdict.conflicts) if verdict.conflicts else ""
             if self.requests is not None:
-                url = patch_url(self.o.target.graph_root, work.update.event_id)
-                self.requests.write(work.raw.number, "PATCH", url, verdict.body)
+                resource = self.o.resource
+                url = write_url(self.o.target.graph_root, resource, work.update.event_id)
+                self.requests.write(work.raw.number, resource.write.method, url, verdict.body)
         # A dry run's diff is printed by the reporter, in input order (readers finish in any).
         return outcomes.from_verdict(work, verdict, dry_run=self.requests is not None)
 

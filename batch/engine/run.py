@@ -85,7 +85,11 @@ async def execute(
     """
     clock = clock or SystemClock()
     key = options.source.reading.key
-    keys = KeyResolver(key, pick=options.source.pick) if key and plan is None else None
+    keys = (
+        KeyResolver(key, pick=options.source.pick, resource=options.resource)
+        if key and plan is None
+        else None
+    )
     if plan is None:
         plan = prepare(
             options.source.file, options.source.reading, resolve=keys.resolve if keys else None
@@ -165,6 +169,8 @@ def _open_ledger(ledger: Ledger, options: RunOptions, plan: RowPlan) -> Mapping[
         # Where the run wrote: `revert` goes back to the same Graph by default.
         graph_root=options.target.graph_root,
         cloud=options.target.cloud,
+        # What the run updated: `revert` writes it back the same way (`revert.recorded_resource`).
+        resource=options.resource.name,
     )
     return None
 
@@ -311,6 +317,7 @@ class _Run:
                     batch_size=o.sending.batch_size,
                     max_retries=o.sending.max_retries,
                     graph_root=o.target.graph_root,
+                    resource=o.resource,
                 )
 
     async def go(self) -> None:
@@ -382,6 +389,7 @@ class _Run:
             admit=self.reads.admit if self.reads is not None else None,
             requests=self.requests,
             graph_root=self.o.target.graph_root,
+            resource=self.o.resource,
         )
         try:
             if self.reads is not None:

@@ -19,7 +19,6 @@ import logging
 from dataclasses import replace
 
 from batch import runlog
-from batch.auth import REQUIRED_PERMISSION
 from batch.engine import outcomes
 from batch.engine.readback import ReadBack
 from batch.engine.stats import RunStats
@@ -31,6 +30,7 @@ from batch.graph import GraphClient
 from batch.ledger import Ledger
 from batch.limiter import Grant, Limiter
 from batch.planner import batch_requests
+from batch.resources import EVENTS, Resource
 from batch.retry import Final, Retry, Throttled, classify
 from batch.workqueue import WorkQueue
 
@@ -56,7 +56,9 @@ class Senders:
         batch_size: int,
         max_retries: int,
         graph_root: str,
+        resource: Resource = EVENTS,
     ) -> None:
+        self.resource = resource
         self.client = client
         self.limiter = limiter
         self.queue = queue
@@ -69,7 +71,12 @@ class Senders:
         self.max_retries = max_retries
         self.graph_root = graph_root
         self.read_back = ReadBack(
-            client=client, limiter=limiter, stats=stats, stop=stop, throttle=throttle
+            client=client,
+            limiter=limiter,
+            stats=stats,
+            stop=stop,
+            throttle=throttle,
+            resource=resource,
         )
 
     # --- single mode -----------------------------------------------------------------------
@@ -110,7 +117,16 @@ class Senders:
         self.stats.requests_sent += 1
         self.stats.writes_sent += 1
         try:
-            response = await self.client.patch_event(work.update.event_id, work.update.body)
+            response = await self.client.write(
+                self.resource, work.update.event_id, work.update.body
+            )
+        except PermissionDenied as error:
+            # The client names the events' permission when Graph names none: say this one's.
+            refusal = error.error
+            await self.stop.stop(
+                PermissionDenied(refusal, refusal.permission or self.resource.permission)
+            )
+            return None
         except AuthError as error:
             await self.stop.stop(error)
             return None
@@ -275,7 +291,7 @@ class Senders:
         self.stats.writes_sent += len(works)
         try:
             envelope, responses = await self.client.batch(
-                batch_requests([(k, w.update) for k, w in by_id.items()])
+                batch_requests([(k, w.update) for k, w in by_id.items()], resource=self.resource)
             )
         except AuthError as error:
             await self.stop.stop(error)
@@ -293,7 +309,8 @@ class Senders:
             for a in done:
                 await self._complete_updated(a, envelope.client_request_id)
             denied = answers.denied
-            await self.stop.stop(PermissionDenied(denied, denied.permission or REQUIRED_PERMISSION))
+            permission = denied.permission or self.resource.permission
+            await self.stop.stop(PermissionDenied(denied, permission))
             return
         # What each answer means for the budget first (settled before a 429 pauses, so the
         # limiter judges the window without the refused items), then the rows' fates.
