@@ -403,6 +403,7 @@ Examples:
   autopilot-batch run events.csv --out runs/migration --resume
   autopilot-batch run events.csv --only-changed --dry-run
   autopilot-batch run serials.csv --key deviceSerialNumber --pick latest
+  autopilot-batch run devices.csv --resource devices --key serialNumber --only-changed --verify
 \b
 Exit codes:
 """ + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items() if code != 75)
@@ -485,6 +486,13 @@ def run(
             "in scientific notation (otherwise such rows are 'invalid': Excel's damage)."
         ),
     ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Read every written row back (read budget); a write Graph accepted but did "
+            "not apply is sent once more, then 'failed' (accepted but not applied)."
+        ),
+    ] = False,
     encoding: EncodingOpt = None,
     sheet: SheetOpt = None,
     map_file: MapOpt = None,
@@ -545,6 +553,7 @@ def run(
                 backup=backup,
                 force=force,
                 accept_lost_zeros=accept_lost_zeros,
+                verify=verify,
             ),
             dry_run=dry_run,
             resume=resume,

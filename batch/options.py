@@ -166,6 +166,9 @@ class Judging:
     # Send changes that look like Excel's damage to the current value (leading zeros stripped,
     # digits in scientific notation); otherwise such rows are `invalid` (batch.changes).
     accept_lost_zeros: bool = False
+    # Read every written row back; a write accepted but not applied is sent once more, then
+    # `failed` (batch.engine.verify).
+    verify: bool = False
 
 
 #: Each flat option name (the CLI's, job files' `[run]` keys, summary.json's) → the `RunOptions`
@@ -267,6 +270,7 @@ class RunOptions:
             "pick": self.source.pick,
             "force": judging.force,
             "accept_lost_zeros": judging.accept_lost_zeros,
+            "verify": judging.verify,
         }
 
 

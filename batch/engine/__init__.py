@@ -18,7 +18,8 @@ The rooms, from the bottom up (a module imports only those above it in this list
 - `stop` — `StopControl`: stop reasons, signals, the grace for requests in flight.
 - `throttle` — what a 429 does: the limiter's pause for writes, a hold for reads.
 - `outcomes` — pure builders: a `RowResult` from a row's work and Graph's answer.
-- `producer`, `readers`, `readback`, `senders`, `reporter` — the stages.
+- `producer`, `readers`, `readback`, `senders`, `verify`, `reporter` — the stages (`verify`
+  holds written rows until they are read back, with `--verify`).
 - `summary` — summary.json and the exit code; `run` — `execute`, which wires the stages.
 
 Cut so that stages talk through values (queues, the result stream, stats, stop control, and

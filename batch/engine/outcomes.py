@@ -121,6 +121,30 @@ def updated(
     )
 
 
+#: `--verify`: what a row says whose write Graph accepted twice but did not carry out.
+NOT_APPLIED = "accepted but not applied"
+
+
+def not_applied(work: Work, accepted: RowResult) -> RowResult:
+    """A row Graph answered with success twice, whose values a read-back does not show.
+
+    `accepted` is the result its write earned (its status and request ids are kept).
+    """
+    names = ", ".join(work.update.body)
+    return result_from(
+        work,
+        Outcome.FAILED,
+        status=accepted.status,
+        error_code="NotApplied",
+        error_message=(
+            f"{NOT_APPLIED}: Graph answered the write with success twice, but reading it back "
+            f"shows {names} not as sent (--verify)"
+        ),
+        request_id=accepted.request_id,
+        client_request_id=accepted.client_request_id,
+    )
+
+
 def from_verdict(work: Work, verdict: Verdict, *, dry_run: bool) -> RowResult | None:
     """A read row's result from its verdict; None when it goes to the writers.
 

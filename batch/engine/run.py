@@ -31,6 +31,7 @@ from batch.changes import BeforeImages
 from batch.engine import outcomes
 from batch.engine.options import RowPlan, RunOptions, RunSummary, default_out_dir
 from batch.engine.producer import Producer
+from batch.engine.readback import ReadBack
 from batch.engine.readers import ReadStage
 from batch.engine.reporter import Reporter
 from batch.engine.senders import Senders
@@ -38,6 +39,7 @@ from batch.engine.stats import RunStats
 from batch.engine.stop import StopControl
 from batch.engine.summary import FINAL_FIGURES, nothing_to_resume, summarise, write_report_html
 from batch.engine.throttle import Throttle, waiting
+from batch.engine.verify import Verifier
 from batch.engine.work import ResultStream, Work
 from batch.errors import UsageError
 from batch.graph import GraphClient
@@ -220,6 +222,14 @@ async def _run_logged(
             options, plan, out_dir, run.stats, run.stop.reason, started_wall, clock.now() - started
         )
         summary.data["tenant"] = token_tenant(tokens) if tokens is not None else None
+        if run.verifier is not None:
+            # --verify: what the read-backs found (not_applied rows are also `failed`).
+            summary.data["verify"] = {
+                "verified": run.verifier.verified,
+                "resent": run.verifier.resent,
+                "not_applied": run.verifier.not_applied,
+                "unverified": run.verifier.unverified,
+            }
         if ledger is not None:
             ledger.end_part(summary.exit_code)
     finally:
@@ -258,8 +268,9 @@ class _Run:
         capacity = max(o.sending.concurrency * o.sending.batch_size * 2, 64)
         self.queue = WorkQueue[Work](capacity, clock)
         self.read_queue = WorkQueue[Work](capacity, clock)
+        self.verify_queue = WorkQueue[Work](capacity, clock)
         self.stats = RunStats(on_throttled=ledger.note_throttled if ledger else None)
-        self.stop = StopControl(clock, (self.queue, self.read_queue))
+        self.stop = StopControl(clock, (self.queue, self.read_queue, self.verify_queue))
         self.results = ResultStream()
         self.requests = RequestsWriter(self.out_dir / "requests.jsonl") if o.dry_run else None
         # Reads of the current values ahead of the writes (before-images, --only-changed, revert
@@ -286,6 +297,7 @@ class _Run:
         )
         self.reads: ReadStage | None = None
         self.senders: Senders | None = None
+        self.verifier: Verifier | None = None
         if self.client is not None:
             if reading:
                 self.reads = ReadStage(
@@ -304,6 +316,23 @@ class _Run:
                     requests=self.requests,
                     finished=self.finished,
                 )
+            if not o.dry_run and o.judging.verify:
+                self.verifier = Verifier(
+                    read_back=ReadBack(
+                        client=self.client,
+                        limiter=self.limiter,
+                        stats=self.stats,
+                        stop=self.stop,
+                        throttle=throttle,
+                        resource=o.resource,
+                    ),
+                    queue=self.verify_queue,
+                    writes=self.queue,
+                    results=self.results,
+                    stop=self.stop,
+                    throttle=throttle,
+                    max_retries=o.sending.max_retries,
+                )
             if not o.dry_run:
                 self.senders = Senders(
                     client=self.client,
@@ -318,6 +347,7 @@ class _Run:
                     max_retries=o.sending.max_retries,
                     graph_root=o.target.graph_root,
                     resource=o.resource,
+                    on_accepted=self.verifier.check if self.verifier is not None else None,
                 )
 
     async def go(self) -> None:
@@ -362,13 +392,9 @@ class _Run:
                     if self.reads is not None:
                         stages.start_soon(self.reads.run)
                     if self.senders is not None:
-                        send = (
-                            self.senders.single
-                            if self.o.sending.mode == "single"
-                            else self.senders.batch
-                        )
-                        for _ in range(self.o.sending.concurrency):
-                            stages.start_soon(send)
+                        stages.start_soon(self._send)
+                    if self.verifier is not None:
+                        stages.start_soon(self.verifier.run)
             killer.cancel()
             # Whatever was never answered (stop, abort) is reported not_attempted; its ledger
             # state stays pending/in_flight, so --resume sends it.
@@ -377,6 +403,18 @@ class _Run:
             for _, work in sorted(left.items()):
                 result = outcomes.not_attempted(work.raw, work.update)
                 await self.results.emit(work.seq, work.raw, result)
+
+    async def _send(self) -> None:
+        """`--concurrency` senders; then the verifier's input ends (nothing more is written)."""
+        assert self.senders is not None  # started only with senders
+        send = self.senders.single if self.o.sending.mode == "single" else self.senders.batch
+        try:
+            async with anyio.create_task_group() as senders:
+                for _ in range(self.o.sending.concurrency):
+                    senders.start_soon(send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.verify_queue.close_input()
 
     async def _produce(self) -> None:
         producer = Producer(

@@ -7,6 +7,10 @@ every sender (`Throttle`), a 503 delays only its own row, and both give the slot
 not carry the write out); a lost answer (504, no answer) is read back (`ReadBack`) before the row
 spends another write slot.
 
+With `--verify` a row Graph accepted does not finish here: `on_accepted` (the verifier's
+`check`) takes it with the result it earned, still in flight in the write queue, until it is
+read back (`batch.engine.verify`).
+
 A sender never sleeps through a row's Retry-After or backoff: the row waits in the queue
 (`WorkQueue.retry`) while the sender goes on with the next one. The one exception is a whole
 `$batch` Intune refused for one bad item: its rows go one by one, and that sender waits out their
@@ -16,6 +20,7 @@ retries itself, so a re-queued row cannot end up in another `$batch` with the ba
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from batch import runlog
@@ -29,6 +34,7 @@ from batch.errors import AuthError, GraphError, PermissionDenied
 from batch.graph import GraphClient
 from batch.ledger import Ledger
 from batch.limiter import Grant, Limiter
+from batch.model import RowResult
 from batch.planner import batch_requests
 from batch.resources import EVENTS, Resource
 from batch.retry import Final, Retry, Throttled, classify
@@ -57,8 +63,10 @@ class Senders:
         max_retries: int,
         graph_root: str,
         resource: Resource = EVENTS,
+        on_accepted: Callable[[Work, RowResult], Awaitable[None]] | None = None,
     ) -> None:
         self.resource = resource
+        self.on_accepted = on_accepted
         self.client = client
         self.limiter = limiter
         self.queue = queue
@@ -158,8 +166,15 @@ class Senders:
             request_id=response.request_id,
             client_request_id=response.client_request_id,
         )
-        await self.results.finish(self.queue, work, result)
+        await self._accepted(work, result)
         return None
+
+    async def _accepted(self, work: Work, result: RowResult) -> None:
+        """Graph accepted the row's write: it is done, or (`--verify`) read back first."""
+        if self.on_accepted is not None:
+            await self.on_accepted(work, result)
+        else:
+            await self.results.finish(self.queue, work, result)
 
     async def _reserve(self, want: int) -> Grant:
         """Write slots from the limiter; a grant of none if the run stops while waiting."""
@@ -356,7 +371,7 @@ class Senders:
             request_id=answer.request_id,
             client_request_id=client_request_id,
         )
-        await self.results.finish(self.queue, answer.work, result)
+        await self._accepted(answer.work, result)
 
     async def _batch_failed(self, works: list[Work], grant: Grant, error: GraphError) -> None:
         """The `$batch` envelope itself failed: throttled, lost, refused or failed as a whole."""

@@ -44,6 +44,8 @@ class Work:
     retried_after: str = ""  # the error behind the latest retry (results.csv last_error)
     # The grant of a write whose answer was lost and that was not read back yet.
     lost: Grant | None = None
+    verify_reads: int = 0  # --verify: failed read-backs of the written row
+    resent: bool = False  # --verify: sent once more after a write accepted but not applied
 
 
 #: A finished row on its way to the reporter: its place in the input, the row, its result.

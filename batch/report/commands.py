@@ -76,6 +76,7 @@ def _input_options(options: RunOptions) -> list[str]:
         ("--only-changed", options.judging.only_changed),
         ("--no-backup", not options.judging.backup),
         ("--accept-lost-zeros", options.judging.accept_lost_zeros),
+        ("--verify", options.judging.verify),
     ):
         if on:
             words.append(flag)
