@@ -70,6 +70,13 @@ def summary_lines(data: Mapping[str, Any], out_dir: Path) -> list[str]:
     ]
     if data.get("stopped_because"):
         lines.append(f"stopped: {data['stopped_because']}")
+    verify = data.get("verify")
+    if isinstance(verify, Mapping):
+        lines.append(
+            f"verify: {verify.get('verified', 0)} read back as sent, {verify.get('resent', 0)} "
+            f"sent again, {verify.get('not_applied', 0)} accepted but not applied"
+            + (f", {verify['unverified']} not read back" if verify.get("unverified") else "")
+        )
     lines += _field_lines(data)
     lines += _problem_lines(data, out_dir)
     lines.append(f"run folder: {out_dir}")
