@@ -462,3 +462,51 @@ def test_schema_and_template_for_devices(tmp_path: Path) -> None:
     assert made.returncode == 0
     with out.open(encoding="utf-8-sig", newline="") as handle:
         assert next(csv.reader(handle)) == ["id", *DEVICES.writable]
+
+
+def test_demo_runs_the_device_sample_by_serial(tmp_path: Path) -> None:
+    result = cli("demo", "--resource", "devices", "--out", tmp_path / "demo", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["resource"] == "devices"
+    assert summary["key"] == "serialNumber"
+    assert summary["counts"]["updated"] == 20
+
+
+def test_emulator_device_options_exclude_each_other(tmp_path: Path) -> None:
+    result = cli("emulator", "--devices", tmp_path / "d.csv", "--seed-devices", "3")
+    assert result.returncode == 2
+    assert "--devices and --seed-devices exclude each other" in result.stderr
+
+
+def test_job_files_take_verify(tmp_path: Path) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[input]\nfile = "d.csv"\nresource = "devices"\n[run]\nverify = true\n', encoding="utf-8"
+    )
+    options = load_job(job).run_options(tmp_path / "d.csv", out=None, resume=False)
+    assert options.judging.verify
+    assert options.recorded()["verify"] is True
+    command = resume_command(options, tmp_path / "out", reverting=False)
+    assert command is not None and command.endswith("--verify")
+
+
+def test_revert_leaves_secrets_alone(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    ledger = Ledger(run / "state.sqlite")
+    ledger.set_meta(resource="devices")
+    ledger.close()
+    plan = RevertPlan(run)
+    _, only_secret = plan._row(2, DEVICE_ID, ["deviceAccountPassword"], {}, {})
+    assert isinstance(only_secret, Skipped)
+    assert "deviceAccountPassword cannot be read back" in only_secret.reason
+    _, both = plan._row(
+        3,
+        DEVICE_ID,
+        ["groupTag", "deviceAccountPassword"],
+        {"groupTag": None},
+        {"groupTag": "New"},
+    )
+    # The old (absent) group tag goes back as "", the password is not touched.
+    assert isinstance(both, Update) and both.body == {"groupTag": ""}

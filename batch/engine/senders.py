@@ -67,6 +67,8 @@ class Senders:
     ) -> None:
         self.resource = resource
         self.on_accepted = on_accepted
+        # A success status the resource's description does not list is said once per run.
+        self._odd_status_seen = False
         self.client = client
         self.limiter = limiter
         self.queue = queue
@@ -171,6 +173,18 @@ class Senders:
 
     async def _accepted(self, work: Work, result: RowResult) -> None:
         """Graph accepted the row's write: it is done, or (`--verify`) read back first."""
+        status = result.status
+        if status is not None and status not in self.resource.answers and not self._odd_status_seen:
+            # Any 2xx is success (GraphClient), but an answer the service is not known to give
+            # is worth a line: the service may have changed (--verify reads the rows back).
+            self._odd_status_seen = True
+            log.warning(
+                "Graph answered a %s write with %d, not %s as documented; taken as success",
+                self.resource.noun,
+                status,
+                " or ".join(map(str, self.resource.answers)),
+                extra={"event": "unexpected_status", "status": status},
+            )
         if self.on_accepted is not None:
             await self.on_accepted(work, result)
         else:
