@@ -68,7 +68,12 @@ class RunStats:
         runlog.throttled(error, kind=kind, rows=rows, items=items)
 
     def note_retries(self, works: Sequence[Work], kind: runlog.Kind) -> None:
-        """These rows go out again: count each retry by the error that caused it, log them."""
+        """These rows go out again: count each retry by the error that caused it, log them.
+
+        A row sent again because `--verify` found its write not applied has no error behind
+        it: the verifier counts it (`resent`), and `retries` keeps adding up to its reasons.
+        """
+        works = [w for w in works if w.last_error is not None or not w.resent]
         if not works:
             return
         self.retries += len(works)
