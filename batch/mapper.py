@@ -24,6 +24,14 @@ surrounding spaces ignored, leading zeros kept), it is not sent in the body (it 
 the event), and `prepare(..., resolve=...)` takes the callback that turns the key cell's text into
 an event id or a `Problem` (`batch.resolve.KeyResolver`). Without a resolver (`validate --key`)
 rows are checked but carry no event id.
+
+What a header means comes from the resource (`InputOptions.resource`, `--resource`; events by
+default): its property names and aliases (the Intune portal's `Device Serial Number`, `Group
+Tag`, `Assigned User` for devices), its keys, its nouns in messages, and how the null token
+goes on the wire (`Resource.wire_null`: `""` for devices). A column the resource has but cannot
+write (a device's `Manufacturer`, `Hardware Hash` of the portal's import file) is left out with
+one warning naming every such column, so a portal file or a device export is fed back as it is.
+A `--key` cell in scientific notation is refused like any text cell: the digits are gone.
 """
 
 from __future__ import annotations
