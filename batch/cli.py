@@ -876,12 +876,16 @@ Examples:
   AZURE_TENANT_ID=... AZURE_CLIENT_ID=... AZURE_CLIENT_SECRET=... autopilot-batch whoami
   autopilot-batch whoami --cloud usgov --json
   AZURE_CLIENT_ID=... autopilot-batch whoami --device-code --token-cache
+  autopilot-batch whoami --resource devices
 \b
 Gets a token and reads one event id with it (GET .../autopilotEvents?$top=1&$select=id):
 only Graph can tell whether a token works and the permission is granted.
+With --resource devices it reads one Autopilot device (GET
+.../windowsAutopilotDeviceIdentities?$top=1) and checks that resource's permission.
 Exit codes: 0 Graph accepted the token and nothing says the permission is missing,
 2 credential settings wrong or missing, 3 no token, Graph refused or could not be reached,
-the token expired, or it lacks DeviceManagementManagedDevices.ReadWrite.All.
+the token expired, or it lacks DeviceManagementManagedDevices.ReadWrite.All
+(devices: DeviceManagementServiceConfig.ReadWrite.All).
 """
 
 
