@@ -43,6 +43,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "overhead": ("bench_overhead.py", [], ["--rows", "2000", "--small", "500"]),
     "scale": ("bench_scale.py", [], ["--csv-rows", "100000", "--xlsx-rows", "10000"]),
     "only_changed": ("bench_only_changed.py", [], ["--rows", "2000"]),
+    "devices": ("bench_devices.py", [], ["--rows", "300", "--limit", "100/2"]),
 }
 
 

@@ -131,6 +131,7 @@ def test_flat_names_round_trip_through_the_parts() -> None:
         "backup": False,
         "force": True,
         "accept_lost_zeros": True,
+        "verify": True,
         "pick": "latest",
         "out": Path("o"),
         "resume": True,
