@@ -179,6 +179,7 @@ def test_recorded_options_keep_their_flat_keys() -> None:
         "pick": None,
         "force": False,
         "accept_lost_zeros": False,
+        "verify": False,
     }
 
 
