@@ -18,9 +18,12 @@ from the first Graph request (the serial number walk, then before-image reads) t
 admitted write; `429 share` = 429 answers ÷ write operations judged; `in Retry-After` =
 requests that arrived while a Retry-After told to the tool was running; `lost` = rows not
 updated, and devices whose group tag is not the file's; `PATCH` = PATCH requests (must be 0:
-devices are written by POST to `updateDeviceProperties`). Targets: ≥ 0.97 of ideal, ≤ 1 % 429s,
-0 in Retry-After, 0 lost, 0 PATCH. Each mode writes a timeline (writes/s against the limit) to
-`benchmarks/out/devices/<mode>.svg`.
+devices are written by POST to `updateDeviceProperties`); `÷ ideal, writing` = the same ideal ÷
+the time from the first admitted write to the last (the writing phase alone). Targets: ≥ 0.95 of
+ideal (the events' 0.97, less the serial number walk `--key` needs before any write: rows / 50
+list pages, each waiting for the previous one's next link, about 0.4 s of the ideal 25 s at
+30 ms), ≤ 1 % 429s, 0 in Retry-After, 0 lost, 0 PATCH. Each mode writes a timeline (writes/s
+against the limit) to `benchmarks/out/devices/<mode>.svg`.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from _timeline import Timeline, write_svg
 from batch.model import Rate
 
 MODES = ("single", "batch")
-TARGET = 0.97
+TARGET = 0.95
 TARGET_429 = 0.01
 
 
@@ -157,6 +160,9 @@ def run_mode(
         "ratio_to_ideal": ratio,
         "target": TARGET,
         "first_write_after_s": round(writes[0] - start, 3) if writes else None,
+        "ratio_writing": (
+            ideal_ratio(written, limit, writes[0], writes[-1]) if writes else float("nan")
+        ),
         "updated": counts["updated"],
         "not_updated": written - counts["updated"],
         "wrong_tag": wrong,
@@ -218,6 +224,7 @@ def main() -> int:
             [
                 "mode",
                 "÷ ideal",
+                "÷ ideal, writing",
                 "first write s",
                 "wall s",
                 "lost",
@@ -232,6 +239,7 @@ def main() -> int:
                 [
                     r["mode"],
                     r["ratio_to_ideal"],
+                    r["ratio_writing"],
                     r["first_write_after_s"],
                     r["wall_seconds"],
                     f"{r['not_updated']} / {r['wrong_tag']}",
