@@ -1332,7 +1332,7 @@ def export(
             managed_identity_client_id=managed_identity_client_id,
             azure_cli=azure_cli,
         )
-        progress = make_export_progress(quiet=quiet or as_json)
+        progress = make_export_progress(quiet=quiet or as_json, resource=what)
         try:
             result = anyio.run(lambda: export_events(options, tokens=tokens, progress=progress))
         except KeyboardInterrupt:

@@ -274,14 +274,18 @@ class _QuietProgress:
 class _LineProgress:
     """A log line every `every` seconds: what cron mails and CI logs keep."""
 
-    def __init__(self, every: float, clock: Clock) -> None:
+    def __init__(
+        self, every: float, clock: Clock, *, items: str = "autopilot events", noun: str = "event"
+    ) -> None:
         self._every = every
         self._clock = clock
+        self._items = items
+        self._noun = noun
         self._started = self._last = clock.now()
 
     def start(self, description: str) -> None:
         self._started = self._last = self._clock.now()
-        log.info("%s: reading the tenant's autopilot events", description)
+        log.info("%s: reading the tenant's %s", description, self._items)
 
     def update(self, *, read: int, written: int, throttled: int) -> None:
         now = self._clock.now()
@@ -289,10 +293,12 @@ class _LineProgress:
             self._last = now
             rate = read / max(now - self._started, 1e-9)
             log.info(
-                "export: %d events read, %d written (%.0f events/s, 429s %d)",
+                "export: %d %ss read, %d written (%.0f %ss/s, 429s %d)",
                 read,
+                self._noun,
                 written,
                 rate,
+                self._noun,
                 throttled,
             )
 
@@ -303,7 +309,7 @@ class _LineProgress:
 class _BarProgress:
     """A rich progress line: events written and read, rate, 429s, elapsed time."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, noun: str = "event") -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -311,7 +317,7 @@ class _BarProgress:
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),  # no total: a pulsing bar
-            TextColumn("{task.completed} events written, {task.fields[read]} read"),
+            TextColumn(f"{{task.completed}} {noun}s written, {{task.fields[read]}} read"),
             TextColumn("{task.fields[rate]:.0f}/s"),
             TextColumn("429s {task.fields[throttled]}"),
             TimeElapsedColumn(),
@@ -339,11 +345,16 @@ class _BarProgress:
 
 
 def make_export_progress(
-    *, quiet: bool, every: float = 10.0, clock: Clock | None = None
+    *,
+    quiet: bool,
+    every: float = 10.0,
+    clock: Clock | None = None,
+    resource: Resource = EVENTS,
 ) -> ExportProgress:
     """A bar when stderr is a terminal, periodic log lines otherwise, nothing with `--quiet`.
 
-    `clock` (default: the real one) times the rate shown and the lines' spacing.
+    `clock` (default: the real one) times the rate shown and the lines' spacing; `resource`
+    names what is counted.
     """
     import sys
 
@@ -351,8 +362,8 @@ def make_export_progress(
     if quiet:
         return _QuietProgress()
     if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
-        return _BarProgress(clock)
-    return _LineProgress(every, clock)
+        return _BarProgress(clock, noun=resource.noun)
+    return _LineProgress(every, clock, items=collection_of(resource).items, noun=resource.noun)
 
 
 # --- writing ----------------------------------------------------------------------------------
