@@ -177,3 +177,18 @@ def test_verify_catches_a_write_accepted_but_not_applied(tmp_path: Path) -> None
         assert results[ids[0]]["last_error"] == "accepted but not applied"
         failures = read_csv(tmp_path / "verified" / "failures.csv")
         assert [f["id"] for f in failures] == [ids[1]]
+
+
+@pytest.mark.parametrize("mode", ["single", "batch"])
+def test_missing_rights_name_the_devices_permission(mode: str, tmp_path: Path) -> None:
+    store = DeviceStore()
+    ids = store.seed(5, seed=1)
+    config = EmulatorConfig(token=TOKEN, deny_permission="writes")
+    with EmulatorServer(config, devices=store) as server:
+        source = write_csv(tmp_path / "d.csv", [{"id": i, "groupTag": "X"} for i in ids])
+        result = run_json(
+            "run", source, "--resource", "devices", "--mode", mode, "--graph-url", server.url,
+            "--out", tmp_path / "run",
+        )  # fmt: skip
+    assert result["_exit"] == 3
+    assert "lacks the permission DeviceManagementServiceConfig.ReadWrite.All" in result["error"]
