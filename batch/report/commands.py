@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batch.clouds import CLOUDS
+from batch.resources import EVENTS
 
 if TYPE_CHECKING:
     from batch.options import RunOptions
@@ -55,8 +56,9 @@ def _input_options(options: RunOptions) -> list[str]:
     i = options.source.reading
     words: list[str] = []
     for flag, value in (
-        # Events are the default: a run of events keeps the command it always had.
-        ("--resource", None if i.resource.name == "events" else i.resource.name),
+        # Only a resource other than the CLI's default is spelt out: a run of events keeps
+        # the command it always had.
+        ("--resource", None if i.resource is EVENTS else i.resource.name),
         ("--encoding", i.encoding),
         ("--sheet", i.sheet),
         ("--map", None if i.map_file is None else str(i.map_file)),
