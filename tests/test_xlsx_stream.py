@@ -299,6 +299,14 @@ def test_whole_numbers_read_as_the_general_path_shows_them(
     assert every_format.number(value, style or None) == every_format._number(value, style or None)
 
 
+@pytest.mark.parametrize("style", [str(i) for i in range(len(_CODES))])
+@pytest.mark.parametrize(
+    "value", ["0", "000", "7", "0042", "99999999999", "100000000000", "18401107", "12345678901234"]
+)
+def test_edge_numbers_of_every_style(every_format: XlsxSheet, value: str, style: str) -> None:
+    assert every_format.number(value, style) == every_format._number(value, style)
+
+
 @pytest.mark.parametrize("size", [1, 3000])
 def test_many_rows_replay_the_same(tmp_path: Path, size: int) -> None:
     rows_xml = "".join(
