@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from batch.errors import InputFileError, UsageError
 from batch.model import CellNote, RawRow
-from batch.xlsx import MAX_COLUMNS, XlsxSheet, excel_cell_text, list_sheets
+from batch.xlsx import MAX_COLUMNS, SheetRow, XlsxSheet, excel_cell_text, list_sheets
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -401,6 +401,46 @@ class _ExcelSource(RowSource):
         for row in self._sheet.rows(self._first_column, MAX_COLUMNS - 1):
             if row.number > header_number:
                 yield row.number, list(row.texts.values())
+
+    # `__iter__` and `column` read the sheet's rows directly rather than through `_records`:
+    # no list of every column's text per row and pass, the same rows and cells as the generic
+    # path gives (tests/test_xlsx_stream.py compares them).
+
+    def _sheet_rows(self) -> Iterator[SheetRow]:
+        """The data rows of the table's columns, blank ones left out, hidden ones counted."""
+        hidden = self.hidden_rows = HiddenRows()
+        header, first = self.header_number, self._first_column
+        for row in self._sheet.rows(first, first + self._width - 1):
+            # The texts hold only filled cells, so a row is blank when all of them are spaces.
+            if row.number <= header or not (
+                row.notes or any(not text.isspace() for text in row.texts.values())
+            ):
+                continue
+            if row.hidden:
+                hidden.add(row.number)
+            yield row
+
+    def __iter__(self) -> Iterator[RawRow]:
+        first = self._first_column
+        named = {first + i: h for h, i in zip(self.headers, self._positions, strict=True)}
+        empty = dict.fromkeys(self.headers, "")
+        for number, hidden, texts, notes in self._sheet_rows():
+            cells = empty.copy()
+            for column, text in texts.items():
+                header = named.get(column)
+                if header is not None:
+                    cells[header] = text
+            if notes is None:
+                yield RawRow(number, cells, None, hidden)
+            else:
+                noted = {named[c]: note for c, note in notes.items() if c in named}
+                yield RawRow(number, cells, noted or None, hidden)
+
+    def column(self, header: str) -> Iterator[tuple[int, str]]:
+        """As `RowSource.column`: the cell of one column for every data row."""
+        column = self._first_column + self._positions[self.headers.index(header)]
+        for row in self._sheet_rows():
+            yield row.number, row.texts.get(column, "")
 
     def _records(self) -> Iterator[_Record]:
         width, first = self._width, self._first_column

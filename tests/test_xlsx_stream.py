@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batch.model import CellNote
+from batch.reader import RowSource, open_input
 from batch.xlsx import SheetRow, XlsxSheet, list_sheets
 
 _MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
@@ -322,3 +323,39 @@ def test_many_rows_replay_the_same(tmp_path: Path, size: int) -> None:
     assert first[-1] == SheetRow(
         size, False, {0: f"id{size}", 1: str(size)}, {1: _note("number", f"{size:010d}", "digits")}
     )
+
+
+def test_excel_rows_and_columns_match_the_generic_source_path(tmp_path: Path) -> None:
+    """`_ExcelSource` reads sheet rows directly; the generic `_records` path gives the same."""
+    # The table starts in column B, column D has no header, E is outside it; row 4 is blank
+    # (spaces only), row 5 hidden, row 6 has only a note, row 7 only a cell outside the table.
+    rows_xml = """
+      <row r="1"><c r="A1" t="inlineStr"><is><t>Title</t></is></c></row>
+      <row r="2"><c r="B2" t="inlineStr"><is><t>id</t></is></c>
+        <c r="C2" t="inlineStr"><is><t>deviceSerialNumber</t></is></c>
+        <c r="E2" t="inlineStr"><is><t>groupTag</t></is></c></row>
+      <row r="3"><c r="B3" t="inlineStr"><is><t>e1</t></is></c><c r="C3" s="1"><v>42</v></c>
+        <c r="D3" t="inlineStr"><is><t>no header</t></is></c>
+        <c r="E3" t="inlineStr"><is><t>  tag </t></is></c><c r="F3"><v>9</v></c></row>
+      <row r="4"><c r="B4" t="inlineStr"><is><t>   </t></is></c></row>
+      <row r="5" hidden="1"><c r="B5" t="inlineStr"><is><t>e2</t></is></c>
+        <c r="D5"><f>1/0</f></c></row>
+      <row r="6"><c r="C6"><f>A1</f></c></row>
+      <row r="7"><c r="A7" t="inlineStr"><is><t>outside</t></is></c></row>
+      <row r="8"><c r="B8" t="inlineStr"><is><t>e3</t></is></c><c r="D8" t="e"><v>#N/A</v></c>
+        <c r="E8"><v>12345678901</v></c></row>
+    """
+    path = _book(tmp_path / "table.xlsx", rows_xml, [])
+    source = open_input(path, header_row=2)
+    assert source.headers == ["id", "deviceSerialNumber", "groupTag"]
+    fast = list(source)
+    fast_hidden = (source.hidden_rows.count, source.hidden_rows.first)
+    generic = list(RowSource.__iter__(source))
+    assert fast == generic
+    assert fast_hidden == (source.hidden_rows.count, source.hidden_rows.first) == (1, [5])
+    assert [r.number for r in fast] == [3, 5, 6, 8]
+    assert fast[0].cells == {"id": "e1", "deviceSerialNumber": "42", "groupTag": "  tag "}
+    assert fast[0].notes == {"deviceSerialNumber": _note("number", "0000000042", "digits")}
+    assert fast[1].notes is None and fast[1].hidden
+    for header in source.headers:
+        assert list(source.column(header)) == list(RowSource.column(source, header))
