@@ -332,6 +332,10 @@ class _CsvSource(RowSource):
                     yield number, cells
 
     def _records(self) -> Iterator[_Record]:
+        for number, cells in self._cells():
+            yield _Record(number, cells)
+
+    def _cells(self) -> Iterator[tuple[int, Sequence[str]]]:
         skip = self._skip
         with _csv_errors(self.path, self._encoding, skip):
             for chunk in _read_csv(
@@ -342,7 +346,22 @@ class _CsvSource(RowSource):
                 for cells in zip(*(chunk[name].tolist() for name in chunk.columns), strict=True):
                     number += 1
                     if number > self.header_number:
-                        yield _Record(number, cells)
+                        yield number, cells
+
+    def __iter__(self) -> Iterator[RawRow]:
+        # As `RowSource.__iter__`, without a `_Record` per row: a CSV row has no notes and is
+        # never hidden, and the first cell (usually the id) is enough to tell it is not blank.
+        self.hidden_rows = HiddenRows()
+        headers, positions = self.headers, self._positions
+        contiguous = positions == list(range(len(positions)))
+        for number, cells in self._cells():
+            first = cells[0] if cells else ""
+            if (not first or first.isspace()) and all(_blank(cell) for cell in cells):
+                continue
+            if contiguous:
+                yield RawRow(number, dict(zip(headers, cells, strict=False)))
+            else:
+                yield RawRow(number, {h: cells[i] for h, i in zip(headers, positions, strict=True)})
 
     def column(self, header: str) -> Iterator[tuple[int, str]]:
         """As `RowSource.column`, without building full rows: the first pass over a big file."""
