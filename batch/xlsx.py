@@ -17,8 +17,10 @@ Parsing XML is the cost, and callers read a file more than once (the mapper's du
 then the rows): the first complete pass also writes every row to an anonymous temporary file
 (`marshal`, about the size of the same data as CSV), and later passes replay it in a fraction of
 the time. Without room for it, every pass parses again.
-openpyxl still does what it does well: the shared-string table, the built-in number formats,
-date/duration format detection and Excel serial → date conversion.
+openpyxl still does what it does well: the shared-string table and Excel serial → date
+conversion (imported only when a workbook has shared strings or date cells); the built-in
+number formats and date/duration format detection are copied here from it (see
+`_BUILTIN_FORMATS`).
 
 Decisions worth knowing:
 
@@ -235,10 +237,70 @@ def list_sheets(path: Path, limits: XlsxLimits | None = None) -> list[SheetInfo]
         return sheets
 
 
+# Excel's built-in number formats (ECMA-376 18.8.30), the ids styles use without declaring
+# them, as openpyxl lists them; with the date tests below they are here so that reading a sheet
+# of inline strings and numbers never imports openpyxl (~0.15 s of every run). openpyxl is still
+# imported for the shared-string table and for date cells. tests/test_xlsx_stream.py checks
+# all three against openpyxl's own.
+_BUILTIN_FORMATS: Final[dict[int, str]] = {
+    0: "General",
+    1: "0",
+    2: "0.00",
+    3: "#,##0",
+    4: "#,##0.00",
+    5: '"$"#,##0_);("$"#,##0)',
+    6: '"$"#,##0_);[Red]("$"#,##0)',
+    7: '"$"#,##0.00_);("$"#,##0.00)',
+    8: '"$"#,##0.00_);[Red]("$"#,##0.00)',
+    9: "0%",
+    10: "0.00%",
+    11: "0.00E+00",
+    12: "# ?/?",
+    13: "# ??/??",
+    14: "mm-dd-yy",
+    15: "d-mmm-yy",
+    16: "d-mmm",
+    17: "mmm-yy",
+    18: "h:mm AM/PM",
+    19: "h:mm:ss AM/PM",
+    20: "h:mm",
+    21: "h:mm:ss",
+    22: "m/d/yy h:mm",
+    37: "#,##0_);(#,##0)",
+    38: "#,##0_);[Red](#,##0)",
+    39: "#,##0.00_);(#,##0.00)",
+    40: "#,##0.00_);[Red](#,##0.00)",
+    41: r'_(* #,##0_);_(* \(#,##0\);_(* "-"_);_(@_)',
+    42: r'_("$"* #,##0_);_("$"* \(#,##0\);_("$"* "-"_);_(@_)',
+    43: r'_(* #,##0.00_);_(* \(#,##0.00\);_(* "-"??_);_(@_)',
+    44: r'_("$"* #,##0.00_)_("$"* \(#,##0.00\)_("$"* "-"??_)_(@_)',
+    45: "mm:ss",
+    46: "[h]:mm:ss",
+    47: "mmss.0",
+    48: "##0.0E+0",
+    49: "@",
+}
+# A date format shows a day, month, year, hour, minute or second (outside quotes and brackets
+# other than [h], [m], [s]); an elapsed-time format starts with [h], [m] or [s].
+_DATE_NOISE: Final = re.compile(r'".*?"|\[(?!hh?\]|mm?\]|ss?\])[^\]]*\]')
+_DATE_PART: Final = re.compile(r"(?<![_\\])[dmhysDMHYS]")
+_ELAPSED: Final = re.compile(
+    r"\[hh?\](:mm(:ss(\.0*)?)?)?|\[mm?\](:ss(\.0*)?)?|\[ss?\](\.0*)?", re.I
+)
+
+
+def _is_date_format(code: str) -> bool:
+    """Whether a format code shows a date or time (only its first section counts)."""
+    return _DATE_PART.search(_DATE_NOISE.sub("", code.split(";")[0])) is not None
+
+
+def _is_elapsed_format(code: str) -> bool:
+    """Whether a format code shows elapsed time (`[h]:mm:ss`): the cell is a duration."""
+    return _ELAPSED.search(code.split(";")[0]) is not None
+
+
 def _number_formats(archive: zipfile.ZipFile, path: Path, limits: XlsxLimits) -> list[str]:
     """The number format code of every cell style (`s` attribute) of the workbook."""
-    from openpyxl.styles.numbers import BUILTIN_FORMATS
-
     data = _read_part(archive, path, "xl/styles.xml", limits.small_part_bytes)
     if data is None:
         return []
@@ -254,17 +316,18 @@ def _number_formats(archive: zipfile.ZipFile, path: Path, limits: XlsxLimits) ->
             number = int(xf.get("numFmtId", "0"))
         except ValueError:
             number = 0
-        codes.append(custom.get(number) or BUILTIN_FORMATS.get(number, "General"))
+        codes.append(custom.get(number) or _BUILTIN_FORMATS.get(number, "General"))
     return codes
 
 
 def _shared_strings(archive: zipfile.ZipFile, path: Path, limits: XlsxLimits) -> list[str]:
-    from openpyxl.reader.strings import read_string_table
-
     try:
         info = archive.getinfo("xl/sharedStrings.xml")
     except KeyError:
         return []
+    # Imported only here: a workbook of inline strings is read without loading openpyxl.
+    from openpyxl.reader.strings import read_string_table
+
     if info.file_size > limits.shared_strings_bytes:
         raise InputFileError(
             path,
@@ -487,12 +550,10 @@ class XlsxSheet:
         """(kind, format code) of a cell style: kind is number, date or duration."""
         found = self._kinds.get(index)
         if found is None:
-            from openpyxl.styles.numbers import is_date_format, is_timedelta_format
-
             code = self._formats[index] if 0 <= index < len(self._formats) else "General"
-            if is_timedelta_format(code):
+            if _is_elapsed_format(code):
                 found = ("duration", code)
-            elif is_date_format(code):
+            elif _is_date_format(code):
                 found = ("date", code)
             else:
                 found = ("number", code)

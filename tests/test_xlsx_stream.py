@@ -12,9 +12,10 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
+from batch import xlsx
 from batch.model import CellNote
 from batch.reader import RowSource, open_input
 from batch.xlsx import SheetRow, XlsxSheet, list_sheets
@@ -359,3 +360,46 @@ def test_excel_rows_and_columns_match_the_generic_source_path(tmp_path: Path) ->
     assert fast[1].notes is None and fast[1].hidden
     for header in source.headers:
         assert list(source.column(header)) == list(RowSource.column(source, header))
+
+
+def test_builtin_formats_are_openpyxls() -> None:
+    from openpyxl.styles.numbers import BUILTIN_FORMATS
+
+    assert xlsx._BUILTIN_FORMATS == BUILTIN_FORMATS
+
+
+@given(
+    st.lists(
+        st.sampled_from([*'dmhysDMHYS0#.,;:"[]\\_@ E+-%$/', "[h]", "[mm]", "[Red]", "AM/PM"]),
+        max_size=12,
+    ).map("".join)
+)
+@example("yyyy-mm-dd;@")
+@example("[h]:mm:ss.00")
+@example('"day "0')
+@example("[$-409]0")
+def test_date_and_elapsed_formats_are_told_as_openpyxl_tells_them(code: str) -> None:
+    from openpyxl.styles.numbers import is_date_format, is_timedelta_format
+
+    assert xlsx._is_date_format(code) is is_date_format(code)
+    assert xlsx._is_elapsed_format(code) is is_timedelta_format(code)
+
+
+def test_a_sheet_without_shared_strings_or_dates_does_not_import_openpyxl(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = _book(tmp_path / "plain.xlsx", '<row r="1"><c r="A1" s="1"><v>42</v></c></row>', [])
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp_path / "plain2.xlsx", "w") as out:
+        for item in source.infolist():
+            if item.filename != "xl/sharedStrings.xml":
+                out.writestr(item, source.read(item))
+    code = (
+        "import sys; from pathlib import Path; from batch.xlsx import XlsxSheet, list_sheets; "
+        f"p = Path({str(tmp_path / 'plain2.xlsx')!r}); "
+        "rows = list(XlsxSheet(p, list_sheets(p)[0]).rows()); "
+        "assert rows[0].notes[0].shown == '0000000042', rows; "
+        "print('openpyxl' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
