@@ -7,6 +7,7 @@ CSV source's own row loop must give the rows the generic `RowSource` loop gives.
 
 from __future__ import annotations
 
+from array import array
 from pathlib import Path
 
 from hypothesis import example, given, settings
@@ -19,6 +20,7 @@ from batch.mapper import (
     _TEXT_SUSPECT,
     _UPN_PLAIN,
     InputOptions,
+    _find_duplicates,
     _plain_upn,
     _RowMapper,
     _suspect,
@@ -92,3 +94,14 @@ def test_csv_rows_match_the_generic_source_path(tmp_path: Path) -> None:
     assert [r.number for r in fast] == [2, 5, 6]
     assert fast[0].cells == {"id": "e1", "deviceSerialNumber": "0042", "groupTag": "tag"}
     assert source.hidden_rows.count == 0
+
+
+def test_duplicates_quick_check_and_numpy_agree() -> None:
+    """Distinct prefixes: nothing; the same prefix with another tail: numpy says nothing too."""
+    unique = bytearray(b"".join(n.to_bytes(16, "little") for n in range(1000)))
+    assert len(_find_duplicates(unique, array("q", range(2, 1002)))) == 0
+    same_prefix = bytearray(b"A" * 8 + b"B" * 8 + b"A" * 8 + b"C" * 8 + b"D" * 16)
+    assert len(_find_duplicates(same_prefix, array("q", [2, 3, 4]))) == 0
+    twice = bytearray(b"A" * 16 + b"E" * 16 + b"A" * 16)
+    found = _find_duplicates(twice, array("q", [2, 3, 4]))
+    assert dict(found) == {2: (4,), 4: (2,)}
