@@ -707,7 +707,9 @@ class XlsxSheet:
                     return plain, CellNote("number", plain, detail)
             else:
                 digits = plain.zfill(zeros) if zeros or plain != "0" else ""
-                return plain, CellNote("number", f"{prefix}{digits}{suffix}".strip(), detail)
+                if prefix or suffix:
+                    digits = f"{prefix}{digits}{suffix}".strip()
+                return plain, CellNote("number", digits, detail)
         return self._number(value, style)
 
     def _integer_display(self, style: str | None) -> _IntegerDisplay | None:
@@ -805,6 +807,7 @@ def _callbacks(
     buffer: list[str] | None = None
     column_of, cell_value, number_of = sheet.column, sheet.value, sheet.number
     columns, strings = sheet._columns, sheet._strings
+    make_row = SheetRow._make
 
     def start(name: str, attrs: dict[str, str]) -> None:
         nonlocal number, hidden, texts, notes, column, cell, value, formula, inline
@@ -864,7 +867,7 @@ def _callbacks(
             value = "".join(buffer or ())
             buffer = None
         elif name == _ROW:
-            done.append(SheetRow(number, hidden, texts, notes))
+            done.append(make_row((number, hidden, texts, notes)))
         elif name == _FORMULA:
             formula = "".join(buffer or ())
             buffer = None
