@@ -33,6 +33,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+import sys
 import tomllib
 import unicodedata
 from array import array
@@ -696,9 +697,10 @@ def _find_duplicates(digests: bytearray, numbers: array[int]) -> _DuplicateIndex
     """
     if len(numbers) < 2:
         return _DuplicateIndex()
-    if len(numbers) <= _QUICK_CHECK_ROWS:
+    if len(numbers) <= _QUICK_CHECK_ROWS and "numpy" not in sys.modules:
         # Distinct 64-bit digest prefixes mean distinct ids: the usual file (no duplicates)
-        # is answered by a set of a few MB, and an Excel run never loads numpy (~0.2 s).
+        # is answered by a set of a few MB, and an Excel run never loads numpy (~0.2 s). A CSV
+        # run has it loaded already (pandas): the set would only add to its memory.
         with memoryview(digests) as view, view.cast("Q") as words:
             if len(set(words[::2])) == len(numbers):
                 return _DuplicateIndex()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from array import array
 from pathlib import Path
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -96,8 +97,18 @@ def test_csv_rows_match_the_generic_source_path(tmp_path: Path) -> None:
     assert source.hidden_rows.count == 0
 
 
-def test_duplicates_quick_check_and_numpy_agree() -> None:
+@pytest.mark.parametrize("numpy_loaded", [False, True])
+def test_duplicates_quick_check_and_numpy_agree(
+    monkeypatch: pytest.MonkeyPatch, numpy_loaded: bool
+) -> None:
     """Distinct prefixes: nothing; the same prefix with another tail: numpy says nothing too."""
+    import types
+
+    import batch.mapper
+
+    # The quick check runs only while numpy is not loaded: pretend either way.
+    loaded = {"numpy": object()} if numpy_loaded else {}
+    monkeypatch.setattr(batch.mapper, "sys", types.SimpleNamespace(modules=loaded))
     unique = bytearray(b"".join(n.to_bytes(16, "little") for n in range(1000)))
     assert len(_find_duplicates(unique, array("q", range(2, 1002)))) == 0
     same_prefix = bytearray(b"A" * 8 + b"B" * 8 + b"A" * 8 + b"C" * 8 + b"D" * 16)
