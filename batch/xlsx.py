@@ -11,8 +11,11 @@ Why not calamine (what the reader used before) or openpyxl's read-only mode:
   benchmark workbook (calamine: 1.1 s), and it does not say whether a formula has a saved value
   or which rows are hidden.
 
-So the sheet XML is read here with the standard library's C `iterparse`, one `<row>` at a time
-(about 3.5 s for the same workbook; memory flat: a row's elements are dropped once it is read).
+So the sheet XML is read here with the standard library's expat, in chunks, with Python
+callbacks that keep only what a row needs (no element objects; memory flat). For the benchmark
+workbook with number formats that pass takes ~3.7 s CPU, of which ~2.1 s is expat itself with
+handlers that do nothing: the callbacks decide the common cells (inline or shared string, whole
+number) inline and leave the rest to `XlsxSheet.value` (benchmarks/RESULTS.md, section 5).
 Parsing XML is the cost, and callers read a file more than once (the mapper's duplicate-id pass,
 then the rows): the first complete pass also writes every row to an anonymous temporary file
 (`marshal`, about the size of the same data as CSV), and later passes replay it in a fraction of
