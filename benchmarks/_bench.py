@@ -121,10 +121,12 @@ class RecordingEmulator:
         faults = self.server.state.faults
         draw = faults.draw
 
-        def recording_admit(app: str, tenant: str, *, write: bool) -> Decision:
+        def recording_admit(
+            app: str, tenant: str, *, write: bool, service: str = "events"
+        ) -> Decision:
             now = time.monotonic()
             running = throttle.retry_after_until(app) > now
-            decision = admit(app, tenant, write=write)
+            decision = admit(app, tenant, write=write, service=service)
             opened = not decision.admitted and not running
             self.log.append(Admission(now, write, decision.admitted, opened, app))
             return decision
