@@ -16,7 +16,9 @@ than one row. `Prepared.rows()` then streams the file again and maps each row on
 
 Duplicate detection keeps 16 bytes per row (a BLAKE2b digest of the folded id) plus the row
 number, and sorts them with numpy once: about 24 MB for a million rows, instead of a set of a
-million strings. A digest collision between different ids is astronomically unlikely (2^-128).
+million strings. Up to 200,000 ids, a set of their 64-bit digest prefixes first tells whether
+any two can be equal; when none can (the usual file) numpy is not even loaded. A digest
+collision between different ids is astronomically unlikely (2^-128).
 
 With `InputOptions(key="deviceSerialNumber")` (or `managedDeviceName`; `--key`) the file has no
 id column: the key column takes its place (required, filled, duplicates refused, case and
@@ -39,6 +41,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+import sys
 import tomllib
 import unicodedata
 from array import array
@@ -46,10 +49,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-import numpy as np
 
 from batch.errors import ConfigError, InputFileError, UsageError
 from batch.model import JSON, CellNote, Invalid, Problem, RawRow, Skipped, Update
@@ -66,6 +67,9 @@ from batch.schema import (
     normalize_header,
 )
 from batch.stamp import find_stamp_column, parse_stamp, stamp_row
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "KEY_PROPERTIES",
@@ -316,6 +320,41 @@ _UPN_PLAIN: Final = re.compile(
 _TEXT_SUSPECT: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|^[=+\-@]|\d[Ee][+-]\d")
 
 
+def _suspect(value: str) -> bool:
+    """Whether `_TEXT_SUSPECT` finds something in the (non-empty) value.
+
+    The pattern can only match a value that starts like a formula, holds a character that is
+    not printable (every control character) or an exponent sign; string tests rule out the
+    rest at a fraction of a regex search's cost, and only those few values are searched.
+    """
+    return (
+        value[0] in _FORMULA_STARTS
+        or not value.isprintable()
+        or "E+" in value
+        or "E-" in value
+        or "e+" in value
+        or "e-" in value
+    ) and _TEXT_SUSPECT.search(value) is not None
+
+
+def _plain_upn(value: str) -> bool:
+    """Whether `_UPN_PLAIN` matches the whole value; the usual `name@domain` without a regex.
+
+    Printable (no control character, no whitespace but the ASCII space), no space, one `@`
+    neither first nor last, not starting like a formula or with `'`: the pattern matches all
+    of these. Anything else (non-printable letters included) is left to the pattern itself.
+    """
+    if (
+        value.isprintable()
+        and " " not in value
+        and value.count("@") == 1
+        and value[0] not in "=+-'@"
+        and value[-1] != "@"
+    ):
+        return True
+    return _UPN_PLAIN.fullmatch(value) is not None
+
+
 def _unquote(value: str) -> str:
     """Take off the `'` that neutralised a formula-looking value (`'=x` → `=x`), as Excel does.
 
@@ -397,6 +436,16 @@ class _RowMapper:
             return f"missing id (every row needs the {self.noun} id)"
         if text == self.null_token:
             return f"the id cannot be {self.null_token}"
+        # An id of printable ASCII without the forbidden signs (every GUID) is decided by C-level
+        # tests, once per row and pass; the rest is searched below.
+        if (
+            text.isascii()
+            and text.isprintable()
+            and text not in _ID_PATH_STEPS
+            and not ("/" in text or "%" in text or " " in text)
+            and not ("\\" in text or "?" in text or "#" in text)
+        ):
+            return None
         rule = (
             "an id must be one plain URL path segment: no spaces, / \\ ? # %, "
             "control, invisible or text-direction characters"
@@ -530,13 +579,9 @@ class _RowMapper:
                 self.trimmed += 1
             if value[0] == "'":
                 value = _unquote(value)
-            # Most text values are plain: one C-level search decides whether to look closer.
+            # Most text values are plain: C-level tests decide whether to look closer.
             if is_text and (
-                (
-                    _UPN_PLAIN.fullmatch(value) is None
-                    if name == _UPN_PROPERTY
-                    else _TEXT_SUSPECT.search(value) is not None
-                )
+                (not _plain_upn(value) if name == _UPN_PROPERTY else _suspect(value))
                 or len(value) > MAX_VALUE_LENGTH
             ):
                 reason = _text_problem(value) or cell_problem(value, free_text=True)
@@ -661,6 +706,11 @@ class _DuplicateIndex(Mapping[int, tuple[int, ...]]):
         return len(self._rows)
 
 
+# Up to this many ids the quick check in `_find_duplicates` runs first (its set holds ~70 bytes
+# per id); bigger files go straight to numpy.
+_QUICK_CHECK_ROWS: Final = 200_000
+
+
 def _find_duplicates(digests: bytearray, numbers: array[int]) -> _DuplicateIndex:
     """Row number → a few other rows with the same id and their count, from parallel arrays.
 
@@ -669,6 +719,15 @@ def _find_duplicates(digests: bytearray, numbers: array[int]) -> _DuplicateIndex
     """
     if len(numbers) < 2:
         return _DuplicateIndex()
+    if len(numbers) <= _QUICK_CHECK_ROWS and "numpy" not in sys.modules:
+        # Distinct 64-bit digest prefixes mean distinct ids: the usual file (no duplicates)
+        # is answered by a set of a few MB, and an Excel run never loads numpy (~0.2 s). A CSV
+        # run has it loaded already (pandas): the set would only add to its memory.
+        with memoryview(digests) as view, view.cast("Q") as words:
+            if len(set(words[::2])) == len(numbers):
+                return _DuplicateIndex()
+    import numpy as np
+
     keys = np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2)
     rows = np.frombuffer(numbers, dtype=np.int64)
     # By digest, then by row: every group is a run of positions, its rows ascending.

@@ -24,6 +24,7 @@ Decisions worth knowing:
   with empty cells (empty means "leave unchanged").
 * Iterating a `RowSource` re-opens the file, so a source can be read any number of times with
   flat memory (pandas chunks for CSV, `batch.xlsx`'s streaming parse and its spool for Excel).
+  pandas is imported only when a CSV is read: an Excel run does not pay for loading it.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ import io
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Final, NamedTuple
-
-import pandas as pd
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from batch.errors import InputFileError, UsageError
 from batch.model import CellNote, RawRow
-from batch.xlsx import MAX_COLUMNS, XlsxSheet, excel_cell_text, list_sheets
+from batch.xlsx import MAX_COLUMNS, SheetRow, XlsxSheet, excel_cell_text, list_sheets
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "CSV_SUFFIXES",
@@ -238,6 +240,8 @@ def _read_csv(
     skip: int = 0,
 ) -> Iterator[pd.DataFrame]:
     """pandas chunks of every record from the header on (`skip` title rows left out), as text."""
+    import pandas as pd  # CSV only: an Excel file is read without it (pandas takes ~0.3 s)
+
     reader = pd.read_csv(
         path,
         header=None,
@@ -261,6 +265,8 @@ def _read_csv(
 @contextlib.contextmanager
 def _csv_errors(path: Path, encoding: str, skip: int = 0) -> Iterator[None]:
     """Turn what pandas raises while reading a CSV into one `InputFileError` line."""
+    import pandas as pd
+
     try:
         yield
     except UnicodeDecodeError:
@@ -326,6 +332,10 @@ class _CsvSource(RowSource):
                     yield number, cells
 
     def _records(self) -> Iterator[_Record]:
+        for number, cells in self._cells():
+            yield _Record(number, cells)
+
+    def _cells(self) -> Iterator[tuple[int, Sequence[str]]]:
         skip = self._skip
         with _csv_errors(self.path, self._encoding, skip):
             for chunk in _read_csv(
@@ -336,7 +346,22 @@ class _CsvSource(RowSource):
                 for cells in zip(*(chunk[name].tolist() for name in chunk.columns), strict=True):
                     number += 1
                     if number > self.header_number:
-                        yield _Record(number, cells)
+                        yield number, cells
+
+    def __iter__(self) -> Iterator[RawRow]:
+        # As `RowSource.__iter__`, without a `_Record` per row: a CSV row has no notes and is
+        # never hidden, and the first cell (usually the id) is enough to tell it is not blank.
+        self.hidden_rows = HiddenRows()
+        headers, positions = self.headers, self._positions
+        contiguous = positions == list(range(len(positions)))
+        for number, cells in self._cells():
+            first = cells[0] if cells else ""
+            if (not first or first.isspace()) and all(_blank(cell) for cell in cells):
+                continue
+            if contiguous:
+                yield RawRow(number, dict(zip(headers, cells, strict=False)))
+            else:
+                yield RawRow(number, {h: cells[i] for h, i in zip(headers, positions, strict=True)})
 
     def column(self, header: str) -> Iterator[tuple[int, str]]:
         """As `RowSource.column`, without building full rows: the first pass over a big file."""
@@ -395,6 +420,46 @@ class _ExcelSource(RowSource):
         for row in self._sheet.rows(self._first_column, MAX_COLUMNS - 1):
             if row.number > header_number:
                 yield row.number, list(row.texts.values())
+
+    # `__iter__` and `column` read the sheet's rows directly rather than through `_records`:
+    # no list of every column's text per row and pass, the same rows and cells as the generic
+    # path gives (tests/test_xlsx_stream.py compares them).
+
+    def _sheet_rows(self) -> Iterator[SheetRow]:
+        """The data rows of the table's columns, blank ones left out, hidden ones counted."""
+        hidden = self.hidden_rows = HiddenRows()
+        header, first = self.header_number, self._first_column
+        for row in self._sheet.rows(first, first + self._width - 1):
+            # The texts hold only filled cells, so a row is blank when all of them are spaces.
+            if row.number <= header or not (
+                row.notes or any(not text.isspace() for text in row.texts.values())
+            ):
+                continue
+            if row.hidden:
+                hidden.add(row.number)
+            yield row
+
+    def __iter__(self) -> Iterator[RawRow]:
+        first = self._first_column
+        named = {first + i: h for h, i in zip(self.headers, self._positions, strict=True)}
+        empty = dict.fromkeys(self.headers, "")
+        for number, hidden, texts, notes in self._sheet_rows():
+            cells = empty.copy()
+            for column, text in texts.items():
+                header = named.get(column)
+                if header is not None:
+                    cells[header] = text
+            if notes is None:
+                yield RawRow(number, cells, None, hidden)
+            else:
+                noted = {named[c]: note for c, note in notes.items() if c in named}
+                yield RawRow(number, cells, noted or None, hidden)
+
+    def column(self, header: str) -> Iterator[tuple[int, str]]:
+        """As `RowSource.column`: the cell of one column for every data row."""
+        column = self._first_column + self._positions[self.headers.index(header)]
+        for row in self._sheet_rows():
+            yield row.number, row.texts.get(column, "")
 
     def _records(self) -> Iterator[_Record]:
         width, first = self._width, self._first_column

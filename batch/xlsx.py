@@ -11,14 +11,19 @@ Why not calamine (what the reader used before) or openpyxl's read-only mode:
   benchmark workbook (calamine: 1.1 s), and it does not say whether a formula has a saved value
   or which rows are hidden.
 
-So the sheet XML is read here with the standard library's C `iterparse`, one `<row>` at a time
-(about 3.5 s for the same workbook; memory flat: a row's elements are dropped once it is read).
+So the sheet XML is read here with the standard library's expat, in chunks, with Python
+callbacks that keep only what a row needs (no element objects; memory flat). For the benchmark
+workbook with number formats that pass takes ~3.7 s CPU, of which ~2.1 s is expat itself with
+handlers that do nothing: the callbacks decide the common cells (inline or shared string, whole
+number) inline and leave the rest to `XlsxSheet.value` (benchmarks/RESULTS.md, section 5).
 Parsing XML is the cost, and callers read a file more than once (the mapper's duplicate-id pass,
 then the rows): the first complete pass also writes every row to an anonymous temporary file
 (`marshal`, about the size of the same data as CSV), and later passes replay it in a fraction of
 the time. Without room for it, every pass parses again.
-openpyxl still does what it does well: the shared-string table, the built-in number formats,
-date/duration format detection and Excel serial → date conversion.
+openpyxl still does what it does well: the shared-string table and Excel serial → date
+conversion (imported only when a workbook has shared strings or date cells); the built-in
+number formats and date/duration format detection are copied here from it (see
+`_BUILTIN_FORMATS`).
 
 Decisions worth knowing:
 
@@ -49,7 +54,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, NamedTuple
 from xml.etree.ElementTree import Element, ParseError, fromstring
 from xml.parsers import expat
 
@@ -87,7 +92,7 @@ _PHONETIC: Final = _SHEET + "rPh"
 MAX_ROWS: Final = 1_048_576
 MAX_COLUMNS: Final = 16_384
 _CHUNK_BYTES: Final = 256 * 1024
-_BUFFERED: Final = frozenset({_VALUE, _FORMULA})
+_NAMES: Final = (_ROW, _CELL, _VALUE, _FORMULA, _INLINE, _TEXT, _PHONETIC)
 _SPOOL_ROWS: Final = 2000
 _OLE_MAGIC: Final = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _REF: Final = re.compile(r"([A-Za-z]{1,3})(\d{1,7})")
@@ -114,9 +119,12 @@ class SheetInfo:
     part: str
 
 
-@dataclass(frozen=True, slots=True)
-class SheetRow:
-    """One `<row>`: Excel's row number, hidden or not, and its cells by 0-based column."""
+class SheetRow(NamedTuple):
+    """One `<row>`: Excel's row number, hidden or not, and its cells by 0-based column.
+
+    A named tuple, not a frozen dataclass: one is made per row and pass, and a tuple costs a
+    fraction of a frozen dataclass's `__init__`.
+    """
 
     number: int
     hidden: bool
@@ -232,10 +240,70 @@ def list_sheets(path: Path, limits: XlsxLimits | None = None) -> list[SheetInfo]
         return sheets
 
 
+# Excel's built-in number formats (ECMA-376 18.8.30), the ids styles use without declaring
+# them, as openpyxl lists them; with the date tests below they are here so that reading a sheet
+# of inline strings and numbers never imports openpyxl (~0.15 s of every run). openpyxl is still
+# imported for the shared-string table and for date cells. tests/test_xlsx_stream.py checks
+# all three against openpyxl's own.
+_BUILTIN_FORMATS: Final[dict[int, str]] = {
+    0: "General",
+    1: "0",
+    2: "0.00",
+    3: "#,##0",
+    4: "#,##0.00",
+    5: '"$"#,##0_);("$"#,##0)',
+    6: '"$"#,##0_);[Red]("$"#,##0)',
+    7: '"$"#,##0.00_);("$"#,##0.00)',
+    8: '"$"#,##0.00_);[Red]("$"#,##0.00)',
+    9: "0%",
+    10: "0.00%",
+    11: "0.00E+00",
+    12: "# ?/?",
+    13: "# ??/??",
+    14: "mm-dd-yy",
+    15: "d-mmm-yy",
+    16: "d-mmm",
+    17: "mmm-yy",
+    18: "h:mm AM/PM",
+    19: "h:mm:ss AM/PM",
+    20: "h:mm",
+    21: "h:mm:ss",
+    22: "m/d/yy h:mm",
+    37: "#,##0_);(#,##0)",
+    38: "#,##0_);[Red](#,##0)",
+    39: "#,##0.00_);(#,##0.00)",
+    40: "#,##0.00_);[Red](#,##0.00)",
+    41: r'_(* #,##0_);_(* \(#,##0\);_(* "-"_);_(@_)',
+    42: r'_("$"* #,##0_);_("$"* \(#,##0\);_("$"* "-"_);_(@_)',
+    43: r'_(* #,##0.00_);_(* \(#,##0.00\);_(* "-"??_);_(@_)',
+    44: r'_("$"* #,##0.00_)_("$"* \(#,##0.00\)_("$"* "-"??_)_(@_)',
+    45: "mm:ss",
+    46: "[h]:mm:ss",
+    47: "mmss.0",
+    48: "##0.0E+0",
+    49: "@",
+}
+# A date format shows a day, month, year, hour, minute or second (outside quotes and brackets
+# other than [h], [m], [s]); an elapsed-time format starts with [h], [m] or [s].
+_DATE_NOISE: Final = re.compile(r'".*?"|\[(?!hh?\]|mm?\]|ss?\])[^\]]*\]')
+_DATE_PART: Final = re.compile(r"(?<![_\\])[dmhysDMHYS]")
+_ELAPSED: Final = re.compile(
+    r"\[hh?\](:mm(:ss(\.0*)?)?)?|\[mm?\](:ss(\.0*)?)?|\[ss?\](\.0*)?", re.I
+)
+
+
+def _is_date_format(code: str) -> bool:
+    """Whether a format code shows a date or time (only its first section counts)."""
+    return _DATE_PART.search(_DATE_NOISE.sub("", code.split(";")[0])) is not None
+
+
+def _is_elapsed_format(code: str) -> bool:
+    """Whether a format code shows elapsed time (`[h]:mm:ss`): the cell is a duration."""
+    return _ELAPSED.search(code.split(";")[0]) is not None
+
+
 def _number_formats(archive: zipfile.ZipFile, path: Path, limits: XlsxLimits) -> list[str]:
     """The number format code of every cell style (`s` attribute) of the workbook."""
-    from openpyxl.styles.numbers import BUILTIN_FORMATS
-
     data = _read_part(archive, path, "xl/styles.xml", limits.small_part_bytes)
     if data is None:
         return []
@@ -251,17 +319,18 @@ def _number_formats(archive: zipfile.ZipFile, path: Path, limits: XlsxLimits) ->
             number = int(xf.get("numFmtId", "0"))
         except ValueError:
             number = 0
-        codes.append(custom.get(number) or BUILTIN_FORMATS.get(number, "General"))
+        codes.append(custom.get(number) or _BUILTIN_FORMATS.get(number, "General"))
     return codes
 
 
 def _shared_strings(archive: zipfile.ZipFile, path: Path, limits: XlsxLimits) -> list[str]:
-    from openpyxl.reader.strings import read_string_table
-
     try:
         info = archive.getinfo("xl/sharedStrings.xml")
     except KeyError:
         return []
+    # Imported only here: a workbook of inline strings is read without loading openpyxl.
+    from openpyxl.reader.strings import read_string_table
+
     if info.file_size > limits.shared_strings_bytes:
         raise InputFileError(
             path,
@@ -476,17 +545,18 @@ class XlsxSheet:
         self._finalizer: Callable[[], object] | None = None
         # Column letters → 0-based index, as met (a sheet repeats the same few letters).
         self._columns: dict[str, int] = {}
+        # Per `s` attribute as written: how a whole number of that style is shown (see
+        # `_integer_display`), or None where only the general path knows.
+        self._integers: dict[str | None, _IntegerDisplay | None] = {}
 
     def _style(self, index: int) -> tuple[str, str]:
         """(kind, format code) of a cell style: kind is number, date or duration."""
         found = self._kinds.get(index)
         if found is None:
-            from openpyxl.styles.numbers import is_date_format, is_timedelta_format
-
             code = self._formats[index] if 0 <= index < len(self._formats) else "General"
-            if is_timedelta_format(code):
+            if _is_elapsed_format(code):
                 found = ("duration", code)
-            elif is_date_format(code):
+            elif _is_date_format(code):
                 found = ("date", code)
             else:
                 found = ("number", code)
@@ -530,18 +600,19 @@ class XlsxSheet:
 
     @staticmethod
     def _replay(spool: _Spool) -> Iterator[SheetRow]:
-        for number, hidden, texts, notes in spool.replay():
-            yield SheetRow(
-                number,
-                hidden,
-                texts,
-                {i: CellNote(*n) for i, n in notes.items()} if notes is not None else None,
-            )
+        make = SheetRow._make
+        for row in spool.replay():
+            notes = row[3]
+            if notes is None:
+                yield make(row)
+            else:
+                yield SheetRow(row[0], row[1], row[2], {i: CellNote(*n) for i, n in notes.items()})
 
     def _parse(self, handle: IO[bytes], first: int, last: int) -> Iterator[SheetRow]:
         """The rows of the sheet XML, parsed in chunks by expat with `_Rows` collecting them."""
         rows = _Rows(self, first, last)
-        parser = expat.ParserCreate(namespace_separator="}")
+        # Names interned as the constants themselves: each comparison is an identity test.
+        parser = expat.ParserCreate(namespace_separator="}", intern={name: name for name in _NAMES})
         parser.buffer_text = True
         parser.StartElementHandler = rows.start
         parser.EndElementHandler = rows.end
@@ -617,14 +688,58 @@ class XlsxSheet:
             return ("true" if value.strip() in ("1", "true") else "false"), None
         if kind == "e":
             return "", CellNote("error", value, value)
+        return self.number(value, style)
+
+    def number(self, value: str, style: str | None) -> tuple[str, CellNote | None]:
+        """A number cell's text and note; `value` is its `<v>`, `style` its `s` attribute.
+
+        Nearly every number cell holds a whole number of plain ASCII digits (a serial, a count):
+        those are shown from a per-style plan without `Decimal` arithmetic. The plan gives the
+        same text as `format_number` (tests/test_xlsx_stream.py compares them); every other
+        value takes the general path.
+        """
+        try:
+            display = self._integers[style]
+        except KeyError:
+            display = self._integers[style] = self._integer_display(style)
+        if display is not None and value.isdigit() and value.isascii():
+            plain = value.lstrip("0") or "0"
+            detail, prefix, zeros, suffix = display
+            if zeros < 0:  # General (and `other`): the digits, while they fit in 11 characters
+                if len(plain) <= 11:
+                    return plain, CellNote("number", plain, detail)
+            else:
+                digits = plain.zfill(zeros) if zeros or plain != "0" else ""
+                if prefix or suffix:
+                    digits = f"{prefix}{digits}{suffix}".strip()
+                return plain, CellNote("number", digits, detail)
         return self._number(value, style)
 
+    def _integer_display(self, style: str | None) -> _IntegerDisplay | None:
+        """How `format_number` shows a whole non-negative number of this style, when simple."""
+        kind, code = self._style(_style_index(style))
+        if kind != "number":
+            return None
+        detail = _format_kind(code)
+        if detail in ("general", "other"):
+            return (detail, "", -1, "")
+        if detail != "digits":
+            return None
+        # A number that is not negative is always shown by the first section.
+        plan = _section_plan(code.split(";")[0])
+        numbers = [i for i, (is_number, _) in enumerate(plan) if is_number]
+        if len(numbers) != 1:
+            return None
+        at = numbers[0]
+        whole, _, fraction = plan[at][1].replace(",", "").partition(".")
+        if fraction:
+            return None  # decimals: `_digits` rounds with Decimal
+        prefix = "".join(text for _, text in plan[:at])
+        suffix = "".join(text for _, text in plan[at + 1 :])
+        return (detail, prefix, whole.count("0"), suffix)
+
     def _number(self, value: str, style: str | None) -> tuple[str, CellNote | None]:
-        try:
-            index = int(style) if style else 0
-        except ValueError:
-            index = 0
-        kind, code = self._style(index)
+        kind, code = self._style(_style_index(style))
         number = _decimal(value.strip())
         if number is None:
             return "", CellNote("error", value, f"not a number: {value[:40]!r}")
@@ -679,36 +794,44 @@ class _Rows:
 def _callbacks(
     sheet: XlsxSheet, first: int, last: int, done: list[SheetRow], latest: list[int]
 ) -> tuple[Callable[[str, dict[str, str]], None], Callable[[str], None], Callable[[str], None]]:
+    # Per element expat makes a call into Python, so each branch does as little as it can:
+    # the common cells (an inline or shared string, a number) are decided here, the rest by
+    # `XlsxSheet.value`; an inline string's runs go straight into one list.
     number = 0
     hidden = False
     texts: dict[int, str] = {}
     notes: dict[int, CellNote] | None = None
     column = -1
-    kind = "n"
-    style: str | None = None
+    cell: dict[str, str] = {}
     value: str | None = None
     formula: str | None = None
     inline: list[str] | None = None
     phonetic = False
     buffer: list[str] | None = None
-    column_of, cell_value = sheet.column, sheet.value
+    column_of, cell_value, number_of = sheet.column, sheet.value, sheet.number
+    columns, strings = sheet._columns, sheet._strings
+    make_row = SheetRow._make
 
     def start(name: str, attrs: dict[str, str]) -> None:
-        nonlocal number, hidden, texts, notes, column, kind, style, value, formula, inline
+        nonlocal number, hidden, texts, notes, column, cell, value, formula, inline
         nonlocal phonetic, buffer
         if name == _CELL:
+            cell = attrs
             ref = attrs.get("r")
-            column = column_of(ref.rstrip("0123456789"), ref, number) if ref else column + 1
-            kind = attrs.get("t", "n")
-            style = attrs.get("s")
+            if ref:
+                letters = ref.rstrip("0123456789")
+                found = columns.get(letters)
+                column = column_of(letters, ref, number) if found is None else found
+            else:
+                column += 1
             value = formula = inline = None
-        elif name in _BUFFERED:
-            buffer = []
         elif name == _TEXT:
             if inline is not None and not phonetic:
-                buffer = []
+                buffer = inline
         elif name == _INLINE:
             inline = []
+        elif name in (_VALUE, _FORMULA):
+            buffer = []
         elif name == _ROW:
             number = latest[0] = sheet.row_number(attrs.get("r"), number)
             hidden = attrs.get("hidden") in ("1", "true")
@@ -720,22 +843,34 @@ def _callbacks(
         nonlocal notes, value, formula, phonetic, buffer
         if name == _CELL:
             if first <= column <= last:
-                text, note = cell_value(kind, value, formula, inline, style)
+                note = None
+                kind = cell.get("t", "n")
+                if inline is not None and kind == "inlineStr":
+                    text = "".join(inline)
+                elif formula is None and value is not None and kind == "n":
+                    text, note = number_of(value, cell.get("s"))
+                elif formula is None and value is not None and kind == "s":
+                    try:
+                        text = strings[int(value)]
+                    except (ValueError, IndexError):
+                        text, note = cell_value(kind, value, formula, inline, cell.get("s"))
+                else:
+                    text, note = cell_value(kind, value, formula, inline, cell.get("s"))
                 if text:
                     texts[column] = text
                 if note is not None:
                     if notes is None:
                         notes = {}
                     notes[column] = note
+        elif name == _TEXT:
+            buffer = None  # the run is already in `inline`
+        elif name == _INLINE:
+            pass
         elif name == _VALUE:
             value = "".join(buffer or ())
             buffer = None
-        elif name == _TEXT:
-            if buffer is not None and inline is not None:
-                inline.append("".join(buffer))
-            buffer = None
         elif name == _ROW:
-            done.append(SheetRow(number, hidden, texts, notes))
+            done.append(make_row((number, hidden, texts, notes)))
         elif name == _FORMULA:
             formula = "".join(buffer or ())
             buffer = None
@@ -748,6 +883,9 @@ def _callbacks(
 
     return start, end, text
 
+
+# (display kind, text before the digits, zeros to pad to or -1 for General, text after).
+_IntegerDisplay = tuple[str, str, int, str]
 
 _SpoolRow = tuple[int, bool, dict[int, str], dict[int, tuple[str, str, str]] | None]
 
@@ -769,10 +907,13 @@ class _Spool:
 
     def add(self, row: SheetRow) -> bool:
         """Keep one row; False (and the spool closed) when the disk refuses it."""
-        notes = None
-        if row.notes is not None:
-            notes = {i: (n.kind, n.shown, n.detail) for i, n in row.notes.items()}
-        self._block.append((row.number, row.hidden, row.texts, notes))
+        number, hidden, texts, notes = row
+        if notes is not None:
+            self._block.append(
+                (number, hidden, texts, {i: (n.kind, n.shown, n.detail) for i, n in notes.items()})
+            )
+        else:
+            self._block.append((number, hidden, texts, None))
         return len(self._block) < _SPOOL_ROWS or self._flush()
 
     def finish(self) -> bool:
@@ -801,6 +942,14 @@ class _Spool:
     def close(self) -> None:
         """Delete the file."""
         self._handle.close()
+
+
+def _style_index(style: str | None) -> int:
+    """A cell's `s` attribute as a style index (missing or unreadable: style 0)."""
+    try:
+        return int(style) if style else 0
+    except ValueError:
+        return 0
 
 
 def _plain(number: Decimal) -> str:

@@ -265,7 +265,12 @@ class Measured:
 
     def json(self) -> dict[str, Any]:
         """The stdout parsed as one JSON object (the CLI's `--json`)."""
-        result: dict[str, Any] = json.loads(self.stdout)
+        try:
+            result: dict[str, Any] = json.loads(self.stdout)
+        except json.JSONDecodeError:
+            raise SystemExit(
+                f"the child printed no JSON (exit {self.returncode}): {self.stderr[-2000:]}"
+            ) from None
         return result
 
 

@@ -59,6 +59,18 @@ def sequential(requests: list[dict[str, Any]]) -> dict[str, int]:
     return dict(counts)
 
 
+def _retry_after(response: httpx.Response) -> float:
+    """The seconds a naive script would read from Retry-After: the first number, else 1.
+
+    Intune may send the header twice (httpx joins them: "2,120") or as an HTTP date.
+    """
+    first = response.headers.get("Retry-After", "1").split(",")[0].strip()
+    try:
+        return float(first)
+    except ValueError:
+        return 1.0
+
+
 async def gather(requests: list[dict[str, Any]], retries: int) -> dict[str, int]:
     """Every PATCH at once; on 429 sleep Retry-After and retry up to `retries` times."""
     counts: Counter[str] = Counter()
@@ -73,7 +85,7 @@ async def gather(requests: list[dict[str, Any]], retries: int) -> dict[str, int]
             counts["throttled"] += 1
             if attempt < retries:
                 counts["retries"] += 1
-                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                await asyncio.sleep(_retry_after(response))
         counts["failed"] += 1
 
     async with httpx.AsyncClient(headers=_headers(), timeout=60) as client:
