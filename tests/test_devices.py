@@ -510,3 +510,50 @@ def test_revert_leaves_secrets_alone(tmp_path: Path) -> None:
     )
     # The old (absent) group tag goes back as "", the password is not touched.
     assert isinstance(both, Update) and both.body == {"groupTag": ""}
+
+
+def test_the_only_changed_list_walk_reads_devices_whole() -> None:
+    """The realistic emulator answers 500 to `$select` on devices: the walk must not send it."""
+    import anyio
+
+    from batch.changes import ListWalk
+    from batch.emulator import EmulatorConfig
+    from batch.emulator.app import build_app
+    from batch.emulator.devices import DeviceStore
+    from batch.emulator.state import EmulatorState
+    from batch.emulator.store import EventStore
+    from batch.graph import GraphClient
+    from batch.limiter import Limiter
+
+    devices = DeviceStore()
+    ids = devices.seed(120, seed=4)
+    state = EmulatorState(EmulatorConfig(token="t", seed=1), EventStore(), devices=devices)
+    urls: list[str] = []
+
+    async def walk() -> dict[str, dict[str, Any]] | None:
+        clock = FakeClock()
+        inner = httpx.ASGITransport(app=build_app(state))
+
+        class Spy(httpx.AsyncBaseTransport):
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                urls.append(str(request.url))
+                return await inner.handle_async_request(request)
+
+        async with (
+            httpx.AsyncClient(transport=Spy()) as http,
+            GraphClient("http://graph.test", StaticTokenProvider("t"), http=http) as client,
+        ):
+            return await ListWalk(
+                client,
+                Limiter(write=Rate(100, 20), clock=clock),
+                clock,
+                select=["id", "groupTag"],
+                max_events=1000,
+                max_retries=0,
+                resource=DEVICES,
+            ).run(lambda: False)
+
+    found = anyio.run(walk)
+    assert found is not None and set(found) == {i.casefold() for i in ids}
+    assert len(urls) == 3 and not any("select" in u for u in urls)
+    assert "/beta/deviceManagement/windowsAutopilotDeviceIdentities" in urls[0]
