@@ -134,7 +134,13 @@ WriteLimitOpt = Annotated[
 ReadLimitOpt = Annotated[
     str | None, typer.Option(help="Read budget N/SECONDS (default: 10x the write budget).")
 ]
-ConcurrencyOpt = Annotated[int, typer.Option(help="Requests in flight at most.")]
+ConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Requests in flight at most (default: 4 in batch mode, 16 in single mode).",
+        show_default=False,
+    ),
+]
 MaxRetriesOpt = Annotated[
     int, typer.Option(help="Retries per row for 429/503/504/connection errors.")
 ]
@@ -196,7 +202,7 @@ def _sending(
     batch_size: int,
     write_limit: str,
     read_limit: str | None,
-    concurrency: int,
+    concurrency: int | None,
     max_retries: int,
 ) -> Sending:
     """How `run` and `revert` send, from the options they share, parsed and checked."""
@@ -420,7 +426,7 @@ def run(
     batch_size: BatchSizeOpt = 20,
     write_limit: WriteLimitOpt = "100/20",
     read_limit: ReadLimitOpt = None,
-    concurrency: ConcurrencyOpt = 4,
+    concurrency: ConcurrencyOpt = None,
     max_retries: MaxRetriesOpt = 8,
     only_changed: Annotated[
         bool,
@@ -580,7 +586,7 @@ def demo(
         limit = _parse_rate(write_limit, "--write-limit")
         options = RunOptions(
             source=Source(file=sample),
-            sending=Sending(mode=_mode(mode), write_limit=limit, concurrency=4),
+            sending=Sending(mode=_mode(mode), write_limit=limit),
             out=out,
         )
         config = EmulatorConfig(
@@ -664,7 +670,7 @@ def revert(
     batch_size: BatchSizeOpt = 20,
     write_limit: WriteLimitOpt = "100/20",
     read_limit: ReadLimitOpt = None,
-    concurrency: ConcurrencyOpt = 4,
+    concurrency: ConcurrencyOpt = None,
     max_retries: MaxRetriesOpt = 8,
     cloud: Annotated[
         str | None, typer.Option(help="global, usgov, usgovdod or china (default: the run's).")

@@ -249,7 +249,7 @@ class _Run:
             # Graph's window outlives a process: a resume starts from what the interrupted run
             # sent in it, and this run's sends are kept for the next resume.
             ledger.keep_window(self.limiter, resume=o.resume)
-        capacity = max(o.sending.concurrency * o.sending.batch_size * 2, 64)
+        capacity = max(o.sending.senders * o.sending.batch_size * 2, 64)
         self.queue = WorkQueue[Work](capacity, clock)
         self.read_queue = WorkQueue[Work](capacity, clock)
         self.stats = RunStats(on_throttled=ledger.note_throttled if ledger else None)
@@ -360,7 +360,7 @@ class _Run:
                             if self.o.sending.mode == "single"
                             else self.senders.batch
                         )
-                        for _ in range(self.o.sending.concurrency):
+                        for _ in range(self.o.sending.senders):
                             stages.start_soon(send)
             killer.cancel()
             # Whatever was never answered (stop, abort) is reported not_attempted; its ledger
@@ -443,6 +443,6 @@ async def _client(
         options.target.graph_root,
         tokens,
         http=http,
-        max_connections=max(options.sending.concurrency * 2, 8),
+        max_connections=max(options.sending.senders * 2, 8),
     ) as client:
         yield client
