@@ -148,7 +148,13 @@ ResourceOpt = Annotated[
 ReadLimitOpt = Annotated[
     str | None, typer.Option(help="Read budget N/SECONDS (default: 10x the write budget).")
 ]
-ConcurrencyOpt = Annotated[int, typer.Option(help="Requests in flight at most.")]
+ConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Requests in flight at most (default: 4 in batch mode, 16 in single mode).",
+        show_default=False,
+    ),
+]
 MaxRetriesOpt = Annotated[
     int, typer.Option(help="Retries per row for 429/503/504/connection errors.")
 ]
@@ -224,7 +230,7 @@ def _sending(
     batch_size: int,
     write_limit: str | None,
     read_limit: str | None,
-    concurrency: int,
+    concurrency: int | None,
     max_retries: int,
     resource: Resource,
 ) -> Sending:
@@ -456,7 +462,7 @@ def run(
     batch_size: BatchSizeOpt = 20,
     write_limit: WriteLimitOpt = None,
     read_limit: ReadLimitOpt = None,
-    concurrency: ConcurrencyOpt = 4,
+    concurrency: ConcurrencyOpt = None,
     max_retries: MaxRetriesOpt = 8,
     only_changed: Annotated[
         bool,
@@ -678,7 +684,7 @@ def demo(
         limit = _parse_rate(write_limit, "--write-limit")
         options = RunOptions(
             source=Source(file=sample, reading=InputOptions(resource=what, key=setup.key)),
-            sending=Sending(mode=_mode(mode), write_limit=limit, concurrency=4),
+            sending=Sending(mode=_mode(mode), write_limit=limit),
             out=out,
         )
         tenant_limit = Rate(limit.count * 2, limit.seconds)
@@ -762,7 +768,7 @@ def revert(
     batch_size: BatchSizeOpt = 20,
     write_limit: WriteLimitOpt = None,
     read_limit: ReadLimitOpt = None,
-    concurrency: ConcurrencyOpt = 4,
+    concurrency: ConcurrencyOpt = None,
     max_retries: MaxRetriesOpt = 8,
     cloud: Annotated[
         str | None, typer.Option(help="global, usgov, usgovdod or china (default: the run's).")

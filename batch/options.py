@@ -77,6 +77,11 @@ def key_choice(key: str | None, pick: str | None, resource: Resource = EVENTS) -
     return key_property(key, resource)
 
 
+#: Default senders per mode (`Sending.senders`).
+BATCH_SENDERS: Final = 4
+SINGLE_SENDERS: Final = 16
+
+
 def _default_write_limit() -> Rate:
     return Rate(100, 20)
 
@@ -99,14 +104,15 @@ class Sending:
     write_limit: Rate = field(default_factory=_default_write_limit)
     # None: ten times the write budget over the same window, as Graph's limits are (1000 vs 100).
     read_limit: Rate | None = None
-    concurrency: int = 4
+    # Requests in flight at most; None: the mode's default (`senders`).
+    concurrency: int | None = None
     max_retries: int = 8
 
     def __post_init__(self) -> None:
         most = _max_batch()
         if not 1 <= self.batch_size <= most:
             raise UsageError(f"--batch-size must be between 1 and {most}")
-        if self.concurrency < 1:
+        if self.concurrency is not None and self.concurrency < 1:
             raise UsageError("--concurrency must be at least 1")
         if self.max_retries < 0:
             raise UsageError("--max-retries must be 0 or more")
@@ -117,6 +123,21 @@ class Sending:
     def reads(self) -> Rate:
         """The read (any request) budget in effect."""
         return self.read_limit or Rate(self.write_limit.count * 10, self.write_limit.seconds)
+
+    @property
+    def senders(self) -> int:
+        """The senders (and before-image readers) in effect: `concurrency`, or the mode's default.
+
+        Decision (issue 14): a `$batch` sender carries up to 20 writes per request and a single
+        sender one, so the same default would leave single mode a fifth of the writes in flight.
+        The window's first burst then takes 25 round trips instead of 5, and every later window
+        inherits that spread (its slots free one window after those answers): 4.5 % of a
+        600-row run with 30 ms answers, ~6 % at Graph's real ~250 ms. 16 single senders keep
+        about as many writes in flight as 4 batch senders do under the limiter's in-flight cap.
+        """
+        if self.concurrency is not None:
+            return self.concurrency
+        return SINGLE_SENDERS if self.mode == "single" else BATCH_SENDERS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,7 +280,7 @@ class RunOptions:
             "mode": sending.mode,
             "batch_size": sending.batch_size,
             "write_limit": str(sending.write_limit),
-            "concurrency": sending.concurrency,
+            "concurrency": sending.senders,
             "max_retries": sending.max_retries,
             "dry_run": self.dry_run,
             "graph_root": target.graph_root,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from typer.testing import CliRunner
@@ -258,3 +258,18 @@ def test_the_options_module_leaves_the_graph_client_unloaded() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("mode", "concurrency", "senders"),
+    [("batch", None, 4), ("single", None, 16), ("single", 3, 3), ("batch", 9, 9)],
+)
+def test_senders_default_by_mode_and_an_explicit_concurrency_wins(
+    mode: Literal["single", "batch"], concurrency: int | None, senders: int
+) -> None:
+    # A single sender carries one write, a $batch sender up to 20: the defaults keep about as
+    # many writes in flight in both modes (issue 14), and what the user asked for is kept.
+    sending = Sending(mode=mode, concurrency=concurrency)
+    assert sending.senders == senders
+    options = RunOptions(source=Source(file=Path("in.csv")), sending=sending)
+    assert options.recorded()["concurrency"] == senders

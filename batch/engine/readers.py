@@ -167,7 +167,7 @@ class ReadStage:
         """`--concurrency` readers; the write queue's input closes once they are done."""
         try:
             async with anyio.create_task_group() as readers:
-                for _ in range(self.o.sending.concurrency):
+                for _ in range(self.o.sending.senders):
                     readers.start_soon(self.reader)
         finally:
             with anyio.CancelScope(shield=True):

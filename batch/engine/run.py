@@ -265,7 +265,7 @@ class _Run:
             # Graph's window outlives a process: a resume starts from what the interrupted run
             # sent in it, and this run's sends are kept for the next resume.
             ledger.keep_window(self.limiter, resume=o.resume)
-        capacity = max(o.sending.concurrency * o.sending.batch_size * 2, 64)
+        capacity = max(o.sending.senders * o.sending.batch_size * 2, 64)
         self.queue = WorkQueue[Work](capacity, clock)
         self.read_queue = WorkQueue[Work](capacity, clock)
         self.verify_queue = WorkQueue[Work](capacity, clock)
@@ -410,7 +410,7 @@ class _Run:
         send = self.senders.single if self.o.sending.mode == "single" else self.senders.batch
         try:
             async with anyio.create_task_group() as senders:
-                for _ in range(self.o.sending.concurrency):
+                for _ in range(self.o.sending.senders):
                     senders.start_soon(send)
         finally:
             with anyio.CancelScope(shield=True):
@@ -489,6 +489,6 @@ async def _client(
         options.target.graph_root,
         tokens,
         http=http,
-        max_connections=max(options.sending.concurrency * 2, 8),
+        max_connections=max(options.sending.senders * 2, 8),
     ) as client:
         yield client

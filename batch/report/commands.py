@@ -38,7 +38,7 @@ def _send_options(options: RunOptions) -> list[str]:
         words += ["--write-limit", str(options.sending.write_limit)]
     if options.sending.read_limit is not None:
         words += ["--read-limit", str(options.sending.read_limit)]
-    if options.sending.concurrency != 4:
+    if options.sending.concurrency is not None:
         words += ["--concurrency", str(options.sending.concurrency)]
     if options.sending.max_retries != 8:
         words += ["--max-retries", str(options.sending.max_retries)]
