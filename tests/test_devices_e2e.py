@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import pytest
 from batch.emulator import EmulatorConfig, EmulatorServer
 from batch.emulator.devices import DeviceStore
 from batch.model import Rate
-from tests.e2e import TOKEN, cli, read_csv, write_csv
+from tests.e2e import TOKEN, cli, cli_env, read_csv, start_cli, write_csv
 
 DEVICES = 300
 UNKNOWN = "NOSUCHSERIAL1"
@@ -192,3 +194,59 @@ def test_missing_rights_name_the_devices_permission(mode: str, tmp_path: Path) -
         )  # fmt: skip
     assert result["_exit"] == 3
     assert "lacks the permission DeviceManagementServiceConfig.ReadWrite.All" in result["error"]
+
+
+def test_a_device_run_interrupted_at_full_speed_resumes_to_the_exact_state(
+    tmp_path: Path,
+) -> None:
+    """Resume (issue 16's "same guarantees"): SIGINT after the first window, then `--resume`.
+
+    Every device ends with its group tag, none is written twice (the ledger knows what went
+    out), and the resumed process starts from the interrupted one's window: no 429.
+    """
+    store = DeviceStore()
+    ids = store.seed(200, seed=61)
+    config = EmulatorConfig(
+        token=TOKEN,
+        seed=61,
+        device_write_limit=Rate(100, 5),
+        device_tenant_write_limit=Rate(200, 5),
+        read_limit=Rate(1000, 5),
+        tenant_read_limit=Rate(2000, 5),
+        latency_ms=50,
+    )
+    with EmulatorServer(config, devices=store) as server:
+        devices = by_id(server)
+        wanted = {i: f"RESUME-{n:03d}" for n, i in enumerate(ids)}
+        rows = [
+            {"Device Serial Number": str(devices[i]["serialNumber"]), "Group Tag": tag}
+            for i, tag in wanted.items()
+        ]
+        source = write_csv(tmp_path / "tags.csv", rows)
+        out = tmp_path / "run"
+        args = [
+            "run", str(source), "--resource", "devices", "--key", "serialNumber",
+            "--graph-url", server.url, "--write-limit", "100/5", "--out", str(out),
+            "--json", "--quiet",
+        ]  # fmt: skip
+        first = start_cli(args, cli_env(TOKEN))
+        deadline = time.monotonic() + 60
+        while sum(server.stats()["device_writes"].values()) < 100:  # type: ignore[union-attr]
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "fewer than 100 device writes after 60 s"
+            time.sleep(0.01)
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 130, err[-2000:]
+
+        resumed = start_cli([*args, "--resume"], cli_env(TOKEN))
+        stdout, stderr = resumed.communicate(timeout=120)
+        assert resumed.returncode == 0, stderr[-2000:]
+        stats = server.stats()
+        assert stats["throttled"] == 0, stats
+        assert json.loads(stdout)["counts"]["updated"] == 200
+        assert {i: d["groupTag"] for i, d in by_id(server).items()} == wanted
+        writes = stats["device_writes"]
+        assert isinstance(writes, dict)
+        assert sorted(writes) == sorted(ids) and set(writes.values()) == {1}, writes
+    assert {r["outcome"] for r in read_csv(out / "results.csv")} == {"updated"}
