@@ -256,3 +256,28 @@ def test_template_bad_targets(tmp_path: Path, name: str) -> None:
     result = invoke("template", tmp_path / name)
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: ")
+
+
+def test_a_file_of_the_other_resource_names_the_option(tmp_path: Path) -> None:
+    # The Intune portal's device file read as events, and an event file read as devices: the
+    # error names --resource, not a column suggestion ("did you mean id?") or
+    # --ignore-unknown-columns (which would send the rest to the wrong entities).
+    devices = tmp_path / "devices.csv"
+    devices.write_text("Device Serial Number,Group Tag,Assigned User\nSN1,tag,a@b.c\n")
+    result = invoke("validate", devices)
+    assert result.exit_code == 2
+    assert "unknown columns 'Group Tag', 'Assigned User'" in result.stderr
+    assert "these are device identity columns: pass --resource devices" in result.stderr
+    assert "--ignore-unknown-columns" not in result.stderr
+    events = tmp_path / "events.csv"
+    events.write_text(f"id,managedDeviceName,osVersion,userPrincipalName\n{ID1},PC1,10,<null>\n")
+    result = invoke("validate", events, "--resource", "devices")
+    assert result.exit_code == 2
+    assert "these are Autopilot event columns: pass --resource events" in result.stderr
+    assert "did you mean" not in result.stderr
+    assert "--ignore-unknown-columns" not in result.stderr
+    # One stray column of the admin's own is still just unknown, with the usual advice.
+    stray = tmp_path / "stray.csv"
+    stray.write_text(f"id,osVersion,Colour\n{ID1},10,red\n")
+    result = invoke("validate", stray, "--resource", "devices")
+    assert "--ignore-unknown-columns" in result.stderr and "--resource" not in result.stderr
