@@ -808,13 +808,23 @@ class Prepared:
         """Map one row of this file (duplicate ids found by `prepare` included)."""
         mapped = self._mapper.map(row, self._duplicates.get(row.number, ()))
         if self.stamp_column is not None:
-            mapped = stamp_row(
-                mapped,
-                row.cells.get(self.stamp_column, ""),
-                self.stamp_column,
-                self._mapper.resource,
-            )
+            mapped = self._stamped(mapped, row.cells, self.stamp_column)
         return mapped
+
+    def _stamped(
+        self, mapped: Update | Invalid | Skipped, cells: Mapping[str, str], column: str
+    ) -> Update | Invalid | Skipped:
+        """`stamp_row` for a row of this file, told which of its cells are empty."""
+        mapper, text = self._mapper, cells.get(column, "")
+        # Only a stamped row can have had a value in a cell that is empty now.
+        emptied = (
+            [(c.header, c.prop.name) for c in mapper.columns if not cells.get(c.header, "").strip()]
+            if text.strip()
+            else []
+        )
+        return stamp_row(
+            mapped, text, column, mapper.resource, emptied=emptied, null_token=mapper.null_token
+        )
 
     @property
     def trimmed(self) -> int:
@@ -828,7 +838,7 @@ class Prepared:
         for row in self.source:
             mapped = mapper.map(row, duplicates.get(row.number, ()))
             if stamps is not None:
-                mapped = stamp_row(mapped, row.cells.get(stamps, ""), stamps, mapper.resource)
+                mapped = self._stamped(mapped, row.cells, stamps)
             yield row, mapped
 
 

@@ -281,3 +281,43 @@ def test_a_file_of_the_other_resource_names_the_option(tmp_path: Path) -> None:
     stray.write_text(f"id,osVersion,Colour\n{ID1},10,red\n")
     result = invoke("validate", stray, "--resource", "devices")
     assert "--ignore-unknown-columns" in result.stderr and "--resource" not in result.stderr
+
+
+def test_the_summary_counts_every_warning_printed(tmp_path: Path) -> None:
+    path = tmp_path / "warned.csv"
+    path.write_text(
+        "id,userPrincipalName,managedDeviceName,targetedAppCount\n"
+        f"{ID1},bob,=PC1,3\n"
+        "e2,adele@contoso.com,PC2,\n",
+        encoding="utf-8",
+    )
+    result = invoke("validate", path)
+    printed = [line for line in result.stderr.splitlines() if "warning:" in line]
+    # The legacy column (once, for the file), then two for row 2.
+    assert len(printed) == 3
+    assert result.stdout.endswith(", 3 warnings\n")
+    # Quiet prints none of them, but the count is the file's own all the same.
+    assert invoke("validate", path, "--quiet").stdout == result.stdout
+    summary = json.loads(invoke("validate", path, "--json").stdout)
+    assert summary["warning_count"] == 3 and len(summary["warnings"]) == 1
+    # Row warnings alone are counted too (the summary said nothing of them).
+    path.write_text(f"id,userPrincipalName\n{ID1},bob\n", encoding="utf-8")
+    result = invoke("validate", path)
+    assert result.stderr.count("warning:") == 1
+    assert result.stdout == "warned.csv: 1 row: 1 valid, 0 invalid, 0 skipped, 1 warning\n"
+
+
+def test_validate_says_a_cell_emptied_in_an_export_changes_nothing(tmp_path: Path) -> None:
+    from batch.stamp import Stamper
+
+    event = {"id": "e1", "groupTag": "x", "userPrincipalName": "adele@contoso.com"}
+    stamp = Stamper(["userPrincipalName"])(event)
+    path = tmp_path / "export.csv"
+    path.write_text(f"id,userPrincipalName,_exported\ne1,,{stamp}\n", encoding="utf-8")
+    result = invoke("validate", path)
+    assert result.exit_code == 0
+    assert result.stderr == (
+        "row 2: warning: userPrincipalName emptied: an empty cell changes nothing; "
+        "write <null> to clear it\n"
+    )
+    assert result.stdout == "export.csv: 1 row: 0 valid, 0 invalid, 1 skipped, 1 warning\n"
