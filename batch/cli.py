@@ -1578,7 +1578,10 @@ def emulator(
     page_size: Annotated[
         int | None,
         typer.Option(
-            min=1, max=999, help="Events per list page (realistic: at most, $top capped)."
+            min=1,
+            max=999,
+            # The list pages of devices too, not only of events.
+            help="Events or devices per list page (realistic: at most, $top capped).",
         ),
     ] = None,
     deny_permission: Annotated[
