@@ -1050,16 +1050,19 @@ def validate(
             stdout.open_object = "], "
         first = True
         file_warnings = set(prepared.warnings)
+        # The summary counts every warning a row prints, not only the file's (with --quiet and
+        # --json too: the count is what there is to see without them).
+        row_warnings = 0
         for _raw, mapped in prepared.rows():
-            if isinstance(mapped, Update):
-                counts["valid"] += 1
-                if not quiet and not as_json:
-                    for warning in mapped.warnings:
-                        # Legacy-column warnings are file-level ones, already said once.
-                        if warning not in file_warnings:
-                            err.write(f"row {mapped.number}: warning: {warning}\n")
-            elif isinstance(mapped, Skipped):
-                counts["skipped"] += 1
+            if isinstance(mapped, Update | Skipped):
+                counts["valid" if isinstance(mapped, Update) else "skipped"] += 1
+                for warning in mapped.warnings:
+                    # Legacy-column warnings are file-level ones, already said once.
+                    if warning in file_warnings:
+                        continue
+                    row_warnings += 1
+                    if not quiet and not as_json:
+                        err.write(f"row {mapped.number}: warning: {warning}\n")
             elif isinstance(mapped, Invalid):
                 counts["invalid"] += 1
                 if as_json:
@@ -1080,7 +1083,14 @@ def validate(
     exit_code = 1 if counts["invalid"] else 0
     rows = sum(counts.values())
     if as_json:
-        tail = {"rows": rows, **counts, "trimmed": prepared.trimmed, "exit_code": exit_code}
+        tail = {
+            "rows": rows,
+            **counts,
+            "trimmed": prepared.trimmed,
+            # `warnings` above lists the file's; this counts them and every row's.
+            "warning_count": len(prepared.warnings) + row_warnings,
+            "exit_code": exit_code,
+        }
         out.write("], " + _json_line(tail)[1:] + "\n")
         out.flush()
     else:
@@ -1090,7 +1100,7 @@ def validate(
                 f"note: {prepared.trimmed} value(s) had surrounding spaces; they are trimmed",
                 err=True,
             )
-        warned = len(prepared.warnings)
+        warned = len(prepared.warnings) + row_warnings
         warnings = f", {warned} warning{'s' if warned != 1 else ''}" if warned else ""
         typer.echo(
             f"{input.name}: {rows} row{'s' if rows != 1 else ''}: {counts['valid']} valid, "
@@ -1568,7 +1578,10 @@ def emulator(
     page_size: Annotated[
         int | None,
         typer.Option(
-            min=1, max=999, help="Events per list page (realistic: at most, $top capped)."
+            min=1,
+            max=999,
+            # The list pages of devices too, not only of events.
+            help="Events or devices per list page (realistic: at most, $top capped).",
         ),
     ] = None,
     deny_permission: Annotated[

@@ -50,7 +50,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
@@ -74,6 +74,7 @@ __all__ = [
     "ExportOptions",
     "ExportProgress",
     "ExportResult",
+    "Serials",
     "cell_text",
     "export_events",
     "fold_key",
@@ -104,6 +105,29 @@ _SHOWN_SERIALS: Final = 5
 def fold_key(text: str) -> str:
     """How serials and device names compare: case and surrounding spaces ignored, zeros kept."""
     return text.strip().casefold()
+
+
+class Serials(frozenset[str]):
+    """The folded serials of a `--serial-file`, remembering each as the file spells it.
+
+    Matching folds (`fold_key`); a message about a serial names it as the admin wrote it
+    (`NOPE`, not `nope`), so it can be found in the file.
+    """
+
+    given: dict[str, str]
+
+    def __new__(cls, texts: Iterable[str]) -> Serials:
+        given: dict[str, str] = {}
+        for text in texts:
+            if folded := fold_key(text):
+                given.setdefault(folded, text.strip())
+        self = super().__new__(cls, given)
+        self.given = given
+        return self
+
+    def spelled(self, folded: str) -> str:
+        """The serial `folded` as the file first spelt it."""
+        return self.given.get(folded, folded)
 
 
 def cell_text(value: JSON) -> str | None:
@@ -175,7 +199,7 @@ def _serial(resource: Resource) -> str:
     return resource.keys[0]
 
 
-def load_serials(path: Path, resource: Resource = EVENTS) -> frozenset[str]:
+def load_serials(path: Path, resource: Resource = EVENTS) -> Serials:
     """The serial numbers of a `--serial-file`, folded like `--key` matching.
 
     One serial per line, or a CSV/Excel file with a column named deviceSerialNumber (or Serial,
@@ -190,7 +214,7 @@ def load_serials(path: Path, resource: Resource = EVENTS) -> frozenset[str]:
         header = _serial_header(source.headers, resource)
         if header is None:
             raise UsageError(_no_serial_column(path))
-        serials = frozenset(k for _, text in source.column(header) if (k := fold_key(text)))
+        serials = Serials(text for _, text in source.column(header))
     else:
         serials = _serials_from_text(path, resource)
     if not serials:
@@ -216,7 +240,7 @@ def _no_serial_column(path: Path) -> str:
     )
 
 
-def _serials_from_text(path: Path, resource: Resource = EVENTS) -> frozenset[str]:
+def _serials_from_text(path: Path, resource: Resource = EVENTS) -> Serials:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -229,19 +253,19 @@ def _serials_from_text(path: Path, resource: Resource = EVENTS) -> frozenset[str
         raise InputFileError(path, f"cannot read: {error.strerror or error}") from None
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
-        return frozenset()
+        return Serials(())
     delimiter = next((d for d in (",", ";", "\t") if d in lines[0]), ",")
     first = next(csv.reader([lines[0]], delimiter=delimiter))
     header = _serial_header(first, resource)
     if header is not None:
         index = first.index(header)
         rows = csv.reader(lines[1:], delimiter=delimiter)
-        return frozenset(k for row in rows if len(row) > index and (k := fold_key(row[index])))
+        return Serials(row[index] for row in rows if len(row) > index)
     if len(first) > 1:
         raise UsageError(_no_serial_column(path))
     # One serial per line; a serial in quotes (as spreadsheets save them) loses the quotes.
     cells = (next(csv.reader([line.strip()]), [""]) for line in lines)
-    return frozenset(k for cell in cells if cell and (k := fold_key(cell[0])))
+    return Serials(cell[0] for cell in cells if cell)
 
 
 # --- progress ---------------------------------------------------------------------------------
@@ -735,7 +759,9 @@ async def export_events(
             "1 cell holds" if sink.altered == 1 else f"{sink.altered} cells hold",
         )
     if options.serials is not None:
-        result.unmatched_serials = tuple(sorted(options.serials - keep.seen))
+        serials = options.serials
+        spelled = serials.spelled if isinstance(serials, Serials) else str
+        result.unmatched_serials = tuple(spelled(k) for k in sorted(serials - keep.seen))
         if result.unmatched_serials:
             shown = ", ".join(result.unmatched_serials[:_SHOWN_SERIALS])
             more = len(result.unmatched_serials) - _SHOWN_SERIALS

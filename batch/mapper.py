@@ -55,7 +55,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from batch.errors import ConfigError, InputFileError, UsageError
 from batch.model import JSON, CellNote, Invalid, Problem, RawRow, Skipped, Update
 from batch.reader import RowSource, file_sha256, open_input
-from batch.resources import EVENTS, Resource
+from batch.resources import EVENTS, RESOURCES, Resource
 from batch.schema import (
     MAX_VALUE_LENGTH,
     EdmType,
@@ -64,7 +64,9 @@ from batch.schema import (
     cell_problem,
     coerce_text,
     describe_char,
+    is_null_token,
     normalize_header,
+    null_token_test,
 )
 from batch.stamp import find_stamp_column, parse_stamp, stamp_row
 
@@ -281,8 +283,9 @@ def _converter(
         )
 
     if prop.edm == EdmType.STRING:
-        # Strings go verbatim: no call at all unless the cell might be the null token.
-        return lambda text: coerce(text) if text == null_token else text
+        # Strings go verbatim: no call at all unless the cell is the null token (in any case).
+        is_null = null_token_test(null_token)
+        return lambda text: coerce(text) if is_null(text) else text
     memo: dict[str, JSON | _Bad] = {}
 
     def memoized(text: str) -> JSON:
@@ -383,7 +386,7 @@ def _text_warning(header: str, name: str, value: str, null_token: str) -> str | 
             f"{header}: {value[:40]!r} starts with {value[0]!r}, which Excel runs as a formula "
             "when the file is opened there"
         )
-    if name == _UPN_PROPERTY and value != null_token and not _UPN.fullmatch(value):
+    if name == _UPN_PROPERTY and not _UPN.fullmatch(value) and not is_null_token(value, null_token):
         return f"{header}: {value[:40]!r} does not look like a user principal name (name@domain)"
     return None
 
@@ -402,6 +405,7 @@ class _RowMapper:
         self.id_header = id_header
         self.columns = columns
         self.null_token = options.null_token
+        self.is_null = null_token_test(options.null_token)
         self.resolve = resolve
         self.key_name = options.key
         self.stamp_column = stamp_column
@@ -427,14 +431,14 @@ class _RowMapper:
         if self.key_name is not None:
             if not text:
                 return f"missing {self.key_name} (with --key {self.key_name} every row needs it)"
-            if text == self.null_token:
+            if self.is_null(text):
                 return f"the {self.key_name} cannot be {self.null_token}"
             # Any other text may be a serial or a device name (the tenant decides), but not
             # one Excel showed in scientific notation: the digits it stood for are lost.
             return _text_problem(text)
         if not text:
             return f"missing id (every row needs the {self.noun} id)"
-        if text == self.null_token:
+        if self.is_null(text):
             return f"the id cannot be {self.null_token}"
         # An id of printable ASCII without the forbidden signs (every GUID) is decided by C-level
         # tests, once per row and pass; the rest is searched below.
@@ -804,13 +808,23 @@ class Prepared:
         """Map one row of this file (duplicate ids found by `prepare` included)."""
         mapped = self._mapper.map(row, self._duplicates.get(row.number, ()))
         if self.stamp_column is not None:
-            mapped = stamp_row(
-                mapped,
-                row.cells.get(self.stamp_column, ""),
-                self.stamp_column,
-                self._mapper.resource,
-            )
+            mapped = self._stamped(mapped, row.cells, self.stamp_column)
         return mapped
+
+    def _stamped(
+        self, mapped: Update | Invalid | Skipped, cells: Mapping[str, str], column: str
+    ) -> Update | Invalid | Skipped:
+        """`stamp_row` for a row of this file, told which of its cells are empty."""
+        mapper, text = self._mapper, cells.get(column, "")
+        # Only a stamped row can have had a value in a cell that is empty now.
+        emptied = (
+            [(c.header, c.prop.name) for c in mapper.columns if not cells.get(c.header, "").strip()]
+            if text.strip()
+            else []
+        )
+        return stamp_row(
+            mapped, text, column, mapper.resource, emptied=emptied, null_token=mapper.null_token
+        )
 
     @property
     def trimmed(self) -> int:
@@ -824,7 +838,7 @@ class Prepared:
         for row in self.source:
             mapped = mapper.map(row, duplicates.get(row.number, ()))
             if stamps is not None:
-                mapped = stamp_row(mapped, row.cells.get(stamps, ""), stamps, mapper.resource)
+                mapped = self._stamped(mapped, row.cells, stamps)
             yield row, mapped
 
 
@@ -845,6 +859,18 @@ def _check_options(options: InputOptions) -> None:
                 f"--assume-tz: unknown time zone {options.assume_tz!r} "
                 "(use an IANA name such as Europe/Berlin, America/New_York or UTC)"
             ) from None
+
+
+def _other_resource(unknown: list[str], resource: Resource) -> Resource | None:
+    """The other resource whose columns most of `unknown` are (a file read as the wrong one)."""
+    for other in RESOURCES.values():
+        if other is resource:
+            continue
+        theirs = sum(1 for h in unknown if resolve_header(h, other) is not None or other.ignored(h))
+        # Most, not all: a file of one resource may carry a column of the admin's own.
+        if theirs * 2 > len(unknown):
+            return other
+    return None
 
 
 def _plan_columns(
@@ -888,6 +914,23 @@ def _plan_columns(
         owner[prop_name] = header
         used[header] = prop_name
     if unknown:
+        other = _other_resource(unknown, resource)
+        if other is not None and not options.ignore_unknown_columns:
+            # The file is the other resource's: renaming or ignoring its columns would send
+            # the rest to the wrong entities (an event file's <null>s as device clears).
+            shown = ", ".join(repr(h) for h in unknown[:_SHOWN_UNKNOWN])
+            more = (
+                f" and {len(unknown) - _SHOWN_UNKNOWN:,} more"
+                if len(unknown) > _SHOWN_UNKNOWN
+                else ""
+            )
+            these = "this is" if len(unknown) == 1 else "these are"
+            noun = "column" if len(unknown) == 1 else "columns"
+            raise InputFileError(
+                path,
+                f"unknown {noun} {shown}{more}; {these} {other.title} {noun}: "
+                f"pass --resource {other.name}",
+            )
         if not options.ignore_unknown_columns:
             parts = []
             # A few are named (with suggestions); a file of junk headers gets a count, not a wall.

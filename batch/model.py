@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 if TYPE_CHECKING:
     from batch.stamp import ExportStamp
 
 __all__ = [
     "JSON",
+    "NOTHING_TO_CHANGE",
     "CellNote",
     "Invalid",
     "Outcome",
@@ -23,6 +24,9 @@ __all__ = [
 ]
 
 JSON: TypeAlias = str | int | float | bool | list["JSON"] | dict[str, "JSON"] | None
+
+#: Why a row with only its id is skipped (`Skipped.reason` unless another is given).
+NOTHING_TO_CHANGE: Final = "nothing to change"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +119,10 @@ class Skipped:
 
     number: int
     event_id: str
-    reason: str = "nothing to change"
+    reason: str = NOTHING_TO_CHANGE
+    # What `validate` points out about the row although nothing is wrong with it (a cell the
+    # admin emptied in an export, which changes nothing).
+    warnings: tuple[str, ...] = ()
 
 
 class Outcome(enum.StrEnum):

@@ -161,6 +161,9 @@ class Resource:
     # Folded words admins use for a property (`serial`, `upn`): only ever offered as a
     # suggestion for an unknown header, or taken by `--key`; never applied to a column.
     hints: Mapping[str, str] = field(default_factory=dict)
+    # What its columns are called in a message ("Autopilot event"), e.g. when a file of one
+    # resource is read as the other.
+    title: str = ""
 
     @property
     def type_name(self) -> str:
@@ -416,6 +419,7 @@ EVENTS: Final = Resource(
             "profile": "windowsAutopilotDeploymentProfileDisplayName",
         }
     ),
+    title="Autopilot event",
 )
 
 # --- Autopilot device identities ---------------------------------------------------------------
@@ -619,6 +623,7 @@ DEVICES: Final = Resource(
             "hostname": "displayName",
         }
     ),
+    title="device identity",
 )
 
 RESOURCES: Final[Mapping[str, Resource]] = MappingProxyType(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Final
 from zoneinfo import ZoneInfo
@@ -51,7 +52,9 @@ __all__ = [
     "check_wire",
     "coerce_text",
     "describe_char",
+    "is_null_token",
     "normalize_header",
+    "null_token_test",
 ]
 
 
@@ -400,6 +403,28 @@ def _coerce_enum(prop: Property, text: str) -> str:
 # --- public -----------------------------------------------------------------------------------
 
 
+def is_null_token(text: str, null_token: str) -> bool:
+    """Whether a (trimmed) cell is the null token, in any case.
+
+    `<NULL>` or `<Null>` is typed meaning the same as `<null>`; sending it as a literal group
+    tag or user name would set a value where the admin asked for a clear.
+    """
+    return text == null_token or text.casefold() == null_token.casefold()
+
+
+def null_token_test(null_token: str) -> Callable[[str], bool]:
+    """`is_null_token` for one token, cheap for the million cells that are not it.
+
+    Casefolding keeps the length of ASCII text, so an ASCII cell of another length than an
+    ASCII token cannot be it, decided without folding the cell.
+    """
+    folded = null_token.casefold()
+    if not null_token.isascii():
+        return lambda text: text.casefold() == folded
+    size = len(null_token)
+    return lambda text: (len(text) == size or not text.isascii()) and text.casefold() == folded
+
+
 def coerce_text(
     prop: Property, text: str, *, null_token: str = "<null>", assume_tz: str | None = None
 ) -> JSON:
@@ -412,9 +437,9 @@ def coerce_text(
     reason = cell_problem(text)
     if reason is not None:
         raise ValueProblem(reason)
-    if text == null_token:
+    if is_null_token(text, null_token):
         if not prop.nullable:
-            raise ValueProblem(f"{prop.name} is not nullable, so {null_token} is not allowed")
+            raise ValueProblem(f"{prop.name} is not nullable, so {text} is not allowed")
         return None
     if prop.edm == EdmType.STRING:
         return text

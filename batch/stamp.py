@@ -53,7 +53,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Final
 
-from batch.model import JSON, Invalid, Problem, Skipped, Update
+from batch.model import JSON, NOTHING_TO_CHANGE, Invalid, Problem, Skipped, Update
 from batch.resources import DEVICES, EVENTS, Resource
 from batch.schema import canonical
 
@@ -292,6 +292,9 @@ def stamp_row(
     text: str,
     column: str = STAMP_COLUMN,
     resource: Resource = EVENTS,
+    *,
+    emptied: Sequence[tuple[str, str]] = (),
+    null_token: str = "<null>",
 ) -> Update | Invalid | Skipped:
     """Apply a row's stamp cell (`text`, may be empty) to what the mapper made of the row.
 
@@ -299,6 +302,11 @@ def stamp_row(
     none is skipped. A malformed stamp, or one made for another event (the id was changed after
     the export), makes the row invalid, naming the column. An empty cell changes nothing: rows
     added to the file after the export are sent as they are.
+
+    `emptied`: the row's empty cells (header, property). One that held a value in the export
+    was emptied by the admin, who likely meant to clear it; an empty cell still changes
+    nothing, so the row says so (a warning, or the reason it is skipped) instead of calling
+    itself "not edited".
     """
     if not text or text.isspace():
         return mapped
@@ -325,12 +333,35 @@ def stamp_row(
             "clear the cell to send the row without the export's checks",
         )
         return _invalid(mapped, problem)
+    cleared = [
+        header
+        for header, name in emptied
+        if stamp.covers(name) and not (stamp.holds(name, None) or stamp.holds(name, ""))
+    ]
+    note = _emptied_note(cleared, null_token) if cleared else None
+    if isinstance(mapped, Skipped):
+        # Only the mapper's "nothing to change" (every cell empty); a hidden row keeps its reason.
+        if note is None or mapped.reason != NOTHING_TO_CHANGE:
+            return mapped
+        return replace(mapped, reason=note, warnings=(note,))
     if not isinstance(mapped, Update):
         return mapped
     body = {k: v for k, v in mapped.body.items() if not stamp.holds(k, v)}
     if not body:
+        if note is not None:
+            return Skipped(mapped.number, mapped.event_id, note, (note,))
         return Skipped(mapped.number, mapped.event_id, NOT_EDITED)
-    return replace(mapped, body=body, exported=stamp)
+    warnings = mapped.warnings if note is None else (*mapped.warnings, note)
+    return replace(mapped, body=body, exported=stamp, warnings=warnings)
+
+
+def _emptied_note(headers: Sequence[str], null_token: str) -> str:
+    """What a row says about cells emptied since the export (`stamp_row`)."""
+    it = "it" if len(headers) == 1 else "them"
+    return (
+        f"{', '.join(headers)} emptied: an empty cell changes nothing; "
+        f"write {null_token} to clear {it}"
+    )
 
 
 def _invalid(mapped: Update | Invalid | Skipped, problem: Problem) -> Invalid:

@@ -129,6 +129,28 @@ def test_the_null_token_clears_a_device_value_with_an_empty_string(tmp_path: Pat
     assert isinstance(event, Update) and event.body == {"userPrincipalName": None}
 
 
+def test_the_null_token_clears_in_any_case(tmp_path: Path) -> None:
+    # `<NULL>` typed by an admin means what `<null>` means: a clear, never the literal text.
+    path = write_csv(
+        tmp_path / "d.csv",
+        [
+            {"id": DEVICE_ID, "groupTag": "<NULL>", "userPrincipalName": "<Null>"},
+            {"id": "d2", "groupTag": "NULL", "userPrincipalName": " <nULL> "},
+        ],
+    )
+    first, second = mapped_rows(path, devices_options())
+    assert isinstance(first, Update) and first.body == {"groupTag": "", "userPrincipalName": ""}
+    # `NULL` without the brackets is not the token: a group tag may well read NULL.
+    assert isinstance(second, Update)
+    assert second.body == {"groupTag": "NULL", "userPrincipalName": ""}
+    events = write_csv(
+        tmp_path / "e.csv", [{"id": "e1", "userPrincipalName": "<NULL>", "osVersion": "<Null>"}]
+    )
+    [event] = mapped_rows(events, InputOptions())
+    assert isinstance(event, Update)
+    assert event.body == {"userPrincipalName": None, "osVersion": None}
+
+
 def test_excel_damage_is_refused_in_device_columns(tmp_path: Path) -> None:
     path = write_csv(
         tmp_path / "d.csv",

@@ -27,6 +27,13 @@ def test_help_has_an_example() -> None:
         assert option in result.output
 
 
+def test_page_size_help_names_devices_too() -> None:
+    # The device list pages at --page-size as the event list does.
+    result = runner.invoke(app, ["emulator", "--help"], env={"COLUMNS": "200"})
+    line = next(line for line in result.output.splitlines() if "--page-size" in line)
+    assert "Events or devices per list page" in line
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -293,6 +293,22 @@ async def test_columns_and_client_side_filters(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_an_unmatched_serial_is_named_as_the_file_spells_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    serials = tmp_path / "serials.txt"
+    serials.write_text("5CG1234XYZ\n  NOPE \nNope\n", encoding="utf-8")
+    loaded = load_serials(serials)
+    assert loaded == {"5cg1234xyz", "nope"}  # matched case-insensitively
+    options = ExportOptions(out=tmp_path / "some.csv", graph_root=ROOT, serials=loaded)
+    with caplog.at_level("WARNING", logger="batch.export"):
+        result = await _export(options, Pages(SPECIAL))
+    # As first written (trimmed), not folded: the admin searches the file for it.
+    assert result.unmatched_serials == ("NOPE",)
+    assert "matches no event: NOPE" in caplog.text
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
 async def test_a_failed_export_leaves_the_old_file(tmp_path: Path, suffix: str) -> None:
     out = tmp_path / f"events{suffix}"
@@ -495,7 +511,7 @@ def test_export_filters_and_errors_through_the_cli(
         for e in expected
         if e is not None
     ]
-    assert "1 serial of the serial file matches no event: not-there" in done.stderr
+    assert "1 serial of the serial file matches no event: NOT-THERE" in done.stderr
     assert done.stdout.startswith(f"wrote {out}: {len(expected)} events of 60 read, 3 columns")
 
     # The errors: each is one line and an exit code, before (or instead of) a file.

@@ -152,6 +152,18 @@ def test_the_worst_tenant_decides_the_exit_code() -> None:
     assert worst_exit_code([3, 130, 1]) == 130
 
 
+def test_one_tenant_is_one_tenant_in_every_summary(tmp_path: Path) -> None:
+    from batch.jobs.tenants import RollUp, TenantResult
+    from batch.report.job_html import render_tenants_report
+
+    job = load_job(_tenants_job(tmp_path, {"alpha": "https://graph.example.test"}, ""))
+    rollup = RollUp(job, [TenantResult(t, exit_code=3, error="sign-in") for t in job.tenants])
+    assert rollup.line().startswith("job msp: 1 tenant (1 exit 3);")
+    assert "Job msp: 1 tenant</h1>" in render_tenants_report(tmp_path / "job.html", rollup)
+    checked = CliRunner().invoke(app, ["job", "check", str(job.path)])
+    assert f"job msp ({job.path}): 1 tenant\n" in checked.stdout + checked.stderr
+
+
 # --- payloads and delivery ---------------------------------------------------------------------
 
 _ROLLUP: dict[str, Any] = {

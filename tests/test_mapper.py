@@ -286,6 +286,32 @@ def test_null_token(tmp_path: Path) -> None:
     assert [(p.column, p.value) for p in second.problems] == [("enrollmentState", "<null>")]
 
 
+def test_the_null_token_matches_in_any_case(tmp_path: Path) -> None:
+    header = ["id", "deviceSerialNumber", "userPrincipalName", "enrollmentState"]
+    path = write_csv(
+        tmp_path, header, [ID1, "<NULL>", "<Null>", ""], [ID2, "", "", "<NULL>"], ["<NULL>", "x"]
+    )
+    first, second, third = mapped(path)
+    assert first == Update(2, ID1, {"deviceSerialNumber": None, "userPrincipalName": None})
+    # Not nullable in any case; the message shows what the cell holds.
+    assert isinstance(second, Invalid)
+    assert second.problems == (
+        Problem(
+            "enrollmentState", "<NULL>", "enrollmentState is not nullable, so <NULL> is not allowed"
+        ),
+    )
+    # An id cannot be the null token in any case either.
+    assert isinstance(third, Invalid)
+    assert [p.reason for p in third.problems] == ["the id cannot be <null>"]
+    # Another token matches in any case too; `<NULL>` is then plain text.
+    other = mapped(path, null_token="nil")[0]
+    assert isinstance(other, Update)
+    assert other.body == {"deviceSerialNumber": "<NULL>", "userPrincipalName": "<Null>"}
+    assert mapped(write_csv(tmp_path, header, [ID1, "NIL", "", ""]), null_token="nil") == [
+        Update(2, ID1, {"deviceSerialNumber": None})
+    ]
+
+
 def test_every_problem_of_a_row_is_reported(tmp_path: Path) -> None:
     path = write_csv(
         tmp_path,

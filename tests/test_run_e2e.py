@@ -280,3 +280,23 @@ def test_results_and_summary_shape(emulator: EmulatorServer, tmp_path: Path) -> 
     assert log_lines[0]["msg"].startswith("run started: in.csv -> ")
     assert log_lines[0]["mode"] == "batch"  # the options travel as fields of the JSON line
     assert "run folder" in result.stdout
+
+
+def test_report_key_columns_are_trimmed_like_the_values(tmp_path: Path) -> None:
+    # ` SN1 ` is sent as SN1; results.csv and changes.csv name the device the same way.
+    src = write_csv(
+        tmp_path / "in.csv",
+        [
+            {
+                "id": "e1",
+                "deviceSerialNumber": "  SN1 ",
+                "managedDeviceName": "PC1 ",
+                "osVersion": "10",
+            }
+        ],
+    )
+    result = cli("run", src, "--dry-run", "--out", tmp_path / "d", "--quiet")
+    assert result.returncode == 0, result.stderr
+    [line] = read_csv(tmp_path / "d" / "results.csv")
+    assert (line["deviceSerialNumber"], line["managedDeviceName"]) == ("SN1", "PC1")
+    assert {c["key"] for c in read_csv(tmp_path / "d" / "changes.csv")} == {"SN1"}

@@ -176,6 +176,10 @@ def test_check_wire_on_datetime_out_of_range_is_a_reason_not_a_crash() -> None:
 def test_null_token_only_for_nullable() -> None:
     assert coerce("deviceSerialNumber", "<null>") is None
     assert coerce("deviceSerialNumber", "NULL", null_token="NULL") is None
+    # In any case: `<NULL>` is typed meaning `<null>`; `NULL` alone stays text.
+    assert coerce("deviceSerialNumber", "<NULL>") is None
+    assert coerce("deviceSerialNumber", "<Null>") is None
+    assert coerce("deviceSerialNumber", "NULL") == "NULL"
     with pytest.raises(ValueProblem, match="not nullable"):
         coerce("enrollmentState", "<null>")
 
@@ -302,7 +306,7 @@ def test_any_int32_parses_back_to_itself(value: int) -> None:
     assert coerce_text(prop, f"{value}.0") == value
 
 
-@given(st.text(min_size=1).filter(lambda s: s != "<null>" and cell_problem(s) is None))
+@given(st.text(min_size=1).filter(lambda s: s.casefold() != "<null>" and cell_problem(s) is None))
 def test_any_string_is_sent_verbatim(text: str) -> None:
     prop = P["deviceSerialNumber"]
     assert coerce_text(prop, text) == text

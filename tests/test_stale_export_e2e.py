@@ -303,3 +303,27 @@ def test_a_resumed_row_still_reports_the_fields_it_left_alone(
     assert (after[1]["outcome"], after[1]["changed_fields"]) == ("conflict", "osVersion")
     assert server.stats()["patches"] == {event_id: 2}
     assert _event(server, event_id)["userPrincipalName"] == "new.owner@contoso.com"
+
+
+# --- a cell emptied in an export ---------------------------------------------------------------
+
+
+def test_a_cell_emptied_in_an_export_is_skipped_saying_empty_changes_nothing(
+    emulator_factory: EmulatorFactory, tmp_path: Path
+) -> None:
+    server, ids = _emulator(emulator_factory, 3, seed=43)
+    digest = server.store.digest()
+    path = tmp_path / "tenant.csv"
+    _export(server, path)
+    # The admin empties a filled cell, meaning to clear it (`<null>` would).
+    assert _event(server, ids[0])["managedDeviceName"]
+    _edit(path, {ids[0]: {"managedDeviceName": ""}})
+    done = cli_here("run", path, "--graph-url", server.url, *LIMITS, "--out", tmp_path / "run")
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = {r["id"]: r for r in read_csv(tmp_path / "run" / "results.csv")}
+    assert (results[ids[0]]["outcome"], results[ids[0]]["error_message"]) == (
+        "skipped",
+        "managedDeviceName emptied: an empty cell changes nothing; write <null> to clear it",
+    )
+    assert {results[i]["error_message"] for i in ids[1:]} == {NOT_EDITED}
+    assert server.stats()["writes"] == 0 and server.store.digest() == digest

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
+from batch.mapper import InputOptions, prepare
 from batch.model import JSON, Invalid, Problem, Skipped, Update
 from batch.report import neutralise, neutralise_cell
 from batch.schema import PROPERTIES
@@ -160,3 +162,41 @@ def test_the_stamp_column_is_found_in_any_case() -> None:
 )
 def test_input_cells_are_neutralised_the_way_the_reader_undoes(text: str, written: str) -> None:
     assert neutralise_cell(text) == written
+
+
+def test_a_cell_emptied_since_the_export_says_it_changes_nothing(tmp_path: Path) -> None:
+    # An admin who empties an exported cell most likely meant to clear it; an empty cell still
+    # leaves the value alone (CONTRACT), so the row says that instead of "not edited".
+    columns = ("id", "deviceSerialNumber", "userPrincipalName", "enrollmentState", "osVersion")
+    ids = [f"e{n}" for n in range(2, 6)]
+    stamps = [Stamper(columns)({**EVENT, "id": event_id}) for event_id in ids]
+    cells = [
+        # upn emptied, nothing else edited: skipped, saying why
+        "0024486700,,enrolled,",
+        # upn and serial emptied, osVersion edited: sent, with a warning
+        ",,enrolled,10.0",
+        # osVersion was empty in the export too: plainly not edited
+        "0024486700,adele@contoso.com,enrolled,",
+        # every value cell empty
+        ",,,",
+    ]
+    path = tmp_path / "export.csv"
+    path.write_text(
+        "id,deviceSerialNumber,userPrincipalName,enrollmentState,osVersion,_exported\n"
+        + "".join(f"{i},{c},{s}\n" for i, c, s in zip(ids, cells, stamps, strict=True)),
+        encoding="utf-8",
+    )
+    rows = [m for _, m in prepare(path, InputOptions()).rows()]
+    note = "userPrincipalName emptied: an empty cell changes nothing; write <null> to clear it"
+    assert rows[0] == Skipped(2, "e2", note, (note,))
+    assert isinstance(rows[1], Update) and rows[1].body == {"osVersion": "10.0"}
+    assert rows[1].warnings == (
+        "deviceSerialNumber, userPrincipalName emptied: an empty cell changes nothing; "
+        "write <null> to clear them",
+    )
+    assert rows[2] == Skipped(4, "e4", NOT_EDITED)
+    assert isinstance(rows[3], Skipped)
+    assert rows[3].reason.startswith("deviceSerialNumber, userPrincipalName, enrollmentState ")
+    # The token named is the one in use.
+    [first, *_] = [m for _, m in prepare(path, InputOptions(null_token="NULL")).rows()]
+    assert isinstance(first, Skipped) and first.reason.endswith("write NULL to clear it")

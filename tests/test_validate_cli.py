@@ -256,3 +256,68 @@ def test_template_bad_targets(tmp_path: Path, name: str) -> None:
     result = invoke("template", tmp_path / name)
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: ")
+
+
+def test_a_file_of_the_other_resource_names_the_option(tmp_path: Path) -> None:
+    # The Intune portal's device file read as events, and an event file read as devices: the
+    # error names --resource, not a column suggestion ("did you mean id?") or
+    # --ignore-unknown-columns (which would send the rest to the wrong entities).
+    devices = tmp_path / "devices.csv"
+    devices.write_text("Device Serial Number,Group Tag,Assigned User\nSN1,tag,a@b.c\n")
+    result = invoke("validate", devices)
+    assert result.exit_code == 2
+    assert "unknown columns 'Group Tag', 'Assigned User'" in result.stderr
+    assert "these are device identity columns: pass --resource devices" in result.stderr
+    assert "--ignore-unknown-columns" not in result.stderr
+    events = tmp_path / "events.csv"
+    events.write_text(f"id,managedDeviceName,osVersion,userPrincipalName\n{ID1},PC1,10,<null>\n")
+    result = invoke("validate", events, "--resource", "devices")
+    assert result.exit_code == 2
+    assert "these are Autopilot event columns: pass --resource events" in result.stderr
+    assert "did you mean" not in result.stderr
+    assert "--ignore-unknown-columns" not in result.stderr
+    # One stray column of the admin's own is still just unknown, with the usual advice.
+    stray = tmp_path / "stray.csv"
+    stray.write_text(f"id,osVersion,Colour\n{ID1},10,red\n")
+    result = invoke("validate", stray, "--resource", "devices")
+    assert "--ignore-unknown-columns" in result.stderr and "--resource" not in result.stderr
+
+
+def test_the_summary_counts_every_warning_printed(tmp_path: Path) -> None:
+    path = tmp_path / "warned.csv"
+    path.write_text(
+        "id,userPrincipalName,managedDeviceName,targetedAppCount\n"
+        f"{ID1},bob,=PC1,3\n"
+        "e2,adele@contoso.com,PC2,\n",
+        encoding="utf-8",
+    )
+    result = invoke("validate", path)
+    printed = [line for line in result.stderr.splitlines() if "warning:" in line]
+    # The legacy column (once, for the file), then two for row 2.
+    assert len(printed) == 3
+    assert result.stdout.endswith(", 3 warnings\n")
+    # Quiet prints none of them, but the count is the file's own all the same.
+    assert invoke("validate", path, "--quiet").stdout == result.stdout
+    summary = json.loads(invoke("validate", path, "--json").stdout)
+    assert summary["warning_count"] == 3 and len(summary["warnings"]) == 1
+    # Row warnings alone are counted too (the summary said nothing of them).
+    path.write_text(f"id,userPrincipalName\n{ID1},bob\n", encoding="utf-8")
+    result = invoke("validate", path)
+    assert result.stderr.count("warning:") == 1
+    assert result.stdout == "warned.csv: 1 row: 1 valid, 0 invalid, 0 skipped, 1 warning\n"
+
+
+def test_validate_says_a_cell_emptied_in_an_export_changes_nothing(tmp_path: Path) -> None:
+    from batch.stamp import Stamper
+
+    event = {"id": "e1", "groupTag": "x", "userPrincipalName": "adele@contoso.com"}
+    stamp = Stamper(["userPrincipalName"])(event)
+    path = tmp_path / "export.csv"
+    path.write_text(f"id,userPrincipalName,_exported\ne1,,{stamp}\n", encoding="utf-8")
+    result = invoke("validate", path)
+    assert result.exit_code == 0
+    assert result.stderr == (
+        "row 2: warning: userPrincipalName emptied: an empty cell changes nothing; "
+        "write <null> to clear it\n"
+    )
+    assert result.stdout == "export.csv: 1 row: 0 valid, 0 invalid, 1 skipped, 1 warning\n"

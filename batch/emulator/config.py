@@ -117,8 +117,8 @@ class EmulatorConfig:
     * `patch_status`: 200 with the updated object, or 204 No Content (Intune).
     * `error_style`: "graph" (plain `error.message`) or "intune" (the JSON document Intune puts
       in `error.message`, `ModelValidationFailure` for body problems; see `wire`).
-    * `page_size`: events per list page without `$top`; with `cap_top` it is also the most a
-      page holds (a larger `$top` is served as `page_size`), else `$top` may go to 999.
+    * `page_size`: events (or devices) per list page without `$top`; with `cap_top` it is also
+      the most a page holds (a larger `$top` is served as `page_size`), else `$top` may go to 999.
     * `batch_refusal`: "item" fails only a `$batch` item with an absolute URL or a write without
       a body; "whole" refuses the whole batch with 400 "Invalid batch payload format.".
     * `retry_after_format`: "int", "decimal" (`2.128`), "list" (`30,120`), "none", or "mixed":

@@ -233,7 +233,8 @@ def iter_check_lines(report: CheckReport) -> Iterator[tuple[bool, str]]:
         else (f"folder {job.folder} ({', '.join(job.globs)})")
     )
     if report.tenants:
-        yield False, f"job {job.name} ({job.path}): {len(report.tenants)} tenants"
+        count = len(report.tenants)
+        yield False, f"job {job.name} ({job.path}): {count} tenant{'' if count == 1 else 's'}"
         if report.webhook:
             yield False, f"  webhook:     {report.webhook}"
         for problem in report.problems:

@@ -151,7 +151,8 @@ class RollUp:
         """The summary line: the job's verdict first, then each tenant's part."""
         codes = Counter(t.exit_code for t in self.tenants)
         parts = ", ".join(f"{n} exit {c}" for c, n in sorted(codes.items()))
-        head = f"job {self.job.name}: {len(self.tenants)} tenants ({parts})"
+        count = len(self.tenants)
+        head = f"job {self.job.name}: {count} tenant{'' if count == 1 else 's'} ({parts})"
         rows = ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()) if v)
         if rows:
             head += f"; rows: {rows}"

@@ -129,7 +129,8 @@ class ResultsWriter:
                 result.request_id,
                 result.client_request_id,
                 neutralise(result.last_error),
-                *(neutralise(cells.get(header, "")) for _, header in self._keys),
+                # Trimmed as the row's values are: ` SN1 ` is the serial SN1.
+                *(neutralise(cells.get(header, "").strip()) for _, header in self._keys),
             )
         )
 
@@ -201,7 +202,7 @@ class ChangesWriter:
         """Append the changed fields of one row (nothing for a row that changed nothing)."""
         if not result.changed_fields:
             return
-        key = next((v for _, h in self._keys if (v := raw.cells.get(h, ""))), "")
+        key = next((v for _, h in self._keys if (v := raw.cells.get(h, "").strip())), "")
         before = result.before
         for name in result.changed_fields:
             old = "" if before is None or name not in before else cell_text(before[name])

@@ -154,8 +154,10 @@ def render_tenants_report(page: Path, rollup: RollUp) -> str:
             f'<p class="note">run folders <code>{_e(t.job.output_root)}</code> · log '
             f"{_link(page, t.job.log_file, t.job.log_file.name)}</p>{body}"
         )
+    count = len(rollup.tenants)
     return (
-        _head(f"job {job.name}") + f"<h1>Job {_e(job.name)}: {len(rollup.tenants)} tenants</h1>"
+        _head(f"job {job.name}")
+        + f"<h1>Job {_e(job.name)}: {count} tenant{'' if count == 1 else 's'}</h1>"
         f'<p data-key="exit_code" data-value="{code}"><b>exit {code}</b>: '
         f"{_e(EXIT_CODES.get(code, 'see the job log'))}</p>"
         f'<p class="note">job file <code>{_e(job.path)}</code> · started '
