@@ -64,7 +64,7 @@ from batch.graph import PAGE_SIZE, GraphClient
 from batch.limiter import DEFAULT_READ_RATE, Clock, Limiter, SystemClock
 from batch.listing import ListWalker, collection_of
 from batch.mapper import resolve_header, suggest_property
-from batch.model import JSON, Rate
+from batch.model import JSON, CellNote, Rate
 from batch.report import neutralise_cell
 from batch.resources import EVENTS, Resource
 from batch.schema import PROPERTIES, canonical, normalize_header
@@ -214,12 +214,21 @@ def load_serials(path: Path, resource: Resource = EVENTS) -> Serials:
         header = _serial_header(source.headers, resource)
         if header is None:
             raise UsageError(_no_serial_column(path))
-        serials = Serials(text for _, text in source.column(header))
+        # A serial in a zero-padding number format is the text Excel shows (`000456`, not 456),
+        # as `run --key` reads it (`batch.mapper`).
+        serials = Serials(_padded(note) or text for _, text, note in source.noted_column(header))
     else:
         serials = _serials_from_text(path, resource)
     if not serials:
         raise InputFileError(path, "holds no serial numbers")
     return serials
+
+
+def _padded(note: CellNote | None) -> str:
+    """What a number cell shown through digit placeholders (`000000`) displays; else ""."""
+    return (
+        note.shown if note is not None and note.kind == "number" and note.detail == "digits" else ""
+    )
 
 
 def _serial_header(headers: Sequence[str], resource: Resource = EVENTS) -> str | None:

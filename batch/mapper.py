@@ -379,6 +379,21 @@ def _text_problem(value: str) -> str | None:
     return None
 
 
+# Notes of cells Excel converted from typed text: a date (time, duration) or TRUE/FALSE. In a
+# text property that is never what the admin typed, so the row is invalid (issue 12).
+_CONVERTED: Final = frozenset({"date", "boolean"})
+
+
+def _converted_reason(note: CellNote) -> str:
+    """Why a date or boolean cell cannot go into a text property, and how to fix the sheet."""
+    what = "TRUE/FALSE value" if note.kind == "boolean" else note.detail or "date"
+    article = "an" if what[0] in "aeiou" else "a"
+    return (
+        f"{article} {what} in a text column (Excel shows {note.shown}): Excel turned the typed "
+        f"text into {article} {what}; format the column as Text and type the value again"
+    )
+
+
 def _text_warning(header: str, name: str, value: str, null_token: str) -> str | None:
     """What `validate` should point out in a string value that is still sent as written."""
     if value[0] in _FORMULA_STARTS:
@@ -484,7 +499,8 @@ class _RowMapper:
         cell is a problem. A number cell in a text column is taken as the text Excel displays
         when a number format made it (zero padding); a General number there has already lost
         what a text cell would have kept (leading zeros, digits beyond 15), so it is a problem
-        unless `--allow-numeric-text`.
+        unless `--allow-numeric-text`. A date, time or TRUE/FALSE cell in a text column is
+        Excel's conversion of what was typed (`2-Jan`, `true`): always a problem there.
         """
         if note.kind == "formula":
             return "", Problem(
@@ -501,6 +517,8 @@ class _RowMapper:
             )
             return "", Problem(header, note.shown, reason)
         if note.kind != "number" or not is_text:
+            if is_text and note.kind in _CONVERTED:
+                return "", Problem(header, note.shown, _converted_reason(note))
             return text, None
         digits = len(text.lstrip("-").partition(".")[0])
         if digits > _EXCEL_DIGITS:
@@ -528,6 +546,25 @@ class _RowMapper:
             "way; format the column as Text and type the values again, or pass "
             f"--allow-numeric-text to send {text}",
         )
+
+    def key_cell(self, text: str, note: CellNote | None) -> tuple[str, Problem | None]:
+        """The key (id) cell's text as the row is judged by, or why it is invalid."""
+        if note is None:
+            return text, None
+        return self._noted(self.id_header, text, note, is_text=True)
+
+    def shown_row(self, row: RawRow) -> RawRow:
+        """`row` with its key cell as Excel displays it (`000456`, not the stored 456).
+
+        Reports and messages name the row by that cell: what the admin sees in the sheet, and
+        what a re-run of failures.csv reads as text. A key the row was judged by keeps that text.
+        """
+        note = row.notes.get(self.id_header) if row.notes is not None else None
+        if note is None:
+            return row
+        text, problem = self.key_cell(row.cells.get(self.id_header, ""), note)
+        shown = (note.shown if problem is not None else text) or row.cells.get(self.id_header, "")
+        return replace(row, cells={**row.cells, self.id_header: shown})
 
     def map(self, row: RawRow, duplicates: tuple[int, ...] = ()) -> Update | Invalid | Skipped:
         """Map one row: the wire body, or every problem in it, or "nothing to change"."""
@@ -804,6 +841,18 @@ class Prepared:
         """The file's header of the id (key) column."""
         return self._mapper.id_header
 
+    def key_cells(self) -> Iterator[tuple[int, str]]:
+        """(row number, key cell text as `map` judges it) of every row whose key cell is usable.
+
+        The text Excel displays (a serial stored as 456 with format `000000` is `000456`), so
+        whoever collects keys (`batch.resolve.KeyResolver.want`) collects the ones rows look up.
+        """
+        key_cell = self._mapper.key_cell
+        for number, text, note in self.source.noted_column(self.id_column):
+            used, problem = key_cell(text, note)
+            if problem is None:
+                yield number, used
+
     def map_row(self, row: RawRow) -> Update | Invalid | Skipped:
         """Map one row of this file (duplicate ids found by `prepare` included)."""
         mapped = self._mapper.map(row, self._duplicates.get(row.number, ()))
@@ -839,7 +888,7 @@ class Prepared:
             mapped = mapper.map(row, duplicates.get(row.number, ()))
             if stamps is not None:
                 mapped = self._stamped(mapped, row.cells, stamps)
-            yield row, mapped
+            yield (row if row.notes is None else mapper.shown_row(row)), mapped
 
 
 def _check_options(options: InputOptions) -> None:
@@ -1032,8 +1081,13 @@ def prepare(path: Path, options: InputOptions, *, resolve: Resolver | None = Non
     numbers: array[int] = array("q")
     total = 0
     blake2b = hashlib.blake2b
-    for number, text in source.column(id_header):
+    for number, text, note in source.noted_column(id_header):
         total += 1
+        if note is not None:
+            # As `map` reads it (`000456`, not the stored 456); a damaged cell is its own problem.
+            text, note_problem = mapper.key_cell(text, note)
+            if note_problem is not None:
+                continue
         folded = _fold_id(text)
         # Rows whose id is already wrong (empty, <null>, ...) say so; "also on row N" is noise.
         if folded and mapper.key_problem(text.strip()) is None:

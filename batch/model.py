@@ -34,9 +34,11 @@ class CellNote:
     """What a spreadsheet cell's text alone does not say; the mapper judges it per property.
 
     `kind` is `number` (a number cell: `shown` is the text Excel displays, `detail` how it is
-    displayed: `general`, `scientific`, `digits` or `other`), `formula` (a formula without a
-    saved value: `detail` is the formula) or `error` (an error cell such as `#N/A`, or a value
-    Excel cannot show: `shown` is what Excel shows, `detail` says why).
+    displayed: `general`, `scientific`, `digits` or `other`), `date` (a date, time or duration
+    cell: `shown` as Excel displays it, `detail` is `date`, `time` or `duration`), `boolean` (a
+    TRUE/FALSE cell: `shown` is `TRUE` or `FALSE`), `formula` (a formula without a saved value:
+    `detail` is the formula) or `error` (an error cell such as `#N/A`, or a value Excel cannot
+    show: `shown` is what Excel shows, `detail` says why).
     """
 
     kind: str

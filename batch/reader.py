@@ -226,6 +226,13 @@ class RowSource:
         for record in self._data():
             yield record.number, record.cells[index]
 
+    def noted_column(self, header: str) -> Iterator[tuple[int, str, CellNote | None]]:
+        """As `column`, with each cell's note (Excel only; None for a plain cell)."""
+        index = self._positions[self.headers.index(header)]
+        for record in self._data():
+            notes = record.notes
+            yield record.number, record.cells[index], notes.get(index) if notes else None
+
     def count(self) -> int:
         """The number of data rows (blank rows excluded), by reading the file once."""
         return sum(1 for _ in self._data())
@@ -363,6 +370,11 @@ class _CsvSource(RowSource):
             else:
                 yield RawRow(number, {h: cells[i] for h, i in zip(headers, positions, strict=True)})
 
+    def noted_column(self, header: str) -> Iterator[tuple[int, str, CellNote | None]]:
+        """As `RowSource.noted_column`: a CSV cell never has a note."""
+        for number, text in self.column(header):
+            yield number, text, None
+
     def column(self, header: str) -> Iterator[tuple[int, str]]:
         """As `RowSource.column`, without building full rows: the first pass over a big file."""
         index = self._positions[self.headers.index(header)]
@@ -460,6 +472,13 @@ class _ExcelSource(RowSource):
         column = self._first_column + self._positions[self.headers.index(header)]
         for row in self._sheet_rows():
             yield row.number, row.texts.get(column, "")
+
+    def noted_column(self, header: str) -> Iterator[tuple[int, str, CellNote | None]]:
+        """As `RowSource.noted_column`, from the sheet's rows directly (as `column`)."""
+        column = self._first_column + self._positions[self.headers.index(header)]
+        for row in self._sheet_rows():
+            notes = row.notes
+            yield row.number, row.texts.get(column, ""), notes.get(column) if notes else None
 
     def _records(self) -> Iterator[_Record]:
         width, first = self._width, self._first_column

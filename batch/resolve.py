@@ -237,8 +237,8 @@ class KeyResolver:
 
     def want(self, prepared: Prepared) -> None:
         """Note the keys the input holds: only their events are kept when the tenant is read."""
-        column = prepared.source.column(prepared.id_column)
-        self._wanted = {k for _, text in column if (k := fold_key(text))}
+        # As the rows look them up: the text Excel displays (`000456`), not the stored number.
+        self._wanted = {k for _, text in prepared.key_cells() if (k := fold_key(text))}
 
     async def load(
         self,

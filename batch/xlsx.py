@@ -32,6 +32,10 @@ Decisions worth knowing:
 * A number cell yields its value as plain text (`3.0` → `3`, no exponent) for numeric properties,
   and a `CellNote` with the text Excel *displays* (its number format applied) for text
   properties, where that is what the admin sees and means. The mapper decides which applies.
+* A date, time or duration cell yields ISO text (what a date property reads) and a `date` note
+  with the text Excel displays (`d-mmm`: `2-Jan`); a boolean cell `true`/`false` and a `boolean`
+  note (`TRUE`). In a text property they are Excel's conversion of what was typed (`2-Jan`,
+  `true`), not a value anyone meant to send: the mapper makes them a problem there.
 * A formula without a saved value and an error cell (`#N/A`, `#DIV/0!`) are not empty cells:
   they carry a note, and the mapper makes them a problem of their row.
 * Sizes are checked before anything is loaded (`XlsxLimits`); parts held in memory (shared
@@ -70,6 +74,7 @@ __all__ = [
     "XlsxSheet",
     "column_index",
     "excel_cell_text",
+    "format_date",
     "format_number",
     "list_sheets",
 ]
@@ -392,6 +397,137 @@ def excel_cell_text(value: object) -> str:
     return str(value)
 
 
+# --- date formats --------------------------------------------------------------------------------
+
+# One token of a date format section: "literal", \x, _x (space), *x (fill), [h]/[mm]/[ss]
+# (elapsed), another [..] (colour, locale), AM/PM or A/P, a run of one date letter, a
+# fraction of a second (.0), or any other character (shown as it is).
+_DATE_TOKENS: Final = re.compile(
+    r'"([^"]*)"|\\(.)|[_*].|\[([hms])+\]|\[[^\]]*\]|(am/pm|a/p)|(y+|m+|d+|h+|s+|e+)|(\.0+)|(.)',
+    re.I | re.S,
+)
+_MONTHS: Final = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+_DAYS: Final = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+_DatePlan = tuple[tuple[tuple[str, str], ...], bool, str]
+
+
+@functools.lru_cache(maxsize=256)
+def _date_plan(code: str) -> _DatePlan:
+    """A date format as (step, text) parts, whether it shows AM/PM, and `date` or `time`.
+
+    Steps: `text` (shown as it is), `elapsed` ([h], [m], [s]), `ampm`, `minutes`, `letter` (a
+    run of one date letter), `fraction` (.00). Parsed once per format: a sheet of a million
+    dates has a handful of formats. `date` when the format shows a day, month or year.
+    """
+    tokens = _DATE_TOKENS.findall(code.split(";")[0])
+    letters = [i for i, t in enumerate(tokens) if t[2] or t[4]]
+    steps: list[tuple[str, str]] = []
+    detail = "time"
+    for i, (quoted, escaped, elapsed, ampm, letter, fraction, other) in enumerate(tokens):
+        if quoted or escaped or other:
+            steps.append(("text", quoted or escaped or other))
+        elif elapsed:
+            steps.append(("elapsed", elapsed.lower()))
+        elif ampm:
+            steps.append(("ampm", ampm))
+        elif letter and _is_minutes(tokens, letters, i):
+            steps.append(("minutes", letter))
+        elif letter:
+            steps.append(("letter", letter))
+            if letter[0].lower() in "ydem":
+                detail = "date"
+        elif fraction:
+            steps.append(("fraction", fraction))
+    return tuple(steps), any(t[3] for t in tokens), detail
+
+
+def _date_detail(code: str) -> str:
+    """`date` when the format shows a day, month or year, else `time` (`h:mm`)."""
+    return _date_plan(code)[2]
+
+
+def format_date(value: dt.datetime | dt.date | dt.time | dt.timedelta, code: str) -> str:
+    """About what Excel displays for a date, time or duration cell with the format `code`.
+
+    For messages only (the admin finds the cell by it): English month and day names, the
+    built-in formats as their codes say (Excel shows some in the system's locale), fractions
+    of a second truncated. Any value the code cannot show falls back to its ISO text.
+    """
+    if isinstance(value, dt.timedelta):
+        total = value.total_seconds()
+        stamp = dt.datetime.combine(dt.date(1899, 12, 31), dt.time()) + value
+    elif isinstance(value, dt.time):
+        total = value.hour * 3600 + value.minute * 60 + value.second
+        stamp = dt.datetime.combine(dt.date(1899, 12, 31), value)
+    elif isinstance(value, dt.datetime):
+        total, stamp = 0.0, value
+    else:
+        total, stamp = 0.0, dt.datetime.combine(value, dt.time())
+    steps, twelve, _ = _date_plan(code)
+    parts: list[str] = []
+    for step, text in steps:
+        if step == "text":
+            parts.append(text)
+        elif step == "elapsed":
+            parts.append(str(int(total // {"h": 3600, "m": 60, "s": 1}[text])))
+        elif step == "ampm":
+            pm = stamp.hour >= 12
+            shown = ("PM" if pm else "AM") if len(text) == 5 else ("P" if pm else "A")
+            parts.append(shown.lower() if text[0].islower() else shown)
+        elif step == "fraction":
+            digits = len(text) - 1
+            parts.append("." + f"{stamp.microsecond:06d}"[:digits].ljust(digits, "0"))
+        else:
+            parts.append(_date_part(text, stamp, twelve, step == "minutes"))
+    return "".join(parts).strip() or excel_cell_text(value)
+
+
+def _is_minutes(tokens: list[tuple[str, ...]], letters: list[int], at: int) -> bool:
+    """Whether `m`/`mm` at `at` means minutes: right after an hour or right before seconds."""
+    if tokens[at][4][0].lower() != "m" or len(tokens[at][4]) > 2:
+        return False
+    place = letters.index(at)
+    before = tokens[letters[place - 1]] if place > 0 else None
+    after = tokens[letters[place + 1]] if place + 1 < len(letters) else None
+    return (before is not None and (before[2] or before[4]).lower()[0] == "h") or (
+        after is not None and (after[2] or after[4]).lower()[0] == "s"
+    )
+
+
+def _date_part(letter: str, stamp: dt.datetime, twelve: bool, minutes: bool) -> str:
+    """One run of a date letter (`yyyy`, `mmm`, `d`, `hh`, `ss`) of `stamp`."""
+    kind, width = letter[0].lower(), len(letter)
+    if minutes:
+        return f"{stamp.minute:0{min(width, 2)}d}"
+    if kind in "ye":
+        return f"{stamp.year % 100:02d}" if kind == "y" and width <= 2 else f"{stamp.year:04d}"
+    if kind == "m":
+        name = _MONTHS[stamp.month - 1]
+        return (f"{stamp.month}", f"{stamp.month:02d}", name[:3], name, name[0])[min(width, 5) - 1]
+    if kind == "d":
+        day = _DAYS[stamp.weekday()]
+        return (f"{stamp.day}", f"{stamp.day:02d}", day[:3], day)[min(width, 4) - 1]
+    if kind == "h":
+        hour = (stamp.hour % 12 or 12) if twelve else stamp.hour
+        return f"{hour:0{min(width, 2)}d}"
+    return f"{stamp.second:0{min(width, 2)}d}"
+
+
 # --- number formats ------------------------------------------------------------------------------
 
 _QUOTED: Final = re.compile(r'"[^"]*"|\\.')
@@ -682,10 +818,15 @@ class XlsxSheet:
                 return self._strings[int(value)], None
             except (ValueError, IndexError):
                 return "", CellNote("error", "", f"points at shared string {value}, not there")
-        if kind in ("str", "inlineStr", "d"):
+        if kind in ("str", "inlineStr"):
             return value, None
+        if kind == "d":
+            # An ISO 8601 date cell (strict OOXML): still a date Excel made, not typed text.
+            return value, CellNote("date", value, "date")
         if kind == "b":
-            return ("true" if value.strip() in ("1", "true") else "false"), None
+            truth = value.strip() in ("1", "true")
+            # Excel shows (and turns typed `true` into) TRUE/FALSE; the property decides.
+            return ("true" if truth else "false"), CellNote("boolean", str(truth).upper(), "")
         if kind == "e":
             return "", CellNote("error", value, value)
         return self.number(value, style)
@@ -744,12 +885,12 @@ class XlsxSheet:
         if number is None:
             return "", CellNote("error", value, f"not a number: {value[:40]!r}")
         if kind != "number":
-            return self._date(number, kind)
+            return self._date(number, kind, code)
         plain = _plain(number)
         shown, display = format_number(value.strip(), code)
         return plain, CellNote("number", shown, display)
 
-    def _date(self, number: Decimal, kind: str) -> tuple[str, CellNote | None]:
+    def _date(self, number: Decimal, kind: str, code: str) -> tuple[str, CellNote | None]:
         from openpyxl.utils.datetime import CALENDAR_MAC_1904, CALENDAR_WINDOWS_1900, from_excel
 
         epoch = CALENDAR_MAC_1904 if self._epoch_1904 else CALENDAR_WINDOWS_1900
@@ -761,7 +902,9 @@ class XlsxSheet:
         except (OverflowError, ValueError, ArithmeticError):
             what = "duration" if kind == "duration" else "date"
             return "", CellNote("error", "####", f"the {what} {_plain(number)} is out of range")
-        return excel_cell_text(converted), None
+        # The note says what Excel displays, for a text property where the date is damage.
+        detail = "duration" if kind == "duration" else _date_detail(code)
+        return excel_cell_text(converted), CellNote("date", format_date(converted, code), detail)
 
 
 class _DoctypeRefused(expat.ExpatError):

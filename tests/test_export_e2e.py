@@ -126,8 +126,10 @@ def test_load_serials_from_excel(tmp_path: Path) -> None:
     sheet.append(["Serial", "note"])
     sheet.append(["00042", "kept as text"])
     sheet.append(["5CG1", ""])
+    sheet.append([456, "a number shown as 000456"])
+    sheet["A4"].number_format = "000000"
     book.save(tmp_path / "s.xlsx")
-    assert load_serials(tmp_path / "s.xlsx") == {"00042", "5cg1"}
+    assert load_serials(tmp_path / "s.xlsx") == {"00042", "5cg1", "000456"}
 
 
 @pytest.mark.parametrize(

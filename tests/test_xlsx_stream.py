@@ -170,6 +170,8 @@ _EXPECTED = [
             0: _note("number", "9.36382E+11", "general"),
             1: _note("number", "3.14", "digits"),
             2: _note("number", "1234567", "digits"),
+            # A date cell says what Excel shows: text properties refuse it (the mapper).
+            3: _note("date", "03-15-23", "date"),
         },
     ),
     SheetRow(
@@ -177,6 +179,7 @@ _EXPECTED = [
         True,
         {0: "1.12:00:00", 1: "12345", 2: "-42", 3: "42"},
         {
+            0: _note("date", "36:00:00", "duration"),
             1: _note("number", "1.23E+04", "scientific"),
             2: _note("number", "neg 42", "digits"),
             3: _note("number", "SN-000042", "digits"),
@@ -208,6 +211,8 @@ _EXPECTED = [
         False,
         {0: "true", 1: "false", 2: "12"},
         {
+            0: _note("boolean", "TRUE", ""),
+            1: _note("boolean", "FALSE", ""),
             2: _note("number", "12", "general"),
             3: _note("error", "", "points at shared string 42, not there"),
         },
@@ -220,6 +225,7 @@ _EXPECTED = [
             0: _note("number", "1E+16", "general"),
             1: _note("number", "0.25", "general"),
             2: _note("error", "not a number", "not a number: 'not a number'"),
+            3: _note("date", "2025-01-02T03:04:05", "date"),
         },
     ),
     SheetRow(
