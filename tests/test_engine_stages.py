@@ -22,6 +22,7 @@ from batch.auth import StaticTokenProvider
 from batch.changes import BeforeImages
 from batch.engine import RunOptions
 from batch.engine.outcomes import BatchAnswers
+from batch.engine.readback import ReadBack
 from batch.engine.readers import ReadStage
 from batch.engine.reporter import Reporter
 from batch.engine.senders import Senders
@@ -358,3 +359,39 @@ def test_a_batch_answer_is_read_once_for_both_batch_paths() -> None:
     assert answers.items[0].request_id == "r0" and answers.items[3].request_id == "envelope-id"
     assert answers.throttled_rows == [3] and answers.retry_after == 3.0
     assert answers.denied is None
+
+
+# --- read-back ----------------------------------------------------------------------------------
+
+
+async def test_a_429_item_of_a_read_back_closes_the_gate_and_is_counted() -> None:
+    """A read-back's 429 item is Graph's word that the budget is spent, like any other's."""
+    clock = FakeClock()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)["requests"]
+        answers = [
+            {"id": r["id"], "status": 429, "headers": {"Retry-After": "9"}, "body": {}}
+            if n == 0
+            else {"id": r["id"], "status": 200, "body": {"userPrincipalName": "after1@x.example"}}
+            for n, r in enumerate(sent)
+        ]
+        return httpx.Response(200, json={"responses": answers})
+
+    limiter = Limiter(write=Rate(100, 20), clock=clock)
+    stats = RunStats()
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http,
+        GraphClient(GRAPH, StaticTokenProvider("t"), http=http) as client,
+    ):
+        back = ReadBack(
+            client=client,
+            limiter=limiter,
+            stats=stats,
+            stop=StopControl(clock, []),
+            throttle=Throttle(limiter, clock, hold=21.0),
+        )
+        landed = await back.landed([work(0), work(1)])
+    assert landed == {1: True}  # the throttled row is unknown, not "did not land"
+    assert stats.throttled == 1
+    assert limiter.stats["pauses"] == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from batch import runlog
 from batch.changes import current_values, read_request, same_value
+from batch.engine.outcomes import BatchAnswers
 from batch.engine.stats import RunStats
 from batch.engine.stop import StopControl
 from batch.engine.throttle import Throttle
@@ -58,7 +59,7 @@ class ReadBack:
         self.stats.requests_sent += 1
         self.stats.reads_sent += len(works)
         try:
-            _, responses = await self.client.batch(
+            envelope, responses = await self.client.batch(
                 [read_request(str(w.seq), w.update, self.resource) for w in works]
             )
         except AuthError as error:
@@ -76,12 +77,19 @@ class ReadBack:
                 runlog.transient(error, kind="read", rows=rows)
             return None
         self.stats.answers += 1
+        answers = BatchAnswers.read({str(w.seq): w for w in works}, envelope, responses, _first)
+        if answers.throttled is not None:
+            # A 429 item is Graph's word that the app's budget is spent, whatever request it
+            # answers: the gate closes for everyone, as for the readers' and senders' items.
+            rows = answers.throttled_rows
+            self.stats.note_429(answers.throttled, "read", rows, len(rows))
+            self.throttle.throttled(answers.retry_after)
         landed: dict[int, bool] = {}
         for w in works:
-            item = responses.get(str(w.seq))
-            if item is None or not 200 <= item.status < 300:
+            body = answers.bodies.get(w.seq)
+            if body is None:
                 continue
-            current = current_values(item.body)
+            current = current_values(body)
             # A secret (a device account password) is never read back: it cannot be shown.
             landed[w.seq] = all(
                 name in current and same_value(name, current[name], value, self.resource)
@@ -89,3 +97,8 @@ class ReadBack:
                 if name not in self.resource.secrets
             )
         return landed
+
+
+def _first(work: Work) -> int:
+    # A read-back is one attempt; its items' retry waits are not used here.
+    return 1
