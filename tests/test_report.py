@@ -224,3 +224,16 @@ def test_the_progress_bar_fits_80_columns_and_says_what_it_waits_for(total: int)
 
 def test_summary_json_keys_used_by_the_page_are_plain_json() -> None:
     json.dumps(_summary())  # the page reads only what summary.json can hold
+
+
+@pytest.mark.parametrize(
+    ("key_name", "label"),
+    [
+        ("deviceSerialNumber", "row 7, serial 0012"),
+        ("serialNumber", "row 7, serial 0012"),  # a device identity's serial is a serial too
+        ("managedDeviceName", "row 7, device 0012"),
+    ],
+)
+def test_a_problem_row_names_its_key_by_what_it_is(key_name: str, label: str) -> None:
+    row = ProblemRow(7, "id-7", "0012", key_name, "failed", "gone")
+    assert row.label == label

@@ -36,7 +36,8 @@ class ProblemRow:
     def label(self) -> str:
         """`row 7, serial 0012345678` or `row 7, id 3f2c…` (the id when there is no key)."""
         if self.key:
-            name = "serial" if self.key_name == "deviceSerialNumber" else "device"
+            # An event's and a device identity's serial number (`batch.resources` keys).
+            name = "serial" if self.key_name in ("deviceSerialNumber", "serialNumber") else "device"
             return f"row {self.row}, {name} {self.key}"
         return f"row {self.row}, id {self.event_id}" if self.event_id else f"row {self.row}"
 
