@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import types
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -395,3 +396,13 @@ async def test_a_429_item_of_a_read_back_closes_the_gate_and_is_counted() -> Non
     assert landed == {1: True}  # the throttled row is unknown, not "did not land"
     assert stats.throttled == 1
     assert limiter.stats["pauses"] == 1
+
+
+def test_429s_of_reads_outside_the_stages_reach_the_timeline_too() -> None:
+    heard: list[int] = []
+    stats = RunStats(on_throttled=heard.append)
+    walk = types.SimpleNamespace(throttled=2, retries=3, retry_reasons=Counter({"429": 2}))
+    stats.add_reads(5, walk, answers=5)
+    assert (stats.throttled, stats.retries, heard) == (2, 3, [2])
+    stats.add_reads(1, types.SimpleNamespace(throttled=0, retries=0, retry_reasons=Counter()))
+    assert heard == [2]

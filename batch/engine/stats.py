@@ -54,6 +54,9 @@ class RunStats:
         self.requests_sent += requests
         self.reads_sent += requests
         self.throttled += counts.throttled
+        if counts.throttled and self.on_throttled is not None:
+            # The list walk's and --key's 429s belong on the run's timeline like the stages'.
+            self.on_throttled(counts.throttled)
         self.retries += counts.retries
         self.retry_reasons.update(counts.retry_reasons)
         self.answers += answers
