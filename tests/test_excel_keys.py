@@ -99,7 +99,7 @@ def test_zero_padded_device_serial_resolves_at_run(
     assert rows["3"]["outcome"] == "invalid"
     assert rows["3"]["serialNumber"] == "1.23457E+18"
     # The row is named by what its cell shows, not by the float's digits.
-    assert "device 1.23457E+18" in done.stdout + done.stderr
+    assert "serial 1.23457E+18" in done.stdout + done.stderr
     assert "1234567890123457" not in done.stdout + done.stderr
     failures = read_csv(out / "failures.csv")
     assert [f["Device Serial Number"] for f in failures] == ["1.23457E+18"]
