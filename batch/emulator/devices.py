@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from batch.emulator.store import EventStore
+from batch.emulator.store import EventStore, read_store_file
 from batch.errors import InputFileError
 from batch.model import JSON
 from batch.resources import DEVICES
@@ -144,14 +144,7 @@ class DeviceStore(EventStore):
         many; a bad file raises `InputFileError`. Columns that are no property are refused,
         except the portal's import columns the tool ignores (`Hardware Hash`, ...)."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise InputFileError(path, "no such file") from None
-        except UnicodeDecodeError:
-            raise InputFileError(path, "not UTF-8 text") from None
-        except OSError as error:
-            raise InputFileError(path, error.strerror or str(error)) from None
+        text = read_store_file(path)
         suffix = path.suffix.lower()
         if suffix == ".csv":
             devices = list(_from_csv(path, text))

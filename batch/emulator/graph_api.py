@@ -296,21 +296,7 @@ class GraphApi:
 
     def _patch(self, event_id: str, body: bytes | JSON | None, ctx: Context) -> Answer:
         state = self.state
-        if isinstance(body, bytes):
-            if not body.strip():
-                raise ODataError(400, "BadRequest", "Empty Payload. JSON content expected.")
-            try:
-                body = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise ODataError(
-                    400,
-                    "BadRequest",
-                    "Unable to read JSON request payload. Please ensure Content-Type header is "
-                    "set and payload is of valid JSON format.",
-                ) from None
-        elif body is None:
-            raise ODataError(400, "BadRequest", "Empty Payload. JSON content expected.")
-        changes = check_patch_body(body, state.config.schema)
+        changes = check_patch_body(_json_body(body), state.config.schema)
         if event_id not in state.store:
             raise _not_found(event_id)
         if state.applies(EVENTS.name, event_id):

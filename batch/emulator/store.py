@@ -193,14 +193,7 @@ class EventStore:
         as it is. Returns the number of events read; a bad file raises `InputFileError`.
         """
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise InputFileError(path, "no such file") from None
-        except UnicodeDecodeError:
-            raise InputFileError(path, "not UTF-8 text") from None
-        except OSError as error:
-            raise InputFileError(path, error.strerror or str(error)) from None
+        text = read_store_file(path)
         suffix = path.suffix.lower()
         if suffix == ".csv":
             events = list(_events_from_csv(path, text))
@@ -273,6 +266,18 @@ class EventStore:
             text = json.dumps(events, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
             self._digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return self._digest
+
+
+def read_store_file(path: Path) -> str:
+    """A store file's text (UTF-8, a BOM allowed); `InputFileError` saying why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputFileError(path, "no such file") from None
+    except UnicodeDecodeError:
+        raise InputFileError(path, "not UTF-8 text") from None
+    except OSError as error:
+        raise InputFileError(path, error.strerror or str(error)) from None
 
 
 def _where(suffix: str, number: int) -> str:
